@@ -1,0 +1,1 @@
+"""Podspan node agent: eBPF capture, protocol parsing, span correlation and OTLP export."""

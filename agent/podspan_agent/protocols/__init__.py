@@ -1,0 +1,1 @@
+"""Protocol parsers: one module per protocol, each with `detect()` and a `Parser`."""

@@ -1,0 +1,1 @@
+"""Spans: the neutral SpanRecord, span building from parser records, and correlation."""
