@@ -1,0 +1,176 @@
+"""Compile, load and attach the BPF capture program with bcc; the only module that imports bcc.
+
+Owns the kernel objects: the cgroup/pid allow maps, the connection table, the
+ring buffer and the per-CPU stats. Everything else talks to the kernel through
+`Probes`.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import logging
+import os
+import pathlib
+import time
+from collections.abc import Callable
+from typing import Any
+
+from podspan_agent import bpf_events, kernel_headers
+
+log = logging.getLogger(__name__)
+
+BPF_DIR_ENV = "PODSPAN_BPF_DIR"
+_TRACEFS_MOUNTS = (("tracefs", "/sys/kernel/tracing"), ("debugfs", "/sys/kernel/debug"))
+
+
+class ProbeError(RuntimeError):
+    """The capture program could not be compiled, loaded or attached."""
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProbeOptions:
+    capture_size: int = bpf_events.DEFAULT_CAPTURE_SIZE
+    max_connections: int = 65536
+    ringbuf_pages: int = 2048
+    wakeup_every: int = 64
+
+    def cflags(self) -> list[str]:
+        if self.capture_size < 16 or self.capture_size & (self.capture_size - 1):
+            raise ValueError(f"capture size must be a power of two >= 16, got {self.capture_size}")
+        return [
+            f"-DPODSPAN_CAPTURE_SIZE={self.capture_size}",
+            f"-DPODSPAN_MAX_CONNS={self.max_connections}",
+            f"-DPODSPAN_RINGBUF_PAGES={self.ringbuf_pages}",
+            f"-DPODSPAN_WAKEUP_EVERY={self.wakeup_every}",
+            f"-DPODSPAN_SELF_TGID={os.getpid()}",
+        ]
+
+
+def bpf_dir() -> pathlib.Path:
+    """Where the BPF sources are: $PODSPAN_BPF_DIR (images) or the source checkout."""
+    configured = os.environ.get(BPF_DIR_ENV)
+    if configured:
+        return pathlib.Path(configured)
+    return pathlib.Path(__file__).resolve().parents[2] / "bpf"
+
+
+def ensure_tracefs() -> None:
+    """bcc reads tracepoint formats from tracefs; mount it if the host has not."""
+    for fstype, mountpoint in _TRACEFS_MOUNTS:
+        if not os.path.isdir(mountpoint) or os.path.exists(os.path.join(mountpoint, "events")):
+            continue
+        if os.path.ismount(mountpoint):
+            continue
+        rc = os.system(f"mount -t {fstype} {fstype} {mountpoint} >/dev/null 2>&1")
+        if rc != 0:
+            log.warning("could not mount %s at %s", fstype, mountpoint)
+
+
+EventCallback = Callable[[int, int], None]  # (address, size) of one ring-buffer record
+
+
+class Probes:
+    """The loaded capture program. Construct once; `close()` detaches everything."""
+
+    def __init__(self, options: ProbeOptions, header_source: kernel_headers.HeaderSource) -> None:
+        import bcc  # deferred: import costs ~80 MB and needs root-only files
+
+        self.options = options
+        self.header_source = header_source
+        ensure_tracefs()
+        source = bpf_dir() / "podspan.bpf.c"
+        if not source.exists():
+            raise ProbeError(f"BPF source not found at {source} (set {BPF_DIR_ENV})")
+        started = time.monotonic()
+        try:
+            self._bpf: Any = bcc.BPF(
+                src_file=str(source).encode(),
+                cflags=[f"-I{bpf_dir() / 'include'}", *options.cflags()],
+            )
+        except Exception as exc:  # bcc raises bare Exception on compile/attach failures
+            raise ProbeError(f"loading {source.name} failed: {exc}") from exc
+        self.load_seconds = time.monotonic() - started
+        self._cgroups = self._bpf["traced_cgroups"]
+        self._pids = self._bpf["traced_pids"]
+        self._conns = self._bpf["conns"]
+        self._stats = self._bpf["stats"]
+        self._closed = False
+        log.info("capture program loaded and attached in %.2fs using %s", self.load_seconds,
+                 header_source.describe())
+
+    # ---- selection ----
+    def trace_cgroup(self, cgroup_id: int) -> None:
+        self._cgroups[ctypes.c_uint64(cgroup_id)] = ctypes.c_uint8(1)
+
+    def untrace_cgroup(self, cgroup_id: int) -> None:
+        self._cgroups.pop(ctypes.c_uint64(cgroup_id), None)
+
+    def trace_pid(self, tgid: int) -> None:
+        self._pids[ctypes.c_uint32(tgid)] = ctypes.c_uint8(1)
+
+    def untrace_pid(self, tgid: int) -> None:
+        self._pids.pop(ctypes.c_uint32(tgid), None)
+
+    def traced_cgroups(self) -> set[int]:
+        return {key.value for key in self._cgroups.keys()}
+
+    # ---- connections ----
+    def connection(self, tgid: int, fd: int) -> bpf_events.Conn | None:
+        """The kernel's live state of a connection (to finish idle runs)."""
+        try:
+            value = self._conns[bpf_events.ConnKey(tgid, fd)]
+        except KeyError:
+            return None
+        return ctypes.cast(ctypes.byref(value), ctypes.POINTER(bpf_events.Conn)).contents
+
+    def forget_connection(self, tgid: int, fd: int) -> None:
+        """Stop capturing a connection (e.g. a protocol we do not parse)."""
+        self._conns.pop(bpf_events.ConnKey(tgid, fd), None)
+
+    # ---- events ----
+    def open_events(self, callback: EventCallback) -> None:
+        def on_record(_ctx: Any, data: Any, size: int) -> int:
+            callback(ctypes.cast(data, ctypes.c_void_p).value or 0, size)
+            return 0
+
+        self._bpf["events"].open_ring_buffer(on_record)
+
+    def poll(self, timeout_ms: int) -> None:
+        # Producers skip wake-ups below a backlog threshold, so drain after the wait.
+        self._bpf.ring_buffer_poll(timeout_ms)
+        self._bpf.ring_buffer_consume()
+
+    def stats(self) -> dict[str, int]:
+        totals: dict[str, int] = {}
+        for stat in bpf_events.Stat:
+            per_cpu = self._stats[ctypes.c_int(stat.value)]
+            totals[stat.name.lower()] = int(sum(per_cpu))
+        return totals
+
+    def program_ids(self) -> list[int]:
+        """Ids of the loaded BPF programs (for leak checks)."""
+        ids = []
+        for fn in self._bpf.funcs.values():
+            info = bpf_prog_id(fn.fd)
+            if info:
+                ids.append(info)
+        return ids
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        self._bpf.cleanup()
+
+
+def bpf_prog_id(prog_fd: int) -> int | None:
+    """Program id of an fd, read from /proc/self/fdinfo (no extra bcc API needed)."""
+    try:
+        with open(f"/proc/self/fdinfo/{prog_fd}") as info:
+            for line in info:
+                if line.startswith("prog_id:"):
+                    return int(line.split()[1])
+    except OSError:
+        return None
+    return None

@@ -1,0 +1,95 @@
+/* SPDX-License-Identifier: Apache-2.0
+ * Event and map-value structs shared by the kernel programs and the agent.
+ * This header is the C side of the contract; agent/podspan_agent/bpf_events.py
+ * mirrors it and tests/unit/test_bpf_events_layout.py checks sizes and offsets.
+ * Only fixed-width types: the layout must not depend on the compiler.
+ */
+#ifndef PODSPAN_EVENTS_H
+#define PODSPAN_EVENTS_H
+
+#ifndef PODSPAN_CAPTURE_SIZE
+#define PODSPAN_CAPTURE_SIZE 512 /* bytes copied from the first chunk of a run; power of two */
+#endif
+
+#define PODSPAN_SOCKADDR_SIZE 28 /* sizeof(struct sockaddr_in6), the largest we keep */
+
+enum podspan_event_kind {
+    PODSPAN_EV_OPEN = 1,  /* accept/connect succeeded: a tracked connection starts */
+    PODSPAN_EV_DATA = 2,  /* a new run starts; carries its first bytes and closes the previous run */
+    PODSPAN_EV_CLOSE = 3, /* close(): carries the connection's last run */
+};
+
+enum podspan_direction {
+    PODSPAN_DIR_NONE = 0,
+    PODSPAN_DIR_INGRESS = 1, /* bytes the traced process received */
+    PODSPAN_DIR_EGRESS = 2,  /* bytes the traced process sent */
+};
+
+enum podspan_role {
+    PODSPAN_ROLE_UNKNOWN = 0,
+    PODSPAN_ROLE_SERVER = 1, /* the socket came from accept() */
+    PODSPAN_ROLE_CLIENT = 2, /* the socket came from connect() */
+};
+
+enum podspan_stat {
+    PODSPAN_STAT_EVENTS = 0,       /* events written to the ring buffer */
+    PODSPAN_STAT_EVENTS_LOST = 1,  /* ring buffer full: event dropped */
+    PODSPAN_STAT_CHUNKS = 2,       /* continuation chunks folded into a run (no event) */
+    PODSPAN_STAT_CONN_FULL = 3,    /* connection table full: connection not tracked */
+    PODSPAN_STAT_SENDFILE = 4,     /* sendfile chunks accounted without data */
+    PODSPAN_STAT_MAX = 5,
+};
+
+/* A run: bytes moved in one direction between two direction changes. */
+struct podspan_run {
+    __u64 start_ns; /* exit time of the run's first chunk (CLOCK_MONOTONIC) */
+    __u64 end_ns;   /* exit time of the run's last chunk */
+    __u64 bytes;
+    __u32 chunks;
+    __u8 direction; /* enum podspan_direction; NONE when there was no run yet */
+    __u8 _pad[3];
+};
+
+struct podspan_event_header {
+    __u8 kind;      /* enum podspan_event_kind */
+    __u8 role;      /* enum podspan_role */
+    __u8 direction; /* DATA: direction of the run that starts */
+    __u8 _pad;
+    __u32 tgid;
+    __u32 tid;
+    __s32 fd;
+    __u64 conn_id;   /* unique per tracked connection; fd reuse gets a new id */
+    __u64 cgroup_id;
+    __u64 ts_ns;     /* CLOCK_MONOTONIC */
+    struct podspan_run prev; /* DATA/CLOSE: the run that just ended (direction NONE if none) */
+};
+
+struct podspan_open_event {
+    struct podspan_event_header hdr;
+    __s32 listen_fd; /* accept: the listening socket, -1 for connect */
+    __u32 addr_len;  /* bytes valid in peer (0 when the caller passed no address) */
+    __u8 peer[PODSPAN_SOCKADDR_SIZE]; /* raw struct sockaddr_in / sockaddr_in6 of the peer */
+    __u32 _pad;
+};
+
+struct podspan_data_event {
+    struct podspan_event_header hdr;
+    __u32 chunk_bytes; /* bytes moved by the syscall that started the run */
+    __u32 captured;    /* bytes valid in data */
+    __u8 data[PODSPAN_CAPTURE_SIZE];
+};
+
+/* Connection table: key and value. Userspace reads values to flush idle runs. */
+struct podspan_conn_key {
+    __u32 tgid;
+    __s32 fd;
+};
+
+struct podspan_conn {
+    __u64 conn_id;
+    struct podspan_run run; /* the run in progress */
+    __u8 role;
+    __u8 _pad[7];
+};
+
+#endif /* PODSPAN_EVENTS_H */
