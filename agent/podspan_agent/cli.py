@@ -1,0 +1,176 @@
+"""`podspan-agent`: `trace` (standalone, no cluster) and `run` (Kubernetes node agent)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import pathlib
+import signal
+import sys
+import threading
+import time
+from collections.abc import Sequence
+
+from podspan_agent import cgroups, kernel_headers, loader, process_info, tracer
+from podspan_agent.export import sinks
+from podspan_agent.protocols import base, registry
+
+EXIT_USAGE = 2
+log = logging.getLogger("podspan_agent")
+
+
+class UsageError(Exception):
+    """Bad input or environment: reported as one line, exit code 2, nothing attached."""
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = _parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        result: int = args.func(args)
+        return result
+    except UsageError as exc:
+        print(f"podspan-agent: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="podspan-agent", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    trace = commands.add_parser("trace", help="trace cgroups or processes on this machine (no cluster)")
+    trace.add_argument("--cgroup", action="append", default=[], metavar="PATH",
+                       help="cgroup v2 directory to trace (absolute, or relative to the cgroup2 mount)")
+    trace.add_argument("--pid", action="append", default=[], type=int, metavar="PID",
+                       help="process to trace")
+    trace.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
+                       help="OTLP endpoint (default: $OTEL_EXPORTER_OTLP_ENDPOINT; none: print spans)")
+    trace.add_argument("--otlp-protocol", choices=("grpc", "http/protobuf"),
+                       default=os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"))
+    trace.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
+    trace.add_argument("--output", choices=("console", "jsonl"), default="console",
+                       help="how to print spans when there is no endpoint")
+    trace.add_argument("--output-file", type=pathlib.Path, help="write jsonl/console output here")
+    trace.add_argument("--protocols", help=f"comma-separated subset of: {','.join(registry.NAMES)}")
+    trace.add_argument("--capture-size", type=int, default=512, help="bytes captured per message")
+    trace.add_argument("--capture-headers", action="store_true", help="record HTTP headers (redacted)")
+    trace.set_defaults(func=_trace)
+
+    run = commands.add_parser("run", help="Kubernetes mode: follow this node's NodeTraceConfig")
+    run.add_argument("--node", default=os.environ.get("NODE_NAME"), help="node name (default $NODE_NAME)")
+    run.set_defaults(func=_run)
+    return parser
+
+
+def _protocols(text: str | None) -> frozenset[str] | None:
+    if not text:
+        return None
+    chosen = frozenset(p.strip() for p in text.split(",") if p.strip())
+    unknown = chosen - set(registry.NAMES)
+    if unknown:
+        raise UsageError(f"unknown protocol(s) {', '.join(sorted(unknown))}; known: {', '.join(registry.NAMES)}")
+    return chosen
+
+
+def _check_privileges() -> None:
+    if os.geteuid() != 0:
+        raise UsageError("tracing needs root (eBPF programs and tracepoints); run with sudo")
+
+
+def _selection(cgroup_paths: list[str], pids: list[int]) -> tuple[dict[int, pathlib.Path], list[int]]:
+    if not cgroup_paths and not pids:
+        raise UsageError("nothing to trace: give at least one --cgroup PATH or --pid PID")
+    try:
+        selected = {cgroups.cgroup_id(p): p for p in (cgroups.resolve(path) for path in cgroup_paths)}
+    except cgroups.CgroupError as exc:
+        raise UsageError(str(exc)) from exc
+    for pid in pids:
+        if not os.path.exists(f"/proc/{pid}"):
+            raise UsageError(f"no process with pid {pid}")
+    return selected, pids
+
+
+def _service_name(cgroup_dir: pathlib.Path) -> str:
+    name = cgroup_dir.name
+    for suffix in (".scope", ".slice", ".service"):
+        name = name.removesuffix(suffix)
+    return name
+
+
+def _trace(args: argparse.Namespace) -> int:
+    protocols = _protocols(args.protocols)
+    selected, pids = _selection(args.cgroup, args.pid)
+    _check_privileges()
+    try:
+        headers = kernel_headers.resolve()
+    except kernel_headers.HeadersNotFound as exc:
+        raise UsageError(str(exc)) from exc
+    try:
+        options = loader.ProbeOptions(capture_size=args.capture_size)
+        options.cflags()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+    span_sinks, summary = sinks.standalone(
+        endpoint=args.otlp_endpoint, protocol=args.otlp_protocol, output=args.output, path=args.output_file
+    )
+    try:
+        probes = loader.Probes(options, headers)
+    except loader.ProbeError as exc:
+        for sink in span_sinks:
+            sink.shutdown()
+        raise UsageError(str(exc)) from exc
+    service_names = {cid: {"service.name": _service_name(path)} for cid, path in selected.items()}
+    resources = process_info.ResourceResolver(lambda cid: service_names.get(cid, {}))
+    settings = tracer.TracerSettings(
+        capture=base.CaptureSettings(headers=args.capture_headers), protocols=protocols
+    )
+    the_tracer = tracer.Tracer(probes, settings, span_sinks, resources)
+    stop = threading.Event()
+    try:
+        for cid in selected:
+            probes.trace_cgroup(cid)
+        for pid in pids:
+            probes.trace_pid(pid)
+        what = [str(p) for p in selected.values()] + [f"pid {p}" for p in pids]
+        print(f"podspan: tracing {', '.join(what)} ({headers.describe()}; attached in "
+              f"{probes.load_seconds:.1f}s). Ctrl-C to stop.", file=sys.stderr)
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        if args.duration is not None:
+            threading.Timer(args.duration, stop.set).start()
+        last_summary = [time.monotonic()]
+
+        def on_tick() -> None:
+            if time.monotonic() - last_summary[0] >= 1.0:
+                last_summary[0] = time.monotonic()
+                summary(the_tracer.stats())
+
+        the_tracer.run(stop, on_tick)
+    finally:
+        stop.set()
+        for sink in span_sinks:
+            sink.shutdown()
+        probes.close()
+    summary(the_tracer.stats(), final=True)
+    return 0
+
+
+def _run(args: argparse.Namespace) -> int:
+    if not args.node:
+        raise UsageError("no node name: pass --node NAME or set NODE_NAME")
+    from podspan_agent import node_agent  # deferred: pulls in the Kubernetes client
+
+    _check_privileges()
+    return node_agent.run(args.node)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,247 @@
+"""Connection tracking: turns ring-buffer events into messages for protocol parsers and
+exchanges (parser records with their connection) for the span layer."""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import logging
+import zlib
+from collections.abc import Callable
+
+from podspan_agent import bpf_events, sockaddr
+from podspan_agent.protocols import base, registry
+
+log = logging.getLogger(__name__)
+
+# A connection whose first client runs match no parser is dropped from the kernel table.
+_DETECT_ATTEMPTS = 2
+# Bytes of a request hashed to link a client span with the server span of the same request.
+_FINGERPRINT_BYTES = 128
+# Request fingerprints kept per connection while their exchange is open (pipelining depth).
+_MAX_OPEN_REQUESTS = 64
+
+
+@dataclasses.dataclass(slots=True)
+class Run:
+    """A run whose first bytes arrived but whose end is not yet known."""
+
+    from_client: bool
+    data: bytes
+    start_ns: int
+    tid: int
+    delivered: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class Connection:
+    conn_id: int
+    tgid: int
+    fd: int
+    role: bpf_events.Role
+    cgroup_id: int
+    peer: sockaddr.Endpoint | None = None
+    local: sockaddr.Endpoint | None = None
+    tid: int = 0
+    protocol: str | None = None
+    parser: base.Parser | None = None
+    detect_attempts: int = 0
+    pending: Run | None = None
+    # start_ns of a request run -> (fingerprint, tid): attached to its exchange's record
+    requests: collections.OrderedDict[int, tuple[int, int]] = dataclasses.field(
+        default_factory=collections.OrderedDict
+    )
+
+    def from_client(self, direction: int) -> bool:
+        # A client connection sends requests; a server connection receives them.
+        if self.role == bpf_events.Role.CLIENT:
+            return direction == bpf_events.Direction.EGRESS
+        return direction == bpf_events.Direction.INGRESS
+
+
+@dataclasses.dataclass(slots=True)
+class Exchange:
+    """A parser record plus what only the connection knows."""
+
+    record: base.Record
+    connection: Connection
+    tid: int
+    fingerprint: int
+
+
+@dataclasses.dataclass(slots=True)
+class TableStats:
+    opened: int = 0
+    closed: int = 0
+    evicted: int = 0
+    unknown_connections: int = 0
+    undetected: int = 0
+    records: int = 0
+    parser_errors: int = 0
+
+
+class ConnectionTable:
+    """All tracked connections of one agent, bounded; least recently used are evicted."""
+
+    def __init__(
+        self,
+        detect: registry.Detector,
+        on_exchange: Callable[[Exchange], None],
+        forget: Callable[[int, int], None],
+        max_connections: int = 65536,
+    ) -> None:
+        self._detect = detect
+        self._on_exchange = on_exchange
+        self._forget = forget
+        self._max = max_connections
+        self._conns: collections.OrderedDict[int, Connection] = collections.OrderedDict()
+        self._listen_cache: dict[tuple[int, int], sockaddr.Endpoint | None] = {}
+        self.stats = TableStats()
+
+    def __len__(self) -> int:
+        return len(self._conns)
+
+    def connections(self) -> list[Connection]:
+        return list(self._conns.values())
+
+    # ---- events ----
+    def on_open(self, event: bpf_events.OpenEvent) -> None:
+        hdr = event.hdr
+        conn = Connection(
+            conn_id=hdr.conn_id,
+            tgid=hdr.tgid,
+            fd=hdr.fd,
+            role=bpf_events.Role(hdr.role),
+            cgroup_id=hdr.cgroup_id,
+            tid=hdr.tid,
+            peer=sockaddr.decode(bytes(event.peer[: event.addr_len])),
+        )
+        if conn.role == bpf_events.Role.SERVER:
+            conn.local = self._listen_endpoint(hdr.tgid, event.listen_fd)
+        self._insert(conn)
+        self.stats.opened += 1
+
+    def on_data(self, hdr: bpf_events.EventHeader, data: bytes) -> None:
+        conn = self._conns.get(hdr.conn_id)
+        if conn is None:
+            # Its open event was lost or evicted: track what we can from here on.
+            conn = Connection(hdr.conn_id, hdr.tgid, hdr.fd, bpf_events.Role(hdr.role), hdr.cgroup_id)
+            self._insert(conn)
+            self.stats.unknown_connections += 1
+        else:
+            self._conns.move_to_end(hdr.conn_id)
+        self._finish_run(conn, hdr.prev)
+        run = Run(conn.from_client(hdr.direction), data, hdr.ts_ns, hdr.tid)
+        conn.pending = run
+        conn.tid = hdr.tid
+        if run.from_client:
+            self._note_request(conn, run)
+
+    def on_close(self, hdr: bpf_events.EventHeader) -> None:
+        conn = self._conns.pop(hdr.conn_id, None)
+        if conn is None:
+            return
+        self._finish_run(conn, hdr.prev)
+        self._flush_parser(conn)
+        self.stats.closed += 1
+
+    def flush_idle(self, idle_before_ns: int, kernel_run: Callable[[Connection], bpf_events.Run | None]) -> None:
+        """Deliver server-side runs that went quiet (the last response on a keep-alive
+        connection has no following event to end it)."""
+        for conn in list(self._conns.values()):
+            run = conn.pending
+            if run is None or run.from_client or run.delivered or conn.parser is None:
+                continue
+            if run.start_ns > idle_before_ns:
+                continue
+            live = kernel_run(conn)
+            if live is None or live.end_ns > idle_before_ns:
+                continue
+            self._deliver(conn, run, live.bytes, live.end_ns)
+            run.delivered = True
+
+    def server_busy(self, tgid: int, tid: int) -> bool:
+        """Whether a thread has received a request it has not yet answered."""
+        for conn in reversed(self._conns.values()):
+            if (
+                conn.tgid == tgid
+                and conn.tid == tid
+                and conn.role == bpf_events.Role.SERVER
+                and conn.pending is not None
+                and conn.pending.from_client
+            ):
+                return True
+        return False
+
+    # ---- internals ----
+    def _insert(self, conn: Connection) -> None:
+        self._conns[conn.conn_id] = conn
+        while len(self._conns) > self._max:
+            _, old = self._conns.popitem(last=False)
+            self._flush_parser(old)
+            self._forget(old.tgid, old.fd)
+            self.stats.evicted += 1
+
+    def _listen_endpoint(self, tgid: int, listen_fd: int) -> sockaddr.Endpoint | None:
+        key = (tgid, listen_fd)
+        if key not in self._listen_cache:
+            if len(self._listen_cache) > 4096:
+                self._listen_cache.clear()
+            self._listen_cache[key] = sockaddr.local_endpoint(tgid, listen_fd)
+        return self._listen_cache[key]
+
+    def _note_request(self, conn: Connection, run: Run) -> None:
+        conn.requests[run.start_ns] = (zlib.crc32(run.data[:_FINGERPRINT_BYTES]), run.tid)
+        while len(conn.requests) > _MAX_OPEN_REQUESTS:
+            conn.requests.popitem(last=False)
+
+    def _finish_run(self, conn: Connection, prev: bpf_events.Run) -> None:
+        run = conn.pending
+        conn.pending = None
+        if run is None or run.delivered or prev.direction == bpf_events.Direction.NONE:
+            return
+        self._deliver(conn, run, prev.bytes, prev.end_ns)
+
+    def _deliver(self, conn: Connection, run: Run, size: int, end_ns: int) -> None:
+        if conn.parser is None:
+            if not run.from_client or not self._detect_protocol(conn, run.data):
+                return
+        assert conn.parser is not None
+        message = base.Message(run.from_client, run.data, max(size, len(run.data)), run.start_ns, end_ns)
+        try:
+            records = conn.parser.feed(message)
+        except Exception:  # a parser bug must cost one message, never the agent
+            self.stats.parser_errors += 1
+            log.exception("%s parser failed on connection %d", conn.protocol, conn.conn_id)
+            return
+        self._emit(conn, records)
+
+    def _detect_protocol(self, conn: Connection, data: bytes) -> bool:
+        found = self._detect(data)
+        if found is not None:
+            conn.protocol, conn.parser = found
+            return True
+        conn.detect_attempts += 1
+        if conn.detect_attempts >= _DETECT_ATTEMPTS:
+            # Nothing we parse: stop the kernel from capturing it at all.
+            self._forget(conn.tgid, conn.fd)
+            self._conns.pop(conn.conn_id, None)
+            self.stats.undetected += 1
+        return False
+
+    def _flush_parser(self, conn: Connection) -> None:
+        if conn.parser is None:
+            return
+        try:
+            records = conn.parser.flush()
+        except Exception:
+            self.stats.parser_errors += 1
+            log.exception("%s parser failed to flush connection %d", conn.protocol, conn.conn_id)
+            return
+        self._emit(conn, records)
+
+    def _emit(self, conn: Connection, records: list[base.Record]) -> None:
+        for record in records:
+            fingerprint, tid = conn.requests.get(record.start_ns, (0, conn.tid))
+            self.stats.records += 1
+            self._on_exchange(Exchange(record, conn, tid, fingerprint))

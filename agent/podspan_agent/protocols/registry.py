@@ -1,0 +1,44 @@
+"""Which protocol parsers exist, in detection order, and how to pick one for a connection."""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from types import ModuleType
+
+from podspan_agent.protocols import base, http1
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ProtocolSpec:
+    name: str  # the name used in TraceProfile spec.protocols
+    module: ModuleType  # has detect(data) -> bool and Parser(settings)
+
+    def detect(self, data: bytes) -> bool:
+        return bool(self.module.detect(data))
+
+    def new_parser(self, settings: base.CaptureSettings) -> base.Parser:
+        parser: base.Parser = self.module.Parser(settings)
+        return parser
+
+
+# Order matters: cheaper and more specific detectors first.
+ALL: tuple[ProtocolSpec, ...] = (ProtocolSpec("http", http1),)
+
+NAMES: tuple[str, ...] = tuple(spec.name for spec in ALL)
+
+
+Detector = Callable[[bytes], tuple[str, base.Parser] | None]
+
+
+def detector(enabled: frozenset[str] | None, settings: base.CaptureSettings) -> Detector:
+    """A function that picks and builds the parser for a connection's first client bytes."""
+    specs = tuple(spec for spec in ALL if enabled is None or spec.name in enabled)
+
+    def detect(data: bytes) -> tuple[str, base.Parser] | None:
+        for spec in specs:
+            if spec.detect(data):
+                return spec.name, spec.new_parser(settings)
+        return None
+
+    return detect

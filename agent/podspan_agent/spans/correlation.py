@@ -1,0 +1,180 @@
+"""Correlation: give each span its trace and parent, then release it to the exporters.
+
+Rules, first match wins:
+1. a server span whose request carried W3C/B3 context adopts it (remote parent);
+2. a server span whose request bytes match a client span this agent saw (both
+   ends of one connection) becomes that client span's child;
+3. a client span sent by a thread while it served a request becomes that server
+   span's child;
+4. anything else starts a new trace.
+Spans are held briefly so parents that finish later (a server span ends after
+the client calls it made) can still be found.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import random
+from collections.abc import Callable, Iterable
+from typing import TypeVar
+
+from podspan_agent import connections
+from podspan_agent.spans import model, propagation
+
+# A client span whose thread is still serving a request may wait this long for its parent.
+_MAX_HOLD_NS = 10_000_000_000
+# Released spans stay findable as parents for this long.
+_RECENT_NS = 30_000_000_000
+# Tolerance for clock order between the two ends of one request (same host, same clock).
+_SLACK_NS = 1_000_000
+
+K = TypeVar("K")
+
+
+@dataclasses.dataclass(slots=True)
+class _Entry:
+    span: model.SpanRecord
+    tgid: int
+    tid: int
+    fingerprint: int
+    remote: propagation.RemoteContext | None
+    arrived_ns: int
+    resolving: bool = False
+    released: bool = False
+
+
+@dataclasses.dataclass(slots=True)
+class CorrelationStats:
+    held: int = 0
+    released: int = 0
+    dropped_overflow: int = 0
+    linked_remote: int = 0
+    linked_client_server: int = 0
+    linked_thread: int = 0
+    new_traces: int = 0
+
+
+class Correlator:
+    def __init__(
+        self,
+        release: Callable[[model.SpanRecord], None],
+        server_busy: Callable[[int, int], bool],
+        hold_ns: int = 1_000_000_000,
+        max_entries: int = 50_000,
+    ) -> None:
+        self._release = release
+        self._server_busy = server_busy
+        self._hold_ns = hold_ns
+        self._max_entries = max_entries
+        self._held: collections.deque[_Entry] = collections.deque()
+        self._recent: collections.deque[_Entry] = collections.deque()
+        self._clients_by_fingerprint: dict[int, list[_Entry]] = collections.defaultdict(list)
+        self._servers_by_thread: dict[tuple[int, int], list[_Entry]] = collections.defaultdict(list)
+        self.stats = CorrelationStats()
+
+    def add(self, exchange: connections.Exchange, span: model.SpanRecord, now_ns: int) -> None:
+        if len(self._held) >= self._max_entries:
+            # Bounded: release the oldest unresolved as its own trace rather than grow.
+            self._release_entry(self._held.popleft())
+            self.stats.dropped_overflow += 1
+        remote = None
+        if span.kind == model.SpanKind.SERVER:
+            remote = propagation.extract(exchange.record.context_headers)
+        entry = _Entry(span, exchange.connection.tgid, exchange.tid, exchange.fingerprint, remote, now_ns)
+        self._held.append(entry)
+        if span.kind == model.SpanKind.CLIENT:
+            if entry.fingerprint:
+                self._clients_by_fingerprint[entry.fingerprint].append(entry)
+        else:
+            self._servers_by_thread[(entry.tgid, entry.tid)].append(entry)
+        self.stats.held = len(self._held)
+
+    def tick(self, now_ns: int, flush: bool = False) -> None:
+        """Release every span whose hold time is over (all of them when flushing)."""
+        while self._held:
+            entry = self._held[0]
+            if not flush and not self._ripe(entry, now_ns):
+                break
+            self._held.popleft()
+            self._release_entry(entry)
+        while self._recent and (flush or now_ns - self._recent[0].arrived_ns > _RECENT_NS):
+            self._forget(self._recent.popleft())
+        self.stats.held = len(self._held)
+
+    def _ripe(self, entry: _Entry, now_ns: int) -> bool:
+        age = now_ns - entry.arrived_ns
+        if age < self._hold_ns:
+            return False
+        if entry.span.kind == model.SpanKind.CLIENT and entry.span.parent_span_id is None:
+            return age >= _MAX_HOLD_NS or not self._server_busy(entry.tgid, entry.tid)
+        return True
+
+    def _release_entry(self, entry: _Entry) -> None:
+        self._resolve(entry)
+        entry.released = True
+        self._recent.append(entry)
+        self.stats.released += 1
+        self._release(entry.span)
+
+    def _forget(self, entry: _Entry) -> None:
+        if entry.span.kind == model.SpanKind.CLIENT:
+            _remove(self._clients_by_fingerprint, entry.fingerprint, entry)
+        else:
+            _remove(self._servers_by_thread, (entry.tgid, entry.tid), entry)
+
+    def _resolve(self, entry: _Entry) -> None:
+        span = entry.span
+        if span.trace_id or entry.resolving:
+            return
+        entry.resolving = True
+        parent = self._parent_of(entry)
+        if entry.remote is not None:
+            span.trace_id, span.parent_span_id = entry.remote.trace_id, entry.remote.span_id
+            span.parent_is_remote, span.trace_state = True, entry.remote.trace_state
+            self.stats.linked_remote += 1
+        elif parent is not None:
+            self._resolve(parent)
+            span.trace_id, span.parent_span_id = parent.span.trace_id, parent.span.span_id
+            span.trace_state = parent.span.trace_state
+        if not span.trace_id:
+            span.trace_id = random.getrandbits(128) or 1
+            span.parent_span_id = None
+            self.stats.new_traces += 1
+        entry.resolving = False
+
+    def _parent_of(self, entry: _Entry) -> _Entry | None:
+        span = entry.span
+        if entry.remote is not None:
+            return None
+        if span.kind == model.SpanKind.SERVER:
+            best = _innermost(
+                (c for c in self._clients_by_fingerprint.get(entry.fingerprint, ()) if c is not entry),
+                span,
+            )
+            if best is not None:
+                self.stats.linked_client_server += 1
+            return best
+        best = _innermost(self._servers_by_thread.get((entry.tgid, entry.tid), ()), span)
+        if best is not None:
+            self.stats.linked_thread += 1
+        return best
+
+
+def _remove(index: dict[K, list[_Entry]], key: K, entry: _Entry) -> None:
+    bucket = index.get(key)
+    if bucket and entry in bucket:
+        bucket.remove(entry)
+        if not bucket:
+            del index[key]
+
+
+def _innermost(candidates: Iterable[_Entry], span: model.SpanRecord) -> _Entry | None:
+    """The candidate whose interval contains `span` and started last."""
+    best: _Entry | None = None
+    for candidate in candidates:
+        outer = candidate.span
+        if outer.start_ns - _SLACK_NS <= span.start_ns and span.end_ns <= outer.end_ns + _SLACK_NS:
+            if best is None or outer.start_ns > best.span.start_ns:
+                best = candidate
+    return best

@@ -1,0 +1,130 @@
+"""The event path of one agent: ring buffer -> connections -> parsers -> spans -> correlation -> sinks.
+
+Single-threaded by design: the ring-buffer callback, idle flushing and
+correlation all run on the thread that calls `run()`, so no state is shared.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import dataclasses
+import threading
+import time
+from collections.abc import Callable
+from typing import Protocol
+
+from podspan_agent import bpf_events, connections, loader
+from podspan_agent.protocols import base, registry
+from podspan_agent.spans import builder, correlation, model
+
+_POLL_MS = 50
+_HOUSEKEEPING_NS = 100_000_000
+_IDLE_RUN_NS = 200_000_000  # a response run quiet this long is taken as complete
+
+
+class SpanSink(Protocol):
+    def export(self, span: model.SpanRecord) -> None: ...
+
+    def shutdown(self) -> None: ...
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TracerSettings:
+    capture: base.CaptureSettings = base.CaptureSettings()
+    protocols: frozenset[str] | None = None  # None: every protocol the agent knows
+    hold_ns: int = 1_000_000_000
+    max_connections: int = 65536
+
+
+class Tracer:
+    def __init__(
+        self,
+        probes: loader.Probes,
+        settings: TracerSettings,
+        sinks: list[SpanSink],
+        resource_for: builder.ResourceLookup,
+    ) -> None:
+        self.probes = probes
+        self.sinks = sinks
+        self._epoch_offset_ns = time.time_ns() - time.monotonic_ns()
+        self._builder = builder.SpanBuilder(resource_for, self._epoch_offset_ns)
+        self.table = connections.ConnectionTable(
+            registry.detector(settings.protocols, settings.capture),
+            self._on_exchange,
+            probes.forget_connection,
+            settings.max_connections,
+        )
+        self.correlator = correlation.Correlator(self._release, self.table.server_busy, settings.hold_ns)
+        self.spans_released = 0
+        self.malformed_events = 0
+        probes.open_events(self._on_event)
+
+    # ---- hot path ----
+    def _on_event(self, address: int, size: int) -> None:
+        hdr = bpf_events.EventHeader.from_address(address)
+        kind = hdr.kind
+        if kind == bpf_events.EventKind.DATA and size >= bpf_events.DATA_OFFSET:
+            fixed = bpf_events.DataEventFixed.from_address(address)
+            captured = min(fixed.captured, size - bpf_events.DATA_OFFSET)
+            self.table.on_data(hdr, ctypes.string_at(address + bpf_events.DATA_OFFSET, captured))
+        elif kind == bpf_events.EventKind.CLOSE:
+            self.table.on_close(hdr)
+        elif kind == bpf_events.EventKind.OPEN and size >= ctypes.sizeof(bpf_events.OpenEvent):
+            self.table.on_open(bpf_events.OpenEvent.from_address(address))
+        else:
+            self.malformed_events += 1
+
+    def _on_exchange(self, exchange: connections.Exchange) -> None:
+        self.correlator.add(exchange, self._builder.build(exchange), time.monotonic_ns())
+
+    def _release(self, span: model.SpanRecord) -> None:
+        self.spans_released += 1
+        for sink in self.sinks:
+            sink.export(span)
+
+    # ---- loop ----
+    def _kernel_run(self, conn: connections.Connection) -> bpf_events.Run | None:
+        live = self.probes.connection(conn.tgid, conn.fd)
+        if live is None or live.conn_id != conn.conn_id:
+            return None
+        return live.run
+
+    def housekeeping(self) -> None:
+        now = time.monotonic_ns()
+        self.table.flush_idle(now - _IDLE_RUN_NS, self._kernel_run)
+        self.correlator.tick(now)
+
+    def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> None:
+        next_housekeeping = 0
+        while not stop.is_set():
+            self.probes.poll(_POLL_MS)
+            now = time.monotonic_ns()
+            if now >= next_housekeeping:
+                self.housekeeping()
+                if on_tick is not None:
+                    on_tick()
+                next_housekeeping = now + _HOUSEKEEPING_NS
+        self.drain()
+
+    def drain(self) -> None:
+        """Deliver everything still in flight: remaining events, open exchanges, held spans."""
+        self.probes.poll(0)
+        now = time.monotonic_ns()
+        self.table.flush_idle(now, self._kernel_run)
+        for conn in self.table.connections():
+            # Connections still open: their last run ends where the kernel last saw it.
+            hdr = bpf_events.EventHeader(kind=bpf_events.EventKind.CLOSE, conn_id=conn.conn_id)
+            live = self._kernel_run(conn)
+            if live is not None:
+                hdr.prev = live
+            self.table.on_close(hdr)
+        self.correlator.tick(now, flush=True)
+
+    def stats(self) -> dict[str, int]:
+        result = {f"kernel_{k}": v for k, v in self.probes.stats().items()}
+        result.update({f"conn_{k}": v for k, v in dataclasses.asdict(self.table.stats).items()})
+        result.update({f"corr_{k}": v for k, v in dataclasses.asdict(self.correlator.stats).items()})
+        result["spans"] = self.spans_released
+        result["malformed_events"] = self.malformed_events
+        result["connections"] = len(self.table)
+        return result

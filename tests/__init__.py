@@ -1,0 +1,1 @@
+"""Podspan test suite."""

@@ -1,0 +1,1 @@
+"""Helpers shared by tests: emulators and loopback protocol responders."""
