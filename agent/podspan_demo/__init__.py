@@ -1,0 +1,1 @@
+"""The standalone demo: a small sample app in local cgroup "pods", traced by podspan-agent."""
