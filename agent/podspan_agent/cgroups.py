@@ -37,3 +37,25 @@ def resolve(path: str, mount: pathlib.Path | None = None) -> pathlib.Path:
 def cgroup_id(path: pathlib.Path) -> int:
     """The id bpf_get_current_cgroup_id() returns for tasks in this cgroup: its inode."""
     return os.stat(path).st_ino
+
+
+# CRI runtime (container id prefix) -> the systemd scope prefix the runtime uses.
+_SCOPE_PREFIX = {"containerd": "cri-containerd", "cri-o": "crio", "docker": "docker"}
+
+
+def kubelet_systemd_path(pod_uid: str, container_id: str, qos: str, runtime: str) -> pathlib.Path:
+    """Relative cgroup path of a container under the kubelet's systemd cgroup driver."""
+    slice_uid = pod_uid.replace("-", "_")
+    parts = ["kubepods.slice"]
+    # Guaranteed pods sit directly under kubepods.slice, without a QoS slice.
+    prefix = "kubepods" if qos == "guaranteed" else f"kubepods-{qos}"
+    if qos != "guaranteed":
+        parts.append(f"{prefix}.slice")
+    parts += [f"{prefix}-pod{slice_uid}.slice", f"{_SCOPE_PREFIX.get(runtime, runtime)}-{container_id}.scope"]
+    return pathlib.Path(*parts)
+
+
+def kubelet_cgroupfs_path(pod_uid: str, container_id: str, qos: str) -> pathlib.Path:
+    """Relative cgroup path of a container under the kubelet's cgroupfs driver."""
+    parts = ["kubepods"] + ([] if qos == "guaranteed" else [qos]) + [f"pod{pod_uid}", container_id]
+    return pathlib.Path(*parts)

@@ -75,7 +75,8 @@ def _protocols(text: str | None) -> frozenset[str] | None:
     chosen = frozenset(p.strip() for p in text.split(",") if p.strip())
     unknown = chosen - set(registry.NAMES)
     if unknown:
-        raise UsageError(f"unknown protocol(s) {', '.join(sorted(unknown))}; known: {', '.join(registry.NAMES)}")
+        known = ", ".join(registry.NAMES)
+        raise UsageError(f"unknown protocol(s) {', '.join(sorted(unknown))}; known: {known}")
     return chosen
 
 
@@ -97,13 +98,6 @@ def _selection(cgroup_paths: list[str], pids: list[int]) -> tuple[dict[int, path
     return selected, pids
 
 
-def _service_name(cgroup_dir: pathlib.Path) -> str:
-    name = cgroup_dir.name
-    for suffix in (".scope", ".slice", ".service"):
-        name = name.removesuffix(suffix)
-    return name
-
-
 def _trace(args: argparse.Namespace) -> int:
     protocols = _protocols(args.protocols)
     selected, pids = _selection(args.cgroup, args.pid)
@@ -118,21 +112,20 @@ def _trace(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
-    span_sinks, summary = sinks.standalone(
-        endpoint=args.otlp_endpoint, protocol=args.otlp_protocol, output=args.output, path=args.output_file
-    )
+    try:
+        outputs = sinks.Standalone(args.otlp_endpoint, args.otlp_protocol, args.output, args.output_file)
+    except (ValueError, OSError) as exc:
+        raise UsageError(str(exc)) from exc
     try:
         probes = loader.Probes(options, headers)
     except loader.ProbeError as exc:
-        for sink in span_sinks:
-            sink.shutdown()
+        outputs.shutdown()
         raise UsageError(str(exc)) from exc
-    service_names = {cid: {"service.name": _service_name(path)} for cid, path in selected.items()}
-    resources = process_info.ResourceResolver(lambda cid: service_names.get(cid, {}))
+    resources = process_info.ResourceResolver(lambda _cgroup: {})
     settings = tracer.TracerSettings(
         capture=base.CaptureSettings(headers=args.capture_headers), protocols=protocols
     )
-    the_tracer = tracer.Tracer(probes, settings, span_sinks, resources)
+    the_tracer = tracer.Tracer(probes, settings, outputs.sinks, resources)
     stop = threading.Event()
     try:
         for cid in selected:
@@ -140,8 +133,8 @@ def _trace(args: argparse.Namespace) -> int:
         for pid in pids:
             probes.trace_pid(pid)
         what = [str(p) for p in selected.values()] + [f"pid {p}" for p in pids]
-        print(f"podspan: tracing {', '.join(what)} ({headers.describe()}; attached in "
-              f"{probes.load_seconds:.1f}s). Ctrl-C to stop.", file=sys.stderr)
+        print(f"podspan: tracing {', '.join(what)}; {outputs.describe()} ({headers.describe()}; "
+              f"attached in {probes.load_seconds:.1f}s). Ctrl-C to stop.", file=sys.stderr, flush=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
         if args.duration is not None:
@@ -151,15 +144,15 @@ def _trace(args: argparse.Namespace) -> int:
         def on_tick() -> None:
             if time.monotonic() - last_summary[0] >= 1.0:
                 last_summary[0] = time.monotonic()
-                summary(the_tracer.stats())
+                outputs.summary(the_tracer.stats())
 
         the_tracer.run(stop, on_tick)
     finally:
         stop.set()
-        for sink in span_sinks:
-            sink.shutdown()
+        final_stats = the_tracer.stats()
+        outputs.shutdown()
         probes.close()
-    summary(the_tracer.stats(), final=True)
+    outputs.summary(final_stats, final=True)
     return 0
 
 

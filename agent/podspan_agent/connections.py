@@ -14,8 +14,8 @@ from podspan_agent.protocols import base, registry
 
 log = logging.getLogger(__name__)
 
-# A connection whose first client runs match no parser is dropped from the kernel table.
-_DETECT_ATTEMPTS = 2
+# A connection whose first runs match no parser is dropped from the kernel table.
+_DETECT_ATTEMPTS = 3
 # Bytes of a request hashed to link a client span with the server span of the same request.
 _FINGERPRINT_BYTES = 128
 # Request fingerprints kept per connection while their exchange is open (pipelining depth).
@@ -145,7 +145,9 @@ class ConnectionTable:
         self._flush_parser(conn)
         self.stats.closed += 1
 
-    def flush_idle(self, idle_before_ns: int, kernel_run: Callable[[Connection], bpf_events.Run | None]) -> None:
+    def flush_idle(
+        self, idle_before_ns: int, kernel_run: Callable[[Connection], bpf_events.Run | None]
+    ) -> None:
         """Deliver server-side runs that went quiet (the last response on a keep-alive
         connection has no following event to end it)."""
         for conn in list(self._conns.values()):
@@ -203,9 +205,9 @@ class ConnectionTable:
         self._deliver(conn, run, prev.bytes, prev.end_ns)
 
     def _deliver(self, conn: Connection, run: Run, size: int, end_ns: int) -> None:
-        if conn.parser is None:
-            if not run.from_client or not self._detect_protocol(conn, run.data):
-                return
+        # Detection looks at either direction: some servers speak first (MySQL's greeting).
+        if conn.parser is None and not self._detect_protocol(conn, run.data):
+            return
         assert conn.parser is not None
         message = base.Message(run.from_client, run.data, max(size, len(run.data)), run.start_ns, end_ns)
         try:

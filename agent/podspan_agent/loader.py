@@ -113,7 +113,7 @@ class Probes:
         self._pids.pop(ctypes.c_uint32(tgid), None)
 
     def traced_cgroups(self) -> set[int]:
-        return {key.value for key in self._cgroups.keys()}
+        return {key.value for key in self._cgroups}
 
     # ---- connections ----
     def connection(self, tgid: int, fd: int) -> bpf_events.Conn | None:

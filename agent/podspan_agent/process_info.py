@@ -27,6 +27,18 @@ def container_id(tgid: int) -> str | None:
     return None
 
 
+def declared_service_name(tgid: int) -> str | None:
+    """OTEL_SERVICE_NAME from the process's own environment, as an SDK in it would use."""
+    try:
+        with open(f"/proc/{tgid}/environ", "rb") as environ:
+            for entry in environ.read().split(b"\0"):
+                if entry.startswith(b"OTEL_SERVICE_NAME="):
+                    return entry[len(b"OTEL_SERVICE_NAME=") :].decode(errors="replace") or None
+    except OSError:
+        return None
+    return None
+
+
 def executable_name(tgid: int) -> str | None:
     try:
         with open(f"/proc/{tgid}/comm") as comm:
@@ -37,7 +49,7 @@ def executable_name(tgid: int) -> str | None:
 
 class ResourceResolver:
     """Per-process resource attributes plus whatever the mode knows about the cgroup
-    (standalone: a service name from the cgroup; Kubernetes: the pod's k8s.* attributes)."""
+    (Kubernetes: the pod's k8s.* attributes and service.name, which win)."""
 
     def __init__(self, for_cgroup: Callable[[int], Attributes]) -> None:
         self._for_cgroup = for_cgroup
@@ -62,7 +74,9 @@ class ResourceResolver:
         exe = executable_name(tgid)
         if exe:
             attributes["process.executable.name"] = exe
-            attributes["service.name"] = exe
+        service = declared_service_name(tgid) or exe
+        if service:
+            attributes["service.name"] = service
         cid = container_id(tgid)
         if cid:
             attributes["container.id"] = cid

@@ -20,7 +20,9 @@ class Endpoint:
         return "ipv6" if self.family == socket.AF_INET6 else "ipv4"
 
     def __str__(self) -> str:
-        return f"[{self.address}]:{self.port}" if self.family == socket.AF_INET6 else f"{self.address}:{self.port}"
+        if self.family == socket.AF_INET6:
+            return f"[{self.address}]:{self.port}"
+        return f"{self.address}:{self.port}"
 
 
 def decode(raw: bytes) -> Endpoint | None:

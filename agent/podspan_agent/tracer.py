@@ -10,7 +10,7 @@ import ctypes
 import dataclasses
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from podspan_agent import bpf_events, connections, loader
@@ -30,7 +30,7 @@ class SpanSink(Protocol):
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TracerSettings:
-    capture: base.CaptureSettings = base.CaptureSettings()
+    capture: base.CaptureSettings = dataclasses.field(default_factory=base.CaptureSettings)
     protocols: frozenset[str] | None = None  # None: every protocol the agent knows
     hold_ns: int = 1_000_000_000
     max_connections: int = 65536
@@ -41,7 +41,7 @@ class Tracer:
         self,
         probes: loader.Probes,
         settings: TracerSettings,
-        sinks: list[SpanSink],
+        sinks: Sequence[SpanSink],
         resource_for: builder.ResourceLookup,
     ) -> None:
         self.probes = probes

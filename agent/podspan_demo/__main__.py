@@ -52,10 +52,12 @@ def main() -> int:
     runner = pods.PodRunner()
     app = [sys.executable, "-m", "podspan_demo.sample_app"]
     try:
-        backend = runner.start("backend", [*app, "backend", "--port", str(BACKEND_PORT)])
+        backend = runner.start("backend", [*app, "backend", "--port", str(BACKEND_PORT)],
+                               env={"OTEL_SERVICE_NAME": "backend"})
         frontend = runner.start(
             "frontend",
             [*app, "frontend", "--port", str(FRONTEND_PORT), "--backend", f"http://127.0.0.1:{BACKEND_PORT}"],
+            env={"OTEL_SERVICE_NAME": "frontend"},
         )
         pods.wait_for_port("127.0.0.1", BACKEND_PORT)
         pods.wait_for_port("127.0.0.1", FRONTEND_PORT)

@@ -3,6 +3,7 @@ optionally in their own network namespace joined to the host by a veth pair."""
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import os
 import pathlib
@@ -36,18 +37,6 @@ class Pod:
         return self.process.pid
 
 
-def kubelet_cgroup_dir(mount: pathlib.Path, pod_uid: str, container_id: str, qos: str = "besteffort") -> pathlib.Path:
-    """systemd-driver naming, as the kubelet creates it for containerd."""
-    slice_uid = pod_uid.replace("-", "_")
-    return (
-        mount
-        / "kubepods.slice"
-        / f"kubepods-{qos}.slice"
-        / f"kubepods-{qos}-pod{slice_uid}.slice"
-        / f"cri-containerd-{container_id}.scope"
-    )
-
-
 class PodRunner:
     """Starts and stops pods; removes every cgroup, namespace and process it made."""
 
@@ -60,7 +49,8 @@ class PodRunner:
               log_path: pathlib.Path | None = None) -> Pod:
         pod_uid = str(uuid.uuid4())
         container_id = uuid.uuid4().hex + uuid.uuid4().hex
-        directory = kubelet_cgroup_dir(self.mount, pod_uid, container_id)
+        relative = cgroups.kubelet_systemd_path(pod_uid, container_id, "besteffort", "containerd")
+        directory = self.mount / relative
         directory.mkdir(parents=True)
         pod = Pod(name, pod_uid, container_id, directory)
         self.pods.append(pod)
@@ -79,9 +69,12 @@ class PodRunner:
     def _make_netns(self, pod: Pod) -> None:
         index = self._subnet_index * 64 + len(self.pods)
         pod.netns = f"podspan-{os.getpid()}-{index}"
-        host_if, pod_if = f"psh{os.getpid() % 10000}x{index}"[:15], f"psp{os.getpid() % 10000}x{index}"[:15]
+        suffix = f"{os.getpid() % 10000}x{index}"
+        host_if, pod_if = f"psh{suffix}"[:15], f"psp{suffix}"[:15]
+        # A /30 per pod in a range only these test namespaces use.
         base = 4 * index
-        pod.host_ip, pod.pod_ip = f"10.231.{base // 256}.{base % 256 + 1}", f"10.231.{base // 256}.{base % 256 + 2}"
+        subnet = f"10.231.{base // 256}"
+        pod.host_ip, pod.pod_ip = f"{subnet}.{base % 256 + 1}", f"{subnet}.{base % 256 + 2}"
         for cmd in (
             ["ip", "netns", "add", pod.netns],
             ["ip", "link", "add", host_if, "type", "veth", "peer", "name", pod_if],
@@ -101,10 +94,8 @@ class PodRunner:
                 os.killpg(pod.process.pid, signal.SIGTERM)
                 pod.process.wait(timeout=5)
             except (ProcessLookupError, subprocess.TimeoutExpired):
-                try:
+                with contextlib.suppress(ProcessLookupError):
                     os.killpg(pod.process.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
                 pod.process.wait(timeout=5)
         _kill_cgroup(pod.cgroup_dir)
         _remove_cgroup_tree(pod.cgroup_dir, self.mount / "kubepods.slice")
@@ -124,7 +115,8 @@ def _kill_cgroup(directory: pathlib.Path) -> None:
     if kill_file.exists():
         kill_file.write_text("1")
     deadline = time.monotonic() + 5
-    while directory.exists() and (directory / "cgroup.procs").read_text().strip() and time.monotonic() < deadline:
+    procs = directory / "cgroup.procs"
+    while directory.exists() and procs.read_text().strip() and time.monotonic() < deadline:
         time.sleep(0.02)
 
 

@@ -18,7 +18,7 @@ import urllib.parse
 class BackendHandler(http.server.BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
-    def do_GET(self) -> None:  # noqa: N802 - http.server naming
+    def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         parts = path.strip("/").split("/")
         if len(parts) == 2 and parts[0] == "users" and parts[1].isdigit():
@@ -44,11 +44,12 @@ class BackendHandler(http.server.BaseHTTPRequestHandler):
 class FrontendHandler(BackendHandler):
     backend: urllib.parse.SplitResult
 
-    def do_GET(self) -> None:  # noqa: N802
+    def do_GET(self) -> None:
         path = urllib.parse.urlsplit(self.path).path
         if path.startswith("/users/") or path.startswith("/missing"):
             target = "/users/" + path.rsplit("/", 1)[-1] if path.startswith("/users/") else "/nope"
-            conn = http.client.HTTPConnection(self.backend.hostname or "127.0.0.1", self.backend.port, timeout=5)
+            host = self.backend.hostname or "127.0.0.1"
+            conn = http.client.HTTPConnection(host, self.backend.port, timeout=5)
             try:
                 conn.request("GET", target, headers={"User-Agent": "sample-frontend"})
                 response = conn.getresponse()

@@ -6,7 +6,7 @@ import dataclasses
 from collections.abc import Callable
 from types import ModuleType
 
-from podspan_agent.protocols import base, http1
+from podspan_agent.protocols import base, http1, mysql, postgresql, redis
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -23,7 +23,12 @@ class ProtocolSpec:
 
 
 # Order matters: cheaper and more specific detectors first.
-ALL: tuple[ProtocolSpec, ...] = (ProtocolSpec("http", http1),)
+ALL: tuple[ProtocolSpec, ...] = (
+    ProtocolSpec("http", http1),
+    ProtocolSpec("redis", redis),
+    ProtocolSpec("postgresql", postgresql),
+    ProtocolSpec("mysql", mysql),
+)
 
 NAMES: tuple[str, ...] = tuple(spec.name for spec in ALL)
 

@@ -174,7 +174,7 @@ def _innermost(candidates: Iterable[_Entry], span: model.SpanRecord) -> _Entry |
     best: _Entry | None = None
     for candidate in candidates:
         outer = candidate.span
-        if outer.start_ns - _SLACK_NS <= span.start_ns and span.end_ns <= outer.end_ns + _SLACK_NS:
-            if best is None or outer.start_ns > best.span.start_ns:
-                best = candidate
+        contains = outer.start_ns - _SLACK_NS <= span.start_ns and span.end_ns <= outer.end_ns + _SLACK_NS
+        if contains and (best is None or outer.start_ns > best.span.start_ns):
+            best = candidate
     return best

@@ -1,0 +1,1 @@
+"""Span exporters: OTLP (gRPC, HTTP/protobuf) to a backend, or console and JSON lines in standalone mode."""

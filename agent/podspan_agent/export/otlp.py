@@ -1,0 +1,670 @@
+"""OTLP export: encodes SpanRecords as OTLP/protobuf and ships them, batched, over gRPC or HTTP.
+
+The only module in Podspan that produces OpenTelemetry data. Spans are encoded straight to the
+OTLP protobuf wire format (no SDK objects): measured at ~3-5 µs per span against ~13 µs for
+opentelemetry-proto messages and ~45 µs for SDK ReadableSpan + encode_spans, which matters at
+the agent's 50k spans/s/core target. The bytes are the messages of opentelemetry-proto 1.45
+(`ExportTraceServiceRequest`), and the round trip is tested against a receiver that decodes them
+with opentelemetry-proto.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import functools
+import gzip
+import http.client
+import importlib.metadata
+import logging
+import math
+import os
+import random
+import re
+import socket
+import ssl
+import struct
+import threading
+import time
+import urllib.parse
+from collections.abc import Iterable, Mapping, Sequence
+
+import grpc
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+from podspan_agent.protocols import base
+from podspan_agent.spans import model
+
+log = logging.getLogger(__name__)
+
+GRPC = "grpc"
+HTTP_PROTOBUF = "http/protobuf"
+PROTOCOLS = (GRPC, HTTP_PROTOBUF)
+
+_SCOPE_NAME = "podspan"
+_GRPC_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
+_HTTP_TRACES_PATH = "/v1/traces"
+_DEFAULT_PORTS = {GRPC: 4317, HTTP_PROTOBUF: 4318}
+_SCHEME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+# Codes the OTLP spec lists as retryable for gRPC and HTTP.
+_GRPC_RETRYABLE = frozenset(
+    {
+        grpc.StatusCode.CANCELLED,
+        grpc.StatusCode.DEADLINE_EXCEEDED,
+        grpc.StatusCode.RESOURCE_EXHAUSTED,
+        grpc.StatusCode.ABORTED,
+        grpc.StatusCode.OUT_OF_RANGE,
+        grpc.StatusCode.UNAVAILABLE,
+        grpc.StatusCode.DATA_LOSS,
+    }
+)
+_HTTP_RETRYABLE = frozenset({429, 502, 503, 504})
+
+_INITIAL_BACKOFF_S = 0.25
+_MAX_BACKOFF_S = 4.0
+# A dead collector would otherwise log once per batch.
+_LOG_INTERVAL_S = 10.0
+
+
+# --------------------------------------------------------------------------- configuration
+
+
+def parse_key_value_list(value: str) -> dict[str, str]:
+    """Parse the `k=v,k2=v2` format of OTEL_RESOURCE_ATTRIBUTES / OTEL_EXPORTER_OTLP_HEADERS.
+
+    Keys and values are percent-decoded and stripped; members without `=` or with an empty key
+    are skipped with a warning (as the OpenTelemetry Python SDK does) so one typo does not lose
+    the rest.
+    """
+    result: dict[str, str] = {}
+    for member in value.split(","):
+        if not member.strip():
+            continue
+        key, sep, raw = member.partition("=")
+        key = urllib.parse.unquote(key.strip())
+        if not sep or not key:
+            log.warning("ignoring malformed key=value member %r", member)
+            continue
+        result[key] = urllib.parse.unquote(raw.strip())
+    return result
+
+
+def base_resource(
+    environ: Mapping[str, str] | None = None,
+    extra: Mapping[str, base.AttributeValue] | None = None,
+) -> dict[str, base.AttributeValue]:
+    """The exporter's base resource, merged under every span's own `record.resource`.
+
+    Precedence, lowest first: detected `host.name`, OTEL_RESOURCE_ATTRIBUTES, OTEL_SERVICE_NAME,
+    then `extra` (what the agent itself is told, e.g. `k8s.node.name` or a profile's
+    resourceAttributes). Per-process attributes (`process.pid`, ...) come with each span.
+    """
+    env = os.environ if environ is None else environ
+    resource: dict[str, base.AttributeValue] = {"host.name": socket.gethostname()}
+    resource.update(parse_key_value_list(env.get("OTEL_RESOURCE_ATTRIBUTES", "")))
+    service_name = env.get("OTEL_SERVICE_NAME", "").strip()
+    if service_name:
+        resource["service.name"] = service_name
+    if extra:
+        resource.update(extra)
+    return resource
+
+
+def env_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
+    """The traces endpoint the OTEL_EXPORTER_OTLP_* environment configures, if any.
+
+    Standalone mode uses this to choose between OTLP and printing spans.
+    """
+    env = os.environ if environ is None else environ
+    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+def _env(env: Mapping[str, str], suffix: str) -> str | None:
+    """Signal-specific OTEL_EXPORTER_OTLP_TRACES_* first, then the generic variable."""
+    for name in (f"OTEL_EXPORTER_OTLP_TRACES_{suffix}", f"OTEL_EXPORTER_OTLP_{suffix}"):
+        value = env.get(name, "").strip()
+        if value:
+            return value
+    return None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Target:
+    secure: bool
+    host: str
+    port: int
+    path: str
+
+    @property
+    def netloc(self) -> str:
+        host = f"[{self.host}]" if ":" in self.host else self.host
+        return f"{host}:{self.port}"
+
+    def url(self, protocol: str) -> str:
+        scheme = "https" if self.secure else "http"
+        return f"{scheme}://{self.netloc}{self.path if protocol == HTTP_PROTOBUF else ''}"
+
+
+def _resolve_target(
+    endpoint: str | None, protocol: str, insecure: bool | None, env: Mapping[str, str]
+) -> _Target:
+    """Apply the OTLP exporter spec's endpoint rules.
+
+    `http://`/`https://` decide transport security; a bare `host:port` is secure unless
+    `insecure` (or OTEL_EXPORTER_OTLP_INSECURE) says otherwise. For HTTP, an explicit or
+    signal-specific endpoint without a path gets `/v1/traces`; the generic
+    OTEL_EXPORTER_OTLP_ENDPOINT is a base URL that `/v1/traces` is always appended to.
+    """
+    is_base_url = False
+    if endpoint is None:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "").strip() or None
+    if endpoint is None:
+        endpoint = env.get("OTEL_EXPORTER_OTLP_ENDPOINT", "").strip() or None
+        is_base_url = endpoint is not None
+    if endpoint is None:
+        endpoint = f"http://localhost:{_DEFAULT_PORTS[protocol]}"
+    if insecure is None:
+        env_insecure = _env(env, "INSECURE")
+        insecure = env_insecure is not None and env_insecure.lower() == "true"
+
+    has_scheme = _SCHEME_RE.match(endpoint) is not None
+    parts = urllib.parse.urlsplit(endpoint if has_scheme else f"//{endpoint}")
+    if has_scheme and parts.scheme not in ("http", "https"):
+        raise ValueError(f"OTLP endpoint {endpoint!r}: scheme must be http or https")
+    if not parts.hostname:
+        raise ValueError(f"OTLP endpoint {endpoint!r}: no host")
+    secure = parts.scheme == "https" if has_scheme else not insecure
+    try:
+        port = parts.port
+    except ValueError as error:
+        raise ValueError(f"OTLP endpoint {endpoint!r}: {error}") from None
+    if port is None:
+        port = (443 if secure else 80) if has_scheme else _DEFAULT_PORTS[protocol]
+
+    path = parts.path
+    if protocol == GRPC:
+        if path not in ("", "/"):
+            raise ValueError(f"OTLP/gRPC endpoint {endpoint!r} must not have a path")
+    elif is_base_url:
+        path = path.rstrip("/") + _HTTP_TRACES_PATH
+    elif path in ("", "/"):
+        path = _HTTP_TRACES_PATH
+    return _Target(secure=secure, host=parts.hostname, port=port, path=path)
+
+
+# --------------------------------------------------------------------------- wire encoding
+#
+# Field numbers are those of opentelemetry/proto/{collector/trace,trace,common,resource}/v1/*.proto.
+# A tag byte is (field_number << 3) | wire_type; 2 = length-delimited, 1 = fixed64, 5 = fixed32.
+
+_VARINT_1 = [bytes((i,)) for i in range(128)]
+_MASK_64 = (1 << 64) - 1
+_MASK_128 = (1 << 128) - 1
+_INT64_MIN = -(1 << 63)
+_INT64_MAX = (1 << 63) - 1
+_KIND_FIELD = {  # Span.kind (6, varint): INTERNAL=1, SERVER=2, CLIENT=3
+    model.SpanKind.INTERNAL: b"\x30\x01",
+    model.SpanKind.SERVER: b"\x30\x02",
+    model.SpanKind.CLIENT: b"\x30\x03",
+}
+_TIMES = struct.Struct("<BQBQ").pack  # start_time_unix_nano (7), end_time_unix_nano (8), fixed64
+_FLAGS = struct.Struct("<2sI").pack  # Span.flags (16, fixed32): tag needs two varint bytes
+_DOUBLE = struct.Struct("<d").pack
+# Span.flags: W3C sampled bit, SPAN_FLAGS_CONTEXT_HAS_IS_REMOTE (0x100), ..._IS_REMOTE (0x200).
+_FLAGS_LOCAL_PARENT = 0x101
+_FLAGS_REMOTE_PARENT = 0x301
+
+
+def _varint(n: int) -> bytes:
+    if n < 128:
+        return _VARINT_1[n]
+    out = bytearray()
+    while n > 0x7F:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+def _delimited(payload: bytes) -> bytes:
+    return _varint(len(payload)) + payload
+
+
+def _utf8(text: str) -> bytes:
+    # Protobuf strings must be valid UTF-8; captured text may carry lone surrogates.
+    return text.encode("utf-8", "replace")
+
+
+def _clamp_u64(n: int) -> int:
+    return min(max(n, 0), _MASK_64)
+
+
+@functools.lru_cache(maxsize=4096, typed=True)
+def _key_value(key: str, value: base.AttributeValue) -> bytes:
+    """A length-prefixed KeyValue; the caller writes the field tag (it differs per parent).
+
+    Cached because most attribute pairs (method, status, server address, db system) repeat.
+    """
+    any_value: bytes
+    if isinstance(value, bool):
+        any_value = b"\x10\x01" if value else b"\x10\x00"  # bool_value (2)
+    elif isinstance(value, int) and _INT64_MIN <= value <= _INT64_MAX:
+        any_value = b"\x18" + _varint(value & _MASK_64)  # int_value (3), two's complement
+    elif isinstance(value, float):
+        any_value = b"\x21" + _DOUBLE(value)  # double_value (4)
+    else:
+        # string_value (1); ints beyond int64 keep their digits rather than wrap around.
+        any_value = b"\x0a" + _delimited(_utf8(str(value)))
+    return _delimited(b"\x0a" + _delimited(_utf8(key)) + b"\x12" + _delimited(any_value))
+
+
+def _encode_span(record: model.SpanRecord) -> bytes:
+    """Span body (without its ScopeSpans.spans tag and length)."""
+    parts = [
+        b"\x0a\x10",  # trace_id (1), 16 bytes
+        (record.trace_id & _MASK_128).to_bytes(16, "big"),
+        b"\x12\x08",  # span_id (2), 8 bytes
+        (record.span_id & _MASK_64).to_bytes(8, "big"),
+    ]
+    if record.trace_state:
+        parts += (b"\x1a", _delimited(_utf8(record.trace_state)))  # trace_state (3)
+    flags = _FLAGS_LOCAL_PARENT
+    if record.parent_span_id is not None:
+        parts += (b"\x22\x08", (record.parent_span_id & _MASK_64).to_bytes(8, "big"))  # parent (4)
+        if record.parent_is_remote:
+            flags = _FLAGS_REMOTE_PARENT
+    parts += (
+        b"\x2a",  # name (5)
+        _delimited(_utf8(record.name)),
+        _KIND_FIELD[record.kind],
+        _TIMES(0x39, _clamp_u64(record.start_ns), 0x41, _clamp_u64(record.end_ns)),
+    )
+    for key, value in record.attributes.items():
+        parts += (b"\x4a", _key_value(key, value))  # attributes (9)
+    if record.error is not None:
+        # Status (15): message (2) when there is one, code (3) = STATUS_CODE_ERROR (2).
+        status = (b"\x12" + _delimited(_utf8(record.error)) if record.error else b"") + b"\x18\x02"
+        parts += (b"\x7a", _delimited(status))
+    parts.append(_FLAGS(b"\x85\x01", flags))
+    return b"".join(parts)
+
+
+@functools.lru_cache(maxsize=1024)
+def _resource_field(attributes: tuple[tuple[str, base.AttributeValue], ...]) -> bytes:
+    """ResourceSpans.resource (1) for one merged attribute set."""
+    body = b"".join(b"\x0a" + _key_value(key, value) for key, value in attributes)
+    return b"\x0a" + _delimited(body)
+
+
+@functools.cache
+def _scope_field() -> bytes:
+    """ScopeSpans.scope (1): InstrumentationScope name (1) and version (2)."""
+    try:
+        version = importlib.metadata.version("podspan")
+    except importlib.metadata.PackageNotFoundError:
+        version = ""
+    body = b"\x0a" + _delimited(_SCOPE_NAME.encode())
+    if version:
+        body += b"\x12" + _delimited(version.encode())
+    return b"\x0a" + _delimited(body)
+
+
+def _merged_resource(
+    base_attributes: Mapping[str, base.AttributeValue], own: Mapping[str, base.AttributeValue]
+) -> tuple[tuple[str, base.AttributeValue], ...]:
+    merged = {**base_attributes, **own}
+    if "service.name" not in merged:
+        # The resource semantic conventions' fallback for a missing service.name.
+        executable = merged.get("process.executable.name")
+        merged["service.name"] = f"unknown_service:{executable}" if executable else "unknown_service"
+    return tuple(merged.items())
+
+
+def encode_request(
+    records: Iterable[model.SpanRecord], base_attributes: Mapping[str, base.AttributeValue]
+) -> tuple[bytes, int]:
+    """Encode spans as one serialized `ExportTraceServiceRequest`, one ResourceSpans per resource.
+
+    Each span's `record.resource` is merged over `base_attributes` (the span's own values win).
+    Returns the payload and how many spans could not be encoded (left out, not raised, so one
+    malformed record cannot sink its batch).
+    """
+    groups: dict[tuple[tuple[str, base.AttributeValue], ...], list[bytes]] = {}
+    invalid = 0
+    for record in records:
+        try:
+            span = _encode_span(record)
+            # Grouping by the record's own items (not the merged set) keeps the per-span cost
+            # to one tuple; the merge runs once per group below.
+            spans = groups.setdefault(tuple(record.resource.items()), [])
+        except Exception:
+            log.warning("cannot encode span %r", record.name, exc_info=True)
+            invalid += 1
+            continue
+        spans += (b"\x12", _delimited(span))  # ScopeSpans.spans (2)
+    resource_spans = []
+    for key, spans in groups.items():
+        scope_spans = _scope_field() + b"".join(spans)
+        resource = _resource_field(_merged_resource(base_attributes, dict(key)))
+        body = resource + b"\x12" + _delimited(scope_spans)
+        resource_spans.append(b"\x0a" + _delimited(body))  # ExportTraceServiceRequest.resource_spans (1)
+    return b"".join(resource_spans), invalid
+
+
+# --------------------------------------------------------------------------- transports
+
+
+class _SendError(Exception):
+    def __init__(self, message: str, *, retryable: bool, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retryable = retryable
+        self.retry_after = retry_after
+
+
+class _GrpcTransport:
+    def __init__(self, target: _Target, headers: Mapping[str, str], gzip_enabled: bool) -> None:
+        options = [
+            # grpc's default reconnect backoff grows to 120 s; a collector that comes back
+            # should receive spans again within seconds.
+            ("grpc.initial_reconnect_backoff_ms", 200),
+            ("grpc.min_reconnect_backoff_ms", 200),
+            ("grpc.max_reconnect_backoff_ms", 2000),
+        ]
+        compression = grpc.Compression.Gzip if gzip_enabled else grpc.Compression.NoCompression
+        if target.secure:
+            self._channel = grpc.secure_channel(
+                target.netloc, grpc.ssl_channel_credentials(), options=options, compression=compression
+            )
+        else:
+            self._channel = grpc.insecure_channel(target.netloc, options=options, compression=compression)
+        # No request serializer: the payload is already a serialized ExportTraceServiceRequest.
+        self._export = self._channel.unary_unary(
+            _GRPC_METHOD,
+            request_serializer=None,
+            response_deserializer=trace_service_pb2.ExportTraceServiceResponse.FromString,
+        )
+        self._metadata = tuple((key.lower(), value) for key, value in headers.items())
+
+    def send(self, payload: bytes, timeout: float) -> int:
+        """Send one request; return the spans the receiver reports as rejected."""
+        try:
+            response = self._export(payload, timeout=timeout, metadata=self._metadata)
+        except grpc.RpcError as error:
+            code = error.code()
+            raise _SendError(
+                f"gRPC {code.name}: {error.details()}",
+                retryable=code in _GRPC_RETRYABLE,
+            ) from None
+        return int(response.partial_success.rejected_spans)
+
+    def close(self) -> None:
+        self._channel.close()
+
+
+class _HttpTransport:
+    def __init__(self, target: _Target, headers: Mapping[str, str], gzip_enabled: bool) -> None:
+        self._target = target
+        self._gzip = gzip_enabled
+        self._headers = {**headers, "Content-Type": "application/x-protobuf"}
+        if gzip_enabled:
+            self._headers["Content-Encoding"] = "gzip"
+        self._ssl_context = ssl.create_default_context() if target.secure else None
+        self._connection: http.client.HTTPConnection | None = None
+
+    def _connect(self, timeout: float) -> http.client.HTTPConnection:
+        if self._connection is None:
+            if self._ssl_context is not None:
+                self._connection = http.client.HTTPSConnection(
+                    self._target.host, self._target.port, timeout=timeout, context=self._ssl_context
+                )
+            else:
+                self._connection = http.client.HTTPConnection(
+                    self._target.host, self._target.port, timeout=timeout
+                )
+        else:
+            self._connection.timeout = timeout
+            if self._connection.sock is not None:
+                self._connection.sock.settimeout(timeout)
+        return self._connection
+
+    def send(self, payload: bytes, timeout: float) -> int:
+        # Level 1: most of gzip's gain on repetitive protobuf at a fraction of level 9's CPU.
+        body = gzip.compress(payload, compresslevel=1) if self._gzip else payload
+        connection = self._connect(timeout)
+        try:
+            connection.request("POST", self._target.path, body=body, headers=self._headers)
+            response = connection.getresponse()
+            data = response.read()
+        except (OSError, http.client.HTTPException) as error:
+            self.close()
+            raise _SendError(f"HTTP {type(error).__name__}: {error}", retryable=True) from None
+        if 200 <= response.status < 300:
+            if data and "protobuf" in response.getheader("Content-Type", ""):
+                reply = trace_service_pb2.ExportTraceServiceResponse.FromString(data)
+                return int(reply.partial_success.rejected_spans)
+            return 0
+        retry_after = None
+        header = response.getheader("Retry-After")
+        if header is not None and header.strip().isdigit():
+            retry_after = float(header.strip())
+        raise _SendError(
+            f"HTTP {response.status} {response.reason}",
+            retryable=response.status in _HTTP_RETRYABLE,
+            retry_after=retry_after,
+        )
+
+    def close(self) -> None:
+        if self._connection is not None:
+            self._connection.close()
+            self._connection = None
+
+
+# --------------------------------------------------------------------------- exporter
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ExportStats:
+    """Counters since the exporter started; at any snapshot
+    `spans_enqueued == spans_exported + dropped_export_failed + dropped_shutdown + queued + in_flight`.
+
+    `export_errors` counts failed send attempts (a batch retried three times counts three).
+    """
+
+    spans_enqueued: int = 0
+    spans_exported: int = 0
+    dropped_queue_full: int = 0
+    dropped_export_failed: int = 0
+    dropped_shutdown: int = 0
+    export_errors: int = 0
+    queued: int = 0
+    in_flight: int = 0
+
+    @property
+    def spans_dropped(self) -> int:
+        return self.dropped_queue_full + self.dropped_export_failed + self.dropped_shutdown
+
+
+class OtlpExporter:
+    """Batches spans on a background thread and exports them over OTLP.
+
+    `export()` never blocks on the network: it appends to a bounded queue and, when the queue is
+    full, drops the *newest* span (counted as `dropped_queue_full`), like the OpenTelemetry SDK's
+    BatchSpanProcessor — the queue is never reordered under the worker and the cost stays O(1).
+    A batch that cannot be sent is retried with exponential backoff for at most `retry_timeout`
+    seconds, then dropped and counted (`dropped_export_failed`); memory is bounded by
+    `max_queue_size` plus one batch whatever the endpoint does.
+
+    Arguments left as None fall back to the OTEL_EXPORTER_OTLP_[TRACES_]* environment
+    (ENDPOINT, PROTOCOL, HEADERS, COMPRESSION, INSECURE), then to the spec's defaults, except
+    compression, which defaults to gzip. `resource` defaults to `base_resource(environ)`.
+    """
+
+    def __init__(
+        self,
+        endpoint: str | None = None,
+        *,
+        protocol: str | None = None,
+        headers: Mapping[str, str] | None = None,
+        insecure: bool | None = None,
+        compression: str | None = None,
+        resource: Mapping[str, base.AttributeValue] | None = None,
+        max_queue_size: int = 8192,
+        max_batch_size: int = 512,
+        schedule_delay: float = 0.5,
+        retry_timeout: float = 10.0,
+        request_timeout: float = 10.0,
+        environ: Mapping[str, str] | None = None,
+    ) -> None:
+        env = os.environ if environ is None else environ
+        protocol = protocol or _env(env, "PROTOCOL") or HTTP_PROTOBUF
+        if protocol not in PROTOCOLS:
+            raise ValueError(f"OTLP protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
+        compression = (compression or _env(env, "COMPRESSION") or "gzip").lower()
+        if compression not in ("gzip", "none"):
+            raise ValueError(f"OTLP compression {compression!r} is not gzip or none")
+        if max_queue_size < 1 or max_batch_size < 1:
+            raise ValueError("max_queue_size and max_batch_size must be positive")
+        if headers is None:
+            headers = parse_key_value_list(_env(env, "HEADERS") or "")
+        target = _resolve_target(endpoint, protocol, insecure, env)
+
+        self.protocol = protocol
+        self.endpoint = target.url(protocol)
+        self._resource = dict(base_resource(env) if resource is None else resource)
+        self._transport: _GrpcTransport | _HttpTransport
+        if protocol == GRPC:
+            self._transport = _GrpcTransport(target, headers, compression == "gzip")
+        else:
+            self._transport = _HttpTransport(target, headers, compression == "gzip")
+        self._max_queue_size = max_queue_size
+        self._max_batch_size = min(max_batch_size, max_queue_size)
+        self._schedule_delay = schedule_delay
+        self._retry_timeout = retry_timeout
+        self._request_timeout = request_timeout
+
+        self._lock = threading.Lock()
+        self._wakeup = threading.Condition(self._lock)
+        self._stopping = threading.Event()
+        self._queue: collections.deque[model.SpanRecord] = collections.deque()
+        self._stop_deadline = math.inf
+        self._counts = dict.fromkeys(
+            (
+                "spans_enqueued",
+                "spans_exported",
+                "dropped_queue_full",
+                "dropped_export_failed",
+                "dropped_shutdown",
+                "export_errors",
+            ),
+            0,
+        )
+        self._in_flight = 0
+        self._last_log = -math.inf
+        self._worker = threading.Thread(target=self._run, name="podspan-otlp-export", daemon=True)
+        self._worker.start()
+
+    def export(self, span: model.SpanRecord) -> None:
+        """Queue one span; never blocks on I/O."""
+        with self._lock:
+            if self._stopping.is_set():
+                self._counts["dropped_shutdown"] += 1
+                return
+            if len(self._queue) >= self._max_queue_size:
+                self._counts["dropped_queue_full"] += 1
+                return
+            self._queue.append(span)
+            self._counts["spans_enqueued"] += 1
+            if len(self._queue) == self._max_batch_size:
+                self._wakeup.notify()
+
+    def stats(self) -> ExportStats:
+        with self._lock:
+            return ExportStats(**self._counts, queued=len(self._queue), in_flight=self._in_flight)
+
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """Export what is queued for up to `timeout` seconds, count the rest as dropped, stop."""
+        with self._lock:
+            if not self._stopping.is_set():
+                self._stop_deadline = time.monotonic() + timeout
+                self._stopping.set()
+            self._wakeup.notify()
+        # The worker bounds every wait and request by the deadline; the margin covers the
+        # last request's teardown.
+        self._worker.join(timeout + 1.0)
+        self._transport.close()
+
+    def _run(self) -> None:
+        while True:
+            with self._lock:
+                if not self._stopping.is_set() and len(self._queue) < self._max_batch_size:
+                    self._wakeup.wait(self._schedule_delay)
+                if self._stopping.is_set() and (not self._queue or time.monotonic() >= self._stop_deadline):
+                    self._counts["dropped_shutdown"] += len(self._queue)
+                    self._queue.clear()
+                    return
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), self._max_batch_size))]
+                self._in_flight = len(batch)
+            if batch:
+                try:
+                    exported, failed, errors = self._send(batch)
+                except Exception:
+                    log.exception("OTLP export of %d spans failed unexpectedly", len(batch))
+                    exported, failed, errors = 0, len(batch), 1
+                with self._lock:
+                    self._in_flight = 0
+                    self._counts["spans_exported"] += exported
+                    self._counts["dropped_export_failed"] += failed
+                    self._counts["export_errors"] += errors
+
+    def _send(self, batch: Sequence[model.SpanRecord]) -> tuple[int, int, int]:
+        """Send one batch with bounded retries; return (exported, dropped, failed attempts)."""
+        payload, invalid = encode_request(batch, self._resource)
+        count = len(batch) - invalid
+        if count == 0:
+            return 0, invalid, 0
+        batch_deadline = time.monotonic() + self._retry_timeout
+        backoff = _INITIAL_BACKOFF_S
+        retry_at = time.monotonic()
+        errors = 0
+        last_error = "shutting down"
+        while True:
+            deadline = min(batch_deadline, self._stop_deadline)
+            now = time.monotonic()
+            if retry_at >= deadline:
+                self._log_drop(count, f"gave up retrying: {last_error}")
+                return 0, len(batch), errors
+            if retry_at > now:
+                if self._stopping.is_set():
+                    time.sleep(retry_at - now)
+                else:
+                    # Shutdown sets the event and moves the deadline closer: re-check it.
+                    self._stopping.wait(retry_at - now)
+                continue
+            try:
+                rejected = self._transport.send(payload, min(self._request_timeout, deadline - now))
+            except _SendError as error:
+                errors += 1
+                last_error = str(error)
+                if not error.retryable:
+                    self._log_drop(count, last_error)
+                    return 0, len(batch), errors
+                delay = error.retry_after if error.retry_after is not None else backoff
+                # Jitter: agents restarted together must not retry in lockstep.
+                retry_at = time.monotonic() + delay * random.uniform(0.8, 1.2)
+                backoff = min(backoff * 2, _MAX_BACKOFF_S)
+                continue
+            if rejected:
+                log.warning("OTLP receiver rejected %d of %d spans", rejected, count)
+            rejected = min(rejected, count)
+            return count - rejected, invalid + rejected, errors
+
+    def _log_drop(self, count: int, reason: str) -> None:
+        now = time.monotonic()
+        if now - self._last_log >= _LOG_INTERVAL_S:
+            self._last_log = now
+            log.warning("OTLP export to %s dropped %d spans: %s", self.endpoint, count, reason)

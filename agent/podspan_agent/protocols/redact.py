@@ -1,0 +1,60 @@
+"""Redaction of credentials in query strings and headers, shared by protocol parsers.
+
+Over-redacting is preferred to leaking: design.md keeps private data off or redacted by default.
+"""
+
+from __future__ import annotations
+
+import re
+import urllib.parse
+
+REDACTED = "REDACTED"
+
+# Query keys whose values are credentials, compared after lower-casing, percent-decoding and '-' -> '_'.
+CREDENTIAL_KEYS = frozenset({
+    "token", "access_token", "api_key", "apikey", "key", "password", "passwd", "pwd", "secret",
+    "signature", "sig", "auth", "session", "sessionid", "code", "awsaccesskeyid", "credential",
+})
+# Any key ending in `_<suffix>` is treated as a credential too (client_secret, x_amz_signature, id_token).
+_CREDENTIAL_SUFFIXES = tuple(f"_{suffix}" for suffix in (
+    "token", "key", "secret", "password", "signature", "sig", "credential", "session",
+))
+
+# Fragments every credential key above contains (also percent-encoded keys, after their first byte).
+_SUSPECT_RE = re.compile(r"token|key|pass|pwd|secret|sig|auth|session|code|credential", re.IGNORECASE)
+
+# Header names (lower-case) whose values are always replaced.
+SENSITIVE_HEADERS = frozenset({
+    "authorization", "proxy-authorization", "cookie", "set-cookie",
+    "x-api-key", "x-auth-token", "x-amz-security-token",
+})
+
+
+def is_credential_key(key: str) -> bool:
+    """True when a query/form parameter named `key` carries a credential."""
+    if "%" in key or "+" in key:
+        key = urllib.parse.unquote_plus(key)
+    key = key.strip().lower().replace("-", "_")
+    return key in CREDENTIAL_KEYS or key.endswith(_CREDENTIAL_SUFFIXES)
+
+
+def query(raw: str) -> str:
+    """Return `raw` (a query string without '?') with credential values replaced by REDACTED.
+
+    Parameter order, separators and non-credential values are kept byte for byte.
+    """
+    if not _SUSPECT_RE.search(raw):  # most queries hold no credential-like key at all
+        return raw
+    parts = raw.split("&")
+    changed = False
+    for index, part in enumerate(parts):
+        key, sep, value = part.partition("=")
+        if sep and value and is_credential_key(key):
+            parts[index] = f"{key}={REDACTED}"
+            changed = True
+    return "&".join(parts) if changed else raw
+
+
+def header(name: str, value: str) -> str:
+    """Return the value to record for header `name` (lower-case)."""
+    return REDACTED if name in SENSITIVE_HEADERS else value
