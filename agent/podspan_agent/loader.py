@@ -91,10 +91,10 @@ class Probes:
         except Exception as exc:  # bcc raises bare Exception on compile/attach failures
             raise ProbeError(f"loading {source.name} failed: {exc}") from exc
         self.load_seconds = time.monotonic() - started
-        self._cgroups = self._bpf["traced_cgroups"]
-        self._pids = self._bpf["traced_pids"]
-        self._conns = self._bpf["conns"]
-        self._stats = self._bpf["stats"]
+        self._cgroups = self._bpf[b"traced_cgroups"]
+        self._pids = self._bpf[b"traced_pids"]
+        self._conns = self._bpf[b"conns"]
+        self._stats = self._bpf[b"stats"]
         self._closed = False
         log.info("capture program loaded and attached in %.2fs using %s", self.load_seconds,
                  header_source.describe())
@@ -134,7 +134,7 @@ class Probes:
             callback(ctypes.cast(data, ctypes.c_void_p).value or 0, size)
             return 0
 
-        self._bpf["events"].open_ring_buffer(on_record)
+        self._bpf[b"events"].open_ring_buffer(on_record)
 
     def poll(self, timeout_ms: int) -> None:
         # Producers skip wake-ups below a backlog threshold, so drain after the wait.

@@ -1,0 +1,138 @@
+"""Session fixtures for kernel tests: the capture program is loaded once (compile+attach
+costs seconds), one tracer thread exports to a real OTLP receiver, pods are real cgroups."""
+
+from __future__ import annotations
+
+import collections.abc
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+import threading
+
+import pytest
+
+from podspan_agent import kernel_headers, loader, process_info, tracer
+from podspan_agent.export import otlp
+from podspan_demo import pods
+from tests.support import otlp_receiver
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "kernel tests need root"
+    try:
+        kernel_headers.resolve()
+    except kernel_headers.HeadersNotFound as exc:
+        return str(exc)
+    return None
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    reason = _skip_reason()
+    if reason is None:
+        return
+    for item in items:
+        if "tests/agent" in str(item.path):
+            item.add_marker(pytest.mark.skip(reason=reason))
+
+
+@pytest.fixture(scope="session")
+def receiver() -> collections.abc.Iterator[otlp_receiver.OtlpReceiver]:
+    with otlp_receiver.OtlpReceiver() as running:
+        yield running
+
+
+@pytest.fixture(scope="session")
+def probes() -> collections.abc.Iterator[loader.Probes]:
+    loaded = loader.Probes(loader.ProbeOptions(), kernel_headers.resolve())
+    yield loaded
+    loaded.close()
+
+
+@pytest.fixture(scope="session")
+def agent(
+    probes: loader.Probes, receiver: otlp_receiver.OtlpReceiver
+) -> collections.abc.Iterator[tracer.Tracer]:
+    exporter = otlp.OtlpExporter(receiver.grpc_endpoint, protocol="grpc", schedule_delay=0.1)
+    settings = tracer.TracerSettings(hold_ns=300_000_000)
+    the_tracer = tracer.Tracer(probes, settings, [exporter], process_info.ResourceResolver(lambda _c: {}))
+    stop = threading.Event()
+    thread = threading.Thread(target=the_tracer.run, args=(stop,), name="tracer", daemon=True)
+    thread.start()
+    yield the_tracer
+    stop.set()
+    thread.join(timeout=10)
+    exporter.shutdown()
+
+
+@pytest.fixture
+def pod_runner() -> collections.abc.Iterator[pods.PodRunner]:
+    runner = pods.PodRunner()
+    yield runner
+    runner.stop_all()
+
+
+@pytest.fixture
+def traced(probes: loader.Probes) -> collections.abc.Iterator[collections.abc.Callable[[pods.Pod], None]]:
+    """Select pods for tracing for the duration of one test."""
+    selected: list[int] = []
+
+    def select(pod: pods.Pod) -> None:
+        probes.trace_cgroup(pod.cgroup_id)
+        selected.append(pod.cgroup_id)
+
+    yield select
+    for cgroup in selected:
+        probes.untrace_cgroup(cgroup)
+
+
+SAMPLE_APP = [sys.executable, "-m", "podspan_demo.sample_app"]
+
+
+def free_port() -> int:
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def nginx_config(root: pathlib.Path, port: int) -> pathlib.Path:
+    (root / "html").mkdir(exist_ok=True)
+    (root / "html" / "index.html").write_text("<h1>podspan</h1>\n")
+    conf = root / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+user root;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    server {{
+        listen 127.0.0.1:{port};
+        root {root}/html;
+        location /api/ {{ return 200 '{{"ok":true}}'; }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+def nginx_binary() -> str:
+    return shutil.which("nginx") or "/usr/sbin/nginx"
+
+
+def bpftool_program_names() -> list[str]:
+    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
+    return [line.split("name ")[1].split()[0] for line in out.splitlines() if " name " in line]
