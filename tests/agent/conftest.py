@@ -4,6 +4,7 @@ costs seconds), one tracer thread exports to a real OTLP receiver, pods are real
 from __future__ import annotations
 
 import collections.abc
+import json
 import os
 import pathlib
 import shutil
@@ -133,6 +134,7 @@ def nginx_binary() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def bpftool_program_names() -> list[str]:
-    out = subprocess.run(["bpftool", "prog", "show"], capture_output=True, text=True, check=True).stdout
-    return [line.split("name ")[1].split()[0] for line in out.splitlines() if " name " in line]
+def bpftool_program_ids() -> list[int]:
+    """Ids of every BPF program loaded in the kernel, as bpftool lists them."""
+    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True).stdout
+    return [int(prog["id"]) for prog in json.loads(out)]

@@ -1,0 +1,118 @@
+"""`podspan-agent trace` as a user runs it: clear errors with exit 2, spans out, clean detach."""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from podspan_demo import pods
+from tests.agent import conftest
+from tests.support import otlp_receiver
+
+AGENT = [sys.executable, "-m", "podspan_agent.cli"]
+
+
+def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([*AGENT, *args], capture_output=True, text=True, timeout=60, **kwargs)  # type: ignore[call-overload, no-any-return]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["trace", "--cgroup", "/sys/fs/cgroup/no/such/podspan-cgroup"], "does not exist"),
+        (["trace", "--cgroup", "/tmp"], "not a cgroup v2 directory"),
+        (["trace", "--pid", "999999999"], "no process with pid 999999999"),
+        (["trace"], "nothing to trace"),
+        (["trace", "--pid", "1", "--protocols", "http,gopher"], "unknown protocol(s) gopher"),
+        (["trace", "--pid", "1", "--capture-size", "100"], "power of two"),
+    ],
+)
+def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
+    before = set(conftest.bpftool_program_ids())
+    result = _run(args)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("podspan-agent: ") and message in lines[0], result.stderr
+    assert set(conftest.bpftool_program_ids()) <= before
+
+
+def test_without_root_is_refused(tmp_path: pathlib.Path) -> None:
+    result = subprocess.run(
+        ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups", *AGENT, "trace", "--pid", "1"],
+        capture_output=True, text=True, timeout=60, cwd=tmp_path,
+    )
+    assert result.returncode == 2
+    assert "needs root" in result.stderr
+
+
+def _start_agent(args: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[str]:
+    agent = subprocess.Popen([*AGENT, *args], stderr=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+                             env={**os.environ, **(env or {})})
+    assert agent.stderr is not None
+    for line in agent.stderr:
+        if line.startswith("podspan: tracing"):
+            return agent
+    agent.wait()
+    raise AssertionError(f"agent did not start (exit {agent.returncode})")
+
+
+def _traffic(port: int, paths: list[str]) -> None:
+    for path in paths:
+        conn = __import__("http.client").client.HTTPConnection("127.0.0.1", port, timeout=10)
+        conn.request("GET", path)
+        conn.getresponse().read()
+        conn.close()
+
+
+def test_otlp_http_export_and_ctrl_c_detaches(pod_runner: pods.PodRunner) -> None:
+    port = conftest.free_port()
+    app = pod_runner.start("app", [*conftest.SAMPLE_APP, "backend", "--port", str(port)])
+    pods.wait_for_port("127.0.0.1", port)
+    before = set(conftest.bpftool_program_ids())
+    with otlp_receiver.OtlpReceiver() as receiver:
+        agent = _start_agent(
+            ["trace", "--cgroup", str(app.cgroup_dir), "--otlp-endpoint", f"http://127.0.0.1:{receiver.http_port}",
+             "--otlp-protocol", "http/protobuf"],
+            env={"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=test,team=podspan"},
+        )
+        try:
+            assert len(set(conftest.bpftool_program_ids()) - before) > 10  # attached while running
+            _traffic(port, ["/users/5", "/users/6"])
+            spans = receiver.wait_for(lambda got: len(got) >= 2, timeout=20)
+        finally:
+            agent.send_signal(signal.SIGINT)
+            agent.communicate(timeout=60)
+    assert agent.returncode == 0
+    assert {s.attributes["url.path"] for s in spans} == {"/users/5", "/users/6"}
+    assert all(s.transport == "http" for s in spans)
+    resource = spans[0].resource
+    assert resource["deployment.environment.name"] == "test" and resource["team"] == "podspan"
+    assert resource["process.pid"] == app.pid
+    assert resource["host.name"] and resource["process.executable.name"]
+    # Everything detached: no program of ours is left in the kernel.
+    assert set(conftest.bpftool_program_ids()) <= before
+
+
+def test_duration_and_jsonl_output(pod_runner: pods.PodRunner, tmp_path: pathlib.Path) -> None:
+    port = conftest.free_port()
+    app = pod_runner.start("app", [*conftest.SAMPLE_APP, "backend", "--port", str(port)])
+    pods.wait_for_port("127.0.0.1", port)
+    out = tmp_path / "spans.jsonl"
+    started = time.monotonic()
+    agent = _start_agent(["trace", "--pid", str(app.pid), "--duration", "3", "--output", "jsonl",
+                          "--output-file", str(out)])
+    _traffic(port, ["/users/9", "/healthz"])
+    _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    assert time.monotonic() - started >= 3
+    assert "podspan: done" in stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert sorted(r["attributes"]["url.path"] for r in records) == ["/healthz", "/users/9"]
+    assert all(len(r["trace_id"]) == 32 for r in records)
