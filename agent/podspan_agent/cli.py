@@ -159,7 +159,7 @@ def _trace(args: argparse.Namespace) -> int:
 def _run(args: argparse.Namespace) -> int:
     if not args.node:
         raise UsageError("no node name: pass --node NAME or set NODE_NAME")
-    from podspan_agent import node_agent  # deferred: pulls in the Kubernetes client
+    import podspan_agent.node_agent as node_agent  # deferred: pulls in the Kubernetes client
 
     _check_privileges()
     return node_agent.run(args.node)

@@ -8,7 +8,6 @@ import pathlib
 import subprocess
 
 import pytest
-
 from podspan_agent import bpf_events, loader
 
 HEADER_DIR = loader.bpf_dir() / "include"
@@ -79,7 +78,7 @@ def test_struct_layout_matches_header(c_layout: dict[str, int], struct: str) -> 
 def test_data_event_offsets(c_layout: dict[str, int]) -> None:
     assert bpf_events.DataEventFixed.chunk_bytes.offset == c_layout["podspan_data_event.chunk_bytes"]
     assert bpf_events.DataEventFixed.captured.offset == c_layout["podspan_data_event.captured"]
-    assert bpf_events.DATA_OFFSET == c_layout["podspan_data_event.data"]
+    assert c_layout["podspan_data_event.data"] == bpf_events.DATA_OFFSET
 
 
 @pytest.mark.parametrize("name", sorted(ENUMS))

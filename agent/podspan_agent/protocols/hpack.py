@@ -499,10 +499,15 @@ class Decoder:
         self.desync_count = 0
 
     def desynchronise(self) -> None:
-        """Header blocks were lost: from now on unresolvable references are unknown."""
+        """Header blocks were lost: from now on unresolvable references are unknown.
+
+        Insertions we missed shifted every entry we hold to an unknown index, so the table
+        restarts empty; only entries inserted from here on are trusted.
+        """
         if self.synchronised:
             self.desync_count += 1
         self.synchronised = False
+        self._clear()
 
     @property
     def table_size(self) -> int:

@@ -26,7 +26,7 @@ CONTEXT_HEADERS = frozenset({"traceparent", "tracestate", "b3", "x-b3-traceid", 
                              "x-b3-parentspanid", "x-b3-sampled", "x-b3-flags"})
 # Propagation headers grouped under a common prefix, so requests without them cost one find a group.
 _CONTEXT_KEYS = tuple(
-    (gate, tuple((name, f"\n{name}:") for name in sorted(CONTEXT_HEADERS) if name.startswith(gate[1:].rstrip(":"))))
+    (gate, tuple((name, f"\n{name}:") for name in sorted(CONTEXT_HEADERS) if f"\n{name}:".startswith(gate)))
     for gate in ("\ntrace", "\nb3:", "\nx-b3-")
 )
 _VERSIONS = {"HTTP/1.1": "1.1", "HTTP/1.0": "1.0"}
@@ -102,9 +102,9 @@ class _Head:
             else:  # cut by the capture size: keep only whole lines
                 stop, self.end = data.rfind(b"\n", pos) + 1 or len(data), len(data)
         self.complete = end >= 0  # header block fully captured
-        start_line, _, block = data[pos:stop].decode("latin-1").partition("\n")
-        self.start_line = start_line.rstrip("\r")
-        self.block = "\n" + block  # every field line starts after a "\n" and ends with one
+        # Every field line starts after a "\n" (the first one after the start line's) and ends with one.
+        self.block = data[pos:stop].decode("latin-1")
+        self.start_line = self.block.partition("\n")[0].rstrip("\r")
         self.lower = self.block.lower()  # same offsets: Latin-1 case mapping is one char to one char
         self.body_end = _UNKNOWN  # offset just past the body; _UNKNOWN when it cannot be known
         self.body_size: int | None = None
@@ -120,7 +120,7 @@ class _Head:
     def fields(self) -> list[tuple[str, str]]:
         """All (lower-case name, value) pairs in wire order."""
         pairs = []
-        for line in self.block.split("\n"):
+        for line in self.block.split("\n")[1:]:
             name, sep, value = line.partition(":")
             if sep:
                 pairs.append((name.strip().lower(), value.strip()))
@@ -137,7 +137,7 @@ class _Head:
         if not has_body:
             self.body_end = self.end
             return
-        encoding = self.value("\ntransfer-encoding:")
+        encoding = self.value("\ntransfer-encoding:") if "\ntransfer-encoding:" in self.lower else None
         if encoding is not None:
             if encoding.lower().endswith("chunked"):
                 self._chunked(data)

@@ -103,7 +103,7 @@ class LengthFramer:
 
 def _kafka_length(data: bytes, pos: int) -> int | None:
     (size,) = struct.unpack_from(">i", data, pos)
-    return size + 4 if 8 <= size <= MAX_FRAME else None
+    return size + 4 if 4 <= size <= MAX_FRAME else None  # a response may be just its correlation id
 
 
 def flexible(api_key: int, api_version: int) -> bool:

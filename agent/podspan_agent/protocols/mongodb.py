@@ -106,7 +106,9 @@ def read_document(data: bytes, pos: int, wanted: frozenset[str]) -> tuple[str, d
 def _value(data: bytes, kind: int, pos: int, end: int) -> object:
     if kind == 0x02 and pos + 4 <= end:
         (size,) = struct.unpack_from("<i", data, pos)
-        return pairing.printable(data[pos + 4 : min(end, pos + 4 + max(size - 1, 0))], 256)
+        if size < 1 or pos + 4 + size > end:
+            return None  # cut off by the capture: a prefix would be a wrong name
+        return pairing.printable(data[pos + 4 : pos + 3 + size], 256)
     if kind in (0x10, 0x12, 0x01) and pos + _FIXED[kind] <= end:
         return struct.unpack_from({0x10: "<i", 0x12: "<q", 0x01: "<d"}[kind], data, pos)[0]
     if kind == 0x08 and pos < end:

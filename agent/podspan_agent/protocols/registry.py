@@ -6,13 +6,18 @@ import dataclasses
 from collections.abc import Callable
 from types import ModuleType
 
-from podspan_agent.protocols import base, http1, mysql, postgresql, redis
+from podspan_agent.protocols import base, dns, http1, http2, kafka, mongodb, mysql, postgresql, redis
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProtocolSpec:
     name: str  # the name used in TraceProfile spec.protocols
     module: ModuleType  # has detect(data) -> bool and Parser(settings)
+    also: tuple[str, ...] = ()  # further spec.protocols names this parser serves
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return (self.name, *self.also)
 
     def detect(self, data: bytes) -> bool:
         return bool(self.module.detect(data))
@@ -28,9 +33,13 @@ ALL: tuple[ProtocolSpec, ...] = (
     ProtocolSpec("redis", redis),
     ProtocolSpec("postgresql", postgresql),
     ProtocolSpec("mysql", mysql),
+    ProtocolSpec("http2", http2, also=("grpc",)),
+    ProtocolSpec("kafka", kafka),
+    ProtocolSpec("mongodb", mongodb),
+    ProtocolSpec("dns", dns),
 )
 
-NAMES: tuple[str, ...] = tuple(spec.name for spec in ALL)
+NAMES: tuple[str, ...] = tuple(name for spec in ALL for name in spec.names)
 
 
 Detector = Callable[[bytes], tuple[str, base.Parser] | None]
@@ -38,7 +47,7 @@ Detector = Callable[[bytes], tuple[str, base.Parser] | None]
 
 def detector(enabled: frozenset[str] | None, settings: base.CaptureSettings) -> Detector:
     """A function that picks and builds the parser for a connection's first client bytes."""
-    specs = tuple(spec for spec in ALL if enabled is None or spec.name in enabled)
+    specs = tuple(spec for spec in ALL if enabled is None or not enabled.isdisjoint(spec.names))
 
     def detect(data: bytes) -> tuple[str, base.Parser] | None:
         for spec in specs:

@@ -1,0 +1,321 @@
+"""Kubernetes mode (`podspan-agent run`): follow this node's NodeTraceConfig, trace the cgroups of
+its targets, route each span to the exporters of the profiles that selected its pod, report status.
+
+Threads: the tracer loop runs on the main thread and applies configuration on its ticks; one
+thread watches the NodeTraceConfig; status is written from the tracer's ticks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import logging
+import os
+import pathlib
+import signal
+import threading
+import time
+import typing
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes import config as k8s_config
+from kubernetes import watch as k8s_watch
+from podspan_api import models
+
+from podspan_agent import cgroups, kernel_headers, loader, process_info, tracer
+from podspan_agent.export import otlp
+from podspan_agent.protocols import base
+from podspan_agent.spans import model
+
+log = logging.getLogger(__name__)
+
+GROUP, VERSION, PLURAL = "podspan.dev", "v1alpha1", "nodetraceconfigs"
+_RECONCILE_EVERY_S = 2.0  # also picks up containers that start (or restart) later
+_STATUS_EVERY_S = 10.0
+_WATCH_TIMEOUT_S = 60
+_RUNTIMES = ("containerd", "cri-o", "docker")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TargetPlan:
+    """One container of the spec and where the agent stands with it."""
+
+    status: models.TargetStatus
+    cgroup_id: int | None
+    resource: dict[str, base.AttributeValue]
+    profiles: tuple[str, ...]
+    container_hex: str | None
+
+
+def split_container_id(container_id: str) -> tuple[str, str] | None:
+    """`containerd://<hex>` -> ("containerd", "<hex>")."""
+    runtime, sep, hex_id = container_id.partition("://")
+    return (runtime, hex_id) if sep and runtime in _RUNTIMES and hex_id else None
+
+
+def find_cgroup(
+    mount: pathlib.Path, pod_uid: str, runtime: str, hex_id: str, qos: str
+) -> pathlib.Path | None:
+    """The container's cgroup under either kubelet cgroup driver, if it exists."""
+    qos_name = qos.lower()
+    for relative in (
+        cgroups.kubelet_systemd_path(pod_uid, hex_id, qos_name, runtime),
+        cgroups.kubelet_cgroupfs_path(pod_uid, hex_id, qos_name),
+    ):
+        if (mount / relative).is_dir():
+            return mount / relative
+    return None
+
+
+def plan(spec: models.NodeTraceConfigSpec, node: str, mount: pathlib.Path) -> list[TargetPlan]:
+    """Resolve every container of the spec to a cgroup id (or a reason why not yet)."""
+    plans = []
+    for pod in spec.targets:
+        for container in pod.containers:
+            resource = _pod_resource(pod, container.name, node)
+            parsed = split_container_id(container.container_id or "")
+            cgroup_id = None
+            state, reason, message = models.TargetState.WAITING, "", ""
+            if container.container_id is None:
+                reason, message = "ContainerNotStarted", "no container id reported yet"
+            elif parsed is None:
+                state, reason = models.TargetState.ERROR, "UnsupportedRuntime"
+                message = f"cannot read container id {container.container_id!r}"
+            else:
+                resource["container.id"] = parsed[1]
+                directory = find_cgroup(mount, pod.uid, parsed[0], parsed[1], str(pod.qos_class))
+                if directory is None:
+                    reason, message = "CgroupNotFound", f"no cgroup for container {parsed[1][:12]} yet"
+                else:
+                    state, cgroup_id = models.TargetState.ATTACHED, cgroups.cgroup_id(directory)
+            status = models.TargetStatus(pod_uid=pod.uid, container=container.name,
+                                         container_id=container.container_id, state=state,
+                                         reason=reason, message=message)
+            plans.append(TargetPlan(status, cgroup_id, resource, tuple(container.profiles),
+                                    parsed[1] if parsed else None))
+    return plans
+
+
+def _pod_resource(pod: models.PodTarget, container: str, node: str) -> dict[str, base.AttributeValue]:
+    resource: dict[str, base.AttributeValue] = {
+        "k8s.namespace.name": pod.namespace,
+        "k8s.pod.name": pod.name,
+        "k8s.pod.uid": pod.uid,
+        "k8s.container.name": container,
+        "k8s.node.name": node,
+        "service.name": pod.service_name,
+    }
+    if pod.workload is not None:
+        resource[f"k8s.{pod.workload.kind.lower()}.name"] = pod.workload.name
+    if "app.kubernetes.io/version" in pod.labels:
+        resource["service.version"] = pod.labels["app.kubernetes.io/version"]
+    return resource
+
+
+def sampled(trace_id: int, ratio: float) -> bool:
+    """Deterministic by trace id, so every agent keeps or drops a trace the same way."""
+    return ratio >= 1.0 or (trace_id & 0xFFFFFFFFFFFFFFFF) < int(ratio * 2**64)
+
+
+class Router:
+    """The tracer's only sink in Kubernetes mode: one OTLP exporter per profile."""
+
+    def __init__(self) -> None:
+        self._profiles: dict[str, models.ResolvedProfile] = {}
+        self._exporters: dict[str, otlp.OtlpExporter] = {}
+        self._by_container: dict[str, tuple[str, ...]] = {}
+        self.unrouted = 0
+
+    def configure(self, profiles: list[models.ResolvedProfile], plans: list[TargetPlan]) -> None:
+        wanted = {p.key: p for p in profiles}
+        for key in list(self._exporters):
+            old, new = self._profiles[key], wanted.get(key)
+            if new is None or (new.export, new.resource_attributes) != (old.export, old.resource_attributes):
+                self._exporters.pop(key).shutdown(timeout=1.0)
+        for key, profile in wanted.items():
+            if key not in self._exporters:
+                export = profile.export.otlp
+                self._exporters[key] = otlp.OtlpExporter(
+                    export.endpoint, protocol=str(export.protocol), headers=export.headers,
+                    insecure=export.insecure, compression=str(export.compression),
+                    resource=otlp.base_resource(extra=profile.resource_attributes),
+                )
+        self._profiles = wanted
+        self._by_container = {p.container_hex: p.profiles for p in plans if p.container_hex}
+
+    def export(self, span: model.SpanRecord) -> None:
+        keys = self._by_container.get(str(span.resource.get("container.id", "")), ())
+        if not keys:
+            self.unrouted += 1
+        for key in keys:
+            profile = self._profiles.get(key)
+            if profile is None or span.protocol not in profile.protocols:
+                continue
+            if sampled(span.trace_id, profile.sampling.ratio):
+                self._exporters[key].export(span)
+
+    def counters(self, events_lost: int) -> list[models.ProfileCounters]:
+        counters = []
+        for key, exporter in sorted(self._exporters.items()):
+            stats = exporter.stats()
+            counters.append(models.ProfileCounters(
+                profile=key, spans_exported=stats.spans_exported, spans_dropped=stats.spans_dropped,
+                events_lost=events_lost,
+            ))
+        return counters
+
+    def shutdown(self) -> None:
+        for exporter in self._exporters.values():
+            exporter.shutdown(timeout=2.0)
+
+
+class ConfigWatcher(threading.Thread):
+    """List+watch of one NodeTraceConfig; keeps the latest object (None when absent)."""
+
+    def __init__(self, api: k8s.CustomObjectsApi, node: str) -> None:
+        super().__init__(name="ntc-watch", daemon=True)
+        self._api, self._node = api, node
+        self._lock = threading.Lock()
+        self._latest: dict[str, Any] | None = None
+        self.version = 0  # bumps on every change seen
+        self.stopping = threading.Event()
+
+    def latest(self) -> tuple[int, dict[str, Any] | None]:
+        with self._lock:
+            return self.version, self._latest
+
+    def _store(self, obj: dict[str, Any] | None) -> None:
+        with self._lock:
+            self._latest, self.version = obj, self.version + 1
+
+    def run(self) -> None:
+        selector = f"metadata.name={self._node}"
+        backoff = 1.0
+        while not self.stopping.is_set():
+            try:
+                listed = typing.cast(dict[str, Any], self._api.list_cluster_custom_object(
+                    GROUP, VERSION, PLURAL, field_selector=selector
+                ))
+                # The server may ignore the selector: filter by name here too.
+                mine = [o for o in listed.get("items", []) if o["metadata"]["name"] == self._node]
+                self._store(mine[0] if mine else None)
+                version = listed["metadata"].get("resourceVersion")
+                stream = k8s_watch.Watch().stream(
+                    self._api.list_cluster_custom_object, GROUP, VERSION, PLURAL, field_selector=selector,
+                    resource_version=version, timeout_seconds=_WATCH_TIMEOUT_S,
+                )
+                for event in stream:
+                    obj = event["object"]
+                    if obj.get("metadata", {}).get("name") != self._node:
+                        continue
+                    self._store(None if event["type"] == "DELETED" else obj)
+                    if self.stopping.is_set():
+                        break
+                backoff = 1.0
+            except Exception as exc:  # API down or 410 Gone: relist after a pause
+                log.warning("watching NodeTraceConfig/%s failed (%s); retrying in %.0fs",
+                            self._node, exc, backoff)
+                self.stopping.wait(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+
+def api_client() -> k8s.ApiClient:
+    """In-cluster service account, else KUBECONFIG / ~/.kube/config (http or https)."""
+    configuration = k8s.Configuration()
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    except k8s_config.ConfigException:
+        path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
+        k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
+    return k8s.ApiClient(configuration)
+
+
+class NodeAgent:
+    def __init__(self, node: str, custom: k8s.CustomObjectsApi, probes: loader.Probes,
+                 headers: kernel_headers.HeaderSource) -> None:
+        self.node, self._custom, self._probes, self._headers = node, custom, probes, headers
+        self._mount = cgroups.cgroup2_mount()
+        self._watcher = ConfigWatcher(custom, node)
+        self.router = Router()
+        self._resources_by_cgroup: dict[int, dict[str, base.AttributeValue]] = {}
+        self.resources = process_info.ResourceResolver(lambda cid: self._resources_by_cgroup.get(cid, {}))
+        self.tracer = tracer.Tracer(probes, tracer.TracerSettings(), [self.router], self.resources)
+        self._applied_version = -1
+        self._generation: int | None = None
+        self._plans: list[TargetPlan] = []
+        self._next_reconcile = 0.0
+        self._next_status = 0.0
+        self._status_dirty = True
+
+    def run(self, stop: threading.Event) -> None:
+        self._watcher.start()
+        try:
+            self.tracer.run(stop, self._tick)
+        finally:
+            self._watcher.stopping.set()
+            self.router.shutdown()
+
+    def _tick(self) -> None:
+        now = time.monotonic()
+        version, obj = self._watcher.latest()
+        if version != self._applied_version or now >= self._next_reconcile:
+            self._apply(obj)
+            self._applied_version, self._next_reconcile = version, now + _RECONCILE_EVERY_S
+        if obj is not None and (self._status_dirty or now >= self._next_status):
+            self._write_status()
+            self._next_status = now + _STATUS_EVERY_S
+
+    def _apply(self, obj: dict[str, Any] | None) -> None:
+        config = models.NodeTraceConfig.model_validate(obj) if obj else None
+        spec = config.spec if config else models.NodeTraceConfigSpec()
+        self._generation = config.metadata.generation if config else None
+        plans = plan(spec, self.node, self._mount)
+        wanted = {p.cgroup_id: p.resource for p in plans if p.cgroup_id is not None}
+        current = set(self._resources_by_cgroup)
+        for cid in current - set(wanted):
+            self._probes.untrace_cgroup(cid)
+            self.resources.forget_cgroup(cid)
+        for cid in set(wanted) - current:
+            self._probes.trace_cgroup(cid)
+        self._resources_by_cgroup = wanted
+        self.router.configure(spec.profiles, plans)
+        if [p.status for p in plans] != [p.status for p in self._plans]:
+            self._status_dirty = True
+            log.info("applied NodeTraceConfig/%s: %d attached, %d waiting", self.node, len(wanted),
+                     len(plans) - len(wanted))
+        self._plans = plans
+
+    def _write_status(self) -> None:
+        lost = self._probes.stats().get("events_lost", 0)
+        status = models.NodeTraceConfigStatus(
+            observed_generation=self._generation,
+            heartbeat_time=datetime.datetime.now(datetime.UTC),
+            agent_version="0.1.0",
+            header_source=self._headers.describe(),
+            targets=[p.status for p in self._plans],
+            profiles=self.router.counters(lost),
+        )
+        try:
+            self._custom.patch_cluster_custom_object_status(
+                GROUP, VERSION, PLURAL, self.node, {"status": status.model_dump(mode="json", by_alias=True)}
+            )
+            self._status_dirty = False
+        except Exception as exc:  # the API may be away; the next tick retries
+            log.warning("writing NodeTraceConfig/%s status failed: %s", self.node, exc)
+
+
+def run(node: str) -> int:
+    headers = kernel_headers.resolve()
+    probes = loader.Probes(loader.ProbeOptions(), headers)
+    custom = k8s.CustomObjectsApi(api_client())
+    agent = NodeAgent(node, custom, probes, headers)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("following NodeTraceConfig/%s (%s)", node, headers.describe())
+    try:
+        agent.run(stop)
+    finally:
+        probes.close()
+    return 0

@@ -1,0 +1,429 @@
+"""HTTP/1.1 tracing overhead on nginx: untraced vs traced, in one run on one machine.
+
+nginx runs in its own cgroup "pod" (podspan_demo.pods.PodRunner); the agent is the real CLI
+(`python -m podspan_agent.cli trace --cgroup ...`) exporting OTLP/gRPC to a local receiver process
+(tests.support.otlp_receiver). Order: untraced, traced, untraced again; the untraced baseline is the
+mean of the two untraced runs. Per arm:
+  (a) saturation throughput: `wrk -t1 -c16 -d10s http://127.0.0.1:PORT/`;
+  (b) latency at a fixed rate: an open-loop Python client on keep-alive connections, p50/p99;
+  (c) agent CPU during the traced wrk run -> traced requests per agent-CPU-second, agent RSS;
+  (d) in-kernel cost per request from `kernel.bpf_stats_enabled` (restored afterwards);
+  (e) the agent's final `podspan: done` totals (spans, dropped, events lost).
+wrk, nginx, the agent, the receiver and the latency client all share the machine's cores.
+Nothing is asserted; the script prints a table and exits 0.
+Run: `.venv/bin/python bench/http_overhead.py [--duration 10] [--rate 500]`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import pathlib
+import platform
+import re
+import shlex
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+
+import psutil
+from podspan_demo import pods
+
+ROOT = pathlib.Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+HOST = "127.0.0.1"
+STATS_SYSCTL = pathlib.Path("/proc/sys/kernel/bpf_stats_enabled")
+
+
+def nginx_config(root: pathlib.Path, port: int) -> pathlib.Path:
+    """One worker, no access log, a small static file at / and a `return 200` at /api/."""
+    (root / "html").mkdir(exist_ok=True)
+    (root / "html" / "index.html").write_text("<h1>podspan</h1>\n")
+    conf = root / "nginx.conf"
+    conf.write_text(
+        f"""daemon off;
+user root;
+worker_processes 1;
+pid {root}/nginx.pid;
+error_log {root}/error.log;
+events {{ worker_connections 1024; }}
+http {{
+    access_log off;
+    keepalive_requests 1000000;
+    client_body_temp_path {root}/body;
+    proxy_temp_path {root}/proxy;
+    fastcgi_temp_path {root}/fastcgi;
+    uwsgi_temp_path {root}/uwsgi;
+    scgi_temp_path {root}/scgi;
+    server {{
+        listen {HOST}:{port};
+        root {root}/html;
+        location /api/ {{ return 200 '{{"ok":true}}'; }}
+    }}
+}}
+"""
+    )
+    return conf
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((HOST, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+# ---------------------------------------------------------------- wrk
+
+
+def run_wrk(port: int, duration: int) -> dict[str, float]:
+    cmd = ["wrk", "-t1", "-c16", f"-d{duration}s", f"http://{HOST}:{port}/"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
+    rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
+    total = re.search(r"(\d+) requests in", out)
+    errors = re.search(r"Non-2xx or 3xx responses:\s+(\d+)", out)
+    if rps is None or total is None:
+        raise RuntimeError(f"cannot parse wrk output:\n{out}")
+    return {
+        "rps": float(rps.group(1)),
+        "requests": float(total.group(1)),
+        "non2xx": float(errors.group(1)) if errors else 0.0,
+    }
+
+
+# ---------------------------------------------------------------- fixed-rate latency client
+
+
+def _one_request(sock: socket.socket, request: bytes) -> None:
+    sock.sendall(request)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        data += chunk
+    head, _, body = data.partition(b"\r\n\r\n")
+    match = re.search(rb"(?i)content-length:\s*(\d+)", head)
+    length = int(match.group(1)) if match else 0
+    while len(body) < length:
+        chunk = sock.recv(4096)
+        if not chunk:
+            raise ConnectionError("server closed the connection")
+        body += chunk
+
+
+def fixed_rate_latency(port: int, rate: float, duration: float, connections: int = 4) -> dict[str, float]:
+    """Open loop: request i is due at t0 + i/rate, on connection i % connections (one thread each).
+
+    Latency is measured from the due time (so a late send counts against the server, no coordinated
+    omission) to the last byte of the response."""
+    request = f"GET /api/ HTTP/1.1\r\nHost: {HOST}:{port}\r\n\r\n".encode()
+    total = int(rate * duration)
+    latencies: list[list[int]] = [[] for _ in range(connections)]
+    late = [0] * connections
+    socks = [socket.create_connection((HOST, port)) for _ in range(connections)]
+    for sock in socks:
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        _one_request(sock, request)  # warm the connection
+    t0 = time.perf_counter_ns() + 100_000_000
+    interval_ns = 1e9 / rate
+
+    def worker(k: int) -> None:
+        sock = socks[k]
+        for i in range(k, total, connections):
+            due = t0 + int(i * interval_ns)
+            now = time.perf_counter_ns()
+            if due > now:
+                time.sleep((due - now) / 1e9)
+            elif now - due > 1_000_000:
+                late[k] += 1
+            _one_request(sock, request)
+            latencies[k].append(time.perf_counter_ns() - due)
+
+    threads = [threading.Thread(target=worker, args=(k,)) for k in range(connections)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    for sock in socks:
+        sock.close()
+    values = sorted(v for per in latencies for v in per)
+    quantiles = statistics.quantiles(values, n=100, method="inclusive")
+    return {
+        "p50_us": quantiles[49] / 1000,
+        "p99_us": quantiles[98] / 1000,
+        "count": float(len(values)),
+        "late": float(sum(late)),
+    }
+
+
+# ---------------------------------------------------------------- agent, receiver, kernel stats
+
+
+class StderrReader:
+    """Collects a child's stderr lines in a thread; `wait_for(prefix)` returns the first match."""
+
+    def __init__(self, process: subprocess.Popen[str]) -> None:
+        assert process.stderr is not None
+        self.lines: list[str] = []
+        self._cond = threading.Condition()
+        self._stream = process.stderr
+        self._thread = threading.Thread(target=self._read, daemon=True)
+        self._thread.start()
+
+    def _read(self) -> None:
+        for line in self._stream:
+            with self._cond:
+                self.lines.append(line.rstrip("\n"))
+                self._cond.notify_all()
+        with self._cond:
+            self.lines.append("<eof>")
+            self._cond.notify_all()
+
+    def wait_for(self, prefix: str, timeout: float) -> str | None:
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            while True:
+                for line in self.lines:
+                    if line.startswith(prefix):
+                        return line
+                if "<eof>" in self.lines:
+                    return None
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return None
+                self._cond.wait(remaining)
+
+    def join(self, timeout: float) -> None:
+        self._thread.join(timeout)
+
+
+def bpf_programs() -> dict[int, dict[str, int]]:
+    cmd = ["bpftool", "prog", "show", "--json"]
+    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
+    return {
+        int(p["id"]): {"run_time_ns": int(p.get("run_time_ns", 0)), "run_cnt": int(p.get("run_cnt", 0))}
+        for p in json.loads(out)
+    }
+
+
+def bpf_totals(ids: set[int]) -> tuple[int, int]:
+    progs = bpf_programs()
+    return (sum(progs[i]["run_time_ns"] for i in ids if i in progs),
+            sum(progs[i]["run_cnt"] for i in ids if i in progs))
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    procs = [psutil.Process(pid)]
+    with contextlib.suppress(psutil.Error):
+        procs += procs[0].children(recursive=True)
+    total = 0.0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            times = proc.cpu_times()
+            total += times.user + times.system
+    return total
+
+
+def tree_rss_bytes(pid: int) -> int:
+    procs = [psutil.Process(pid)]
+    with contextlib.suppress(psutil.Error):
+        procs += procs[0].children(recursive=True)
+    total = 0
+    for proc in procs:
+        with contextlib.suppress(psutil.Error):
+            total += proc.memory_info().rss
+    return total
+
+
+def stop_process(process: subprocess.Popen[str], sig: int = signal.SIGINT, timeout: float = 30) -> None:
+    """Stop one child this script started, by its pid: `sig`, then SIGKILL after `timeout`."""
+    if process.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(process.pid, sig)
+    try:
+        process.wait(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(process.pid, signal.SIGKILL)
+        process.wait(timeout=10)
+
+
+# ---------------------------------------------------------------- the run
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run and per latency run")
+    parser.add_argument("--rate", type=float, default=500.0, help="requests/s of the fixed-rate latency run")
+    args = parser.parse_args(argv)
+    command = " ".join(shlex.quote(a) for a in [os.path.relpath(PYTHON, ROOT), *sys.argv])
+    if os.geteuid() != 0:
+        print("needs root (eBPF, cgroups)", file=sys.stderr)
+        return 2
+
+    runner = pods.PodRunner()
+    workdir = tempfile.TemporaryDirectory(prefix="podspan-bench-")
+    root = pathlib.Path(workdir.name)
+    receiver: subprocess.Popen[str] | None = None
+    agent: subprocess.Popen[str] | None = None
+    stats_before = STATS_SYSCTL.read_text().strip()
+    results: dict[str, dict[str, float]] = {}
+    agent_info: dict[str, float] = {}
+    agent_text: dict[str, str] = {}
+    agent_cmd: list[str] = []
+    try:
+        port = free_port()
+        conf = nginx_config(root, port)
+        pod = runner.start("nginx", ["/usr/sbin/nginx", "-c", str(conf), "-p", str(root)],
+                           log_path=root / "nginx.out")
+        pods.wait_for_port(HOST, port)
+        print(f"nginx pid {pod.pid} on {HOST}:{port}, cgroup {pod.cgroup_dir}", flush=True)
+
+        receiver = subprocess.Popen(
+            [PYTHON, "-m", "tests.support.otlp_receiver", "--grpc-port", "0", "--http-port", "0"],
+            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+        )
+        assert receiver.stdout is not None
+        ports_line = receiver.stdout.readline()
+        grpc_match = re.search(r"grpc=(\d+)", ports_line)
+        if grpc_match is None:
+            raise RuntimeError(f"OTLP receiver did not start: {ports_line!r}")
+        grpc_port = int(grpc_match.group(1))
+        receiver_reader = StderrReader(receiver)
+        print(f"OTLP receiver pid {receiver.pid}, grpc port {grpc_port}", flush=True)
+
+        run_wrk(port, 2)  # warm-up
+        for phase in ("untraced1", "traced", "untraced2"):
+            if phase == "traced":
+                ids_before = set(bpf_programs())
+                agent_cmd = [PYTHON, "-m", "podspan_agent.cli", "trace", "--cgroup", str(pod.cgroup_dir),
+                             "--output", "jsonl", "--output-file", "/dev/null",
+                             "--otlp-endpoint", f"http://{HOST}:{grpc_port}", "--otlp-protocol", "grpc"]
+                started = time.monotonic()
+                agent = subprocess.Popen(agent_cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE, text=True, start_new_session=True)
+                agent_reader = StderrReader(agent)
+                line = agent_reader.wait_for("podspan: tracing", timeout=120)
+                if line is None:
+                    raise RuntimeError("agent did not attach:\n" + "\n".join(agent_reader.lines[-20:]))
+                agent_info["startup_wall_s"] = time.monotonic() - started
+                attached = re.search(r"attached in ([\d.]+)s", line)
+                agent_info["attach_s"] = float(attached.group(1)) if attached else float("nan")
+                agent_ids = set(bpf_programs()) - ids_before
+                agent_info["programs"] = float(len(agent_ids))
+                print(f"agent pid {agent.pid} attached ({line})", flush=True)
+                time.sleep(1.0)
+                subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
+                cpu0 = tree_cpu_seconds(agent.pid)
+                bpf0 = bpf_totals(agent_ids)
+                wrk = run_wrk(port, args.duration)
+                bpf1 = bpf_totals(agent_ids)
+                time.sleep(1.5)  # let the agent drain what the window produced (its CPU counts)
+                cpu1 = tree_cpu_seconds(agent.pid)
+                agent_info["cpu_s"] = cpu1 - cpu0
+                agent_info["bpf_ns"] = float(bpf1[0] - bpf0[0])
+                agent_info["bpf_runs"] = float(bpf1[1] - bpf0[1])
+                lat_bpf0 = bpf_totals(agent_ids)
+                latency = fixed_rate_latency(port, args.rate, args.duration)
+                lat_bpf1 = bpf_totals(agent_ids)
+                agent_info["lat_bpf_ns"] = float(lat_bpf1[0] - lat_bpf0[0])
+                subprocess.run(["sysctl", "-q", "-w", f"kernel.bpf_stats_enabled={stats_before}"], check=True)
+                time.sleep(1.5)
+                agent_info["rss_mb"] = tree_rss_bytes(agent.pid) / 2**20
+                stop_process(agent)
+                agent_reader.join(10)
+                done = agent_reader.wait_for("podspan: done", timeout=1)
+                last = " | ".join(agent_reader.lines[-3:])
+                agent_text["done"] = done or f"(no done line; last lines: {last})"
+                agent_info["exit"] = float(agent.returncode)
+                agent = None
+            else:
+                wrk = run_wrk(port, args.duration)
+                latency = fixed_rate_latency(port, args.rate, args.duration)
+            results[phase] = {**wrk, **latency}
+            print(f"{phase:9s}: wrk {wrk['rps']:9.0f} req/s ({wrk['requests']:.0f} requests)  "
+                  f"p50 {latency['p50_us']:7.1f} µs  p99 {latency['p99_us']:7.1f} µs  "
+                  f"({latency['count']:.0f} requests at {args.rate:.0f}/s, "
+                  f"{latency['late']:.0f} sent >1 ms late)",
+                  flush=True)
+
+        stop_process(receiver)
+        receiver_reader.join(10)
+        received = receiver_reader.wait_for("received", timeout=1)
+        agent_text["received"] = received or "?"
+        receiver = None
+    finally:
+        if agent is not None:
+            stop_process(agent)
+        if receiver is not None:
+            stop_process(receiver)
+        runner.stop_all()
+        with contextlib.suppress(OSError, subprocess.CalledProcessError):
+            subprocess.run(["sysctl", "-q", "-w", f"kernel.bpf_stats_enabled={stats_before}"], check=True)
+        workdir.cleanup()
+
+    report(results, agent_info, agent_text, args, command, agent_cmd)
+    return 0
+
+
+def report(results: dict[str, dict[str, float]], agent: dict[str, float], text: dict[str, str],
+           args: argparse.Namespace, command: str, agent_cmd: list[str]) -> None:
+    base = {k: (results["untraced1"][k] + results["untraced2"][k]) / 2 for k in results["traced"]}
+    traced = results["traced"]
+    cpu = agent["cpu_s"]
+    u1, u2 = results["untraced1"], results["untraced2"]
+    requests = traced["requests"]
+
+    def row(name: str, untraced: str, traced_value: str, derived: str, target: str) -> str:
+        return f"| {name} | {untraced} | {traced_value} | {derived} | {target} |"
+
+    lines = [
+        "| metric | untraced (mean of 2) | traced | traced vs untraced | target |",
+        "|---|---|---|---|---|",
+        row("wrk -t1 -c16 throughput (req/s)",
+            f"{base['rps']:.0f} ({u1['rps']:.0f} / {u2['rps']:.0f})",
+            f"{traced['rps']:.0f}", f"ratio {traced['rps'] / base['rps']:.3f}", "≥ 0.95"),
+        row(f"p50 at {args.rate:.0f} req/s (µs)",
+            f"{base['p50_us']:.1f} ({u1['p50_us']:.1f} / {u2['p50_us']:.1f})",
+            f"{traced['p50_us']:.1f}", f"+{traced['p50_us'] - base['p50_us']:.1f} µs", "≤ +10 µs"),
+        row(f"p99 at {args.rate:.0f} req/s (µs)",
+            f"{base['p99_us']:.1f} ({u1['p99_us']:.1f} / {u2['p99_us']:.1f})",
+            f"{traced['p99_us']:.1f}", f"+{traced['p99_us'] - base['p99_us']:.1f} µs", "≤ +25 µs"),
+        row("in-kernel BPF time per request (wrk window)", "-",
+            f"{agent['bpf_ns']:.0f} ns / {requests:.0f} req",
+            f"{agent['bpf_ns'] / requests:.0f} ns/req ({agent['bpf_runs'] / requests:.1f} prog runs/req)",
+            "≤ 1000 ns"),
+        row("in-kernel BPF time per request (fixed-rate window)", "-",
+            f"{agent['lat_bpf_ns']:.0f} ns / {traced['count']:.0f} req",
+            f"{agent['lat_bpf_ns'] / traced['count']:.0f} ns/req", "≤ 1000 ns"),
+        row("agent CPU during traced wrk run (+1.5 s drain)", "-", f"{cpu:.2f} s",
+            f"{requests / cpu:.0f} req per agent-CPU-s" if cpu > 0 else "n/a", "≥ 50000"),
+        row("agent RSS at end (MB)", "-", f"{agent['rss_mb']:.0f}", "", "≤ 150"),
+        row("agent compile + attach (s)", "-",
+            f"{agent['attach_s']:.1f} (process start to attached: {agent['startup_wall_s']:.1f})", "", "≤ 3"),
+    ]
+    print()
+    print("command: " + command)
+    print("agent:   " + " ".join(shlex.quote(a) for a in agent_cmd))
+    print(f"machine: {os.cpu_count()} CPUs, kernel {platform.release()}; wrk, nginx, the agent, the OTLP "
+          "receiver and the latency client share them")
+    print(f"agent BPF programs: {agent['programs']:.0f}; agent exit code {agent['exit']:.0f}")
+    print("agent final: " + text["done"])
+    print("receiver: " + text["received"])
+    print("non-2xx in wrk runs: " + ", ".join(f"{k}={v['non2xx']:.0f}" for k, v in results.items()))
+    print("fixed-rate sends >1 ms late: " + ", ".join(f"{k}={v['late']:.0f}" for k, v in results.items()))
+    print()
+    print("\n".join(lines))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

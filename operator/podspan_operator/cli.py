@@ -1,0 +1,38 @@
+"""`podspan-operator`: runs the kopf operator over all namespaces (kubeconfig or in-cluster)."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import random
+
+import kopf
+
+from podspan_operator import handlers, reconciler
+
+PEERING = "podspan-operator"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(prog="podspan-operator", description=__doc__)
+    parser.add_argument("--standalone", action="store_true",
+                        help="do not coordinate with other replicas (by default one replica is active at a "
+                             f"time, through the ClusterKopfPeering {PEERING!r})")
+    parser.add_argument("--peering", default=PEERING, help="ClusterKopfPeering name")
+    parser.add_argument("--priority", type=int, default=random.randint(1, 1_000_000),
+                        help="peering priority: the highest-priority replica is the only active one (kopf "
+                             "pauses every replica on a tie); random by default")
+    parser.add_argument("--liveness", metavar="URL", help="serve a kopf liveness probe, e.g. http://0.0.0.0:8080/healthz")
+    parser.add_argument("--heartbeat-timeout", type=float, default=reconciler.Options.heartbeat_timeout,
+                        help="seconds without an agent heartbeat before its node counts as not reporting")
+    parser.add_argument("--verbose", "-v", action="store_true")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    kopf.run(clusterwide=True, standalone=args.standalone, peering_name=args.peering, priority=args.priority,
+             liveness_endpoint=args.liveness, registry=handlers.registry,
+             memo=kopf.Memo(options=reconciler.Options(heartbeat_timeout=args.heartbeat_timeout)))
+
+
+if __name__ == "__main__":
+    main()

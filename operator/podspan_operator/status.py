@@ -1,0 +1,156 @@
+"""Pure status aggregation: NodeTraceConfig statuses -> a profile's status, conditions and their transitions.
+
+Counts are sums over nodes (never last-writer-wins); a silent node degrades a profile but never blocks Ready.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+from collections.abc import Iterable
+
+from podspan_api import models
+
+from podspan_operator import render
+
+READY = "Ready"
+DEGRADED = "Degraded"
+
+# Reasons (documented in docs/operator.md).
+TRACING = "Tracing"
+AS_EXPECTED = "AsExpected"
+APPLYING = "Applying"
+NO_MATCHING_PODS = "NoMatchingPods"
+NODES_NOT_REPORTING = "NodesNotReporting"
+PROBE_ERRORS = "ProbeErrors"
+EVENTS_LOST = "EventsLost"
+INVALID_SPEC = "InvalidSpec"
+
+_TRUE, _FALSE = models.ConditionStatus.TRUE, models.ConditionStatus.FALSE
+
+
+@dataclasses.dataclass(frozen=True)
+class Transition:
+    """A condition that changed status or reason: posted as an Event."""
+
+    warning: bool
+    reason: str
+    message: str
+
+
+@dataclasses.dataclass
+class _Tally:
+    ready: list[str] = dataclasses.field(default_factory=list)
+    applying: list[str] = dataclasses.field(default_factory=list)
+    silent: list[str] = dataclasses.field(default_factory=list)
+    probe_errors: list[str] = dataclasses.field(default_factory=list)
+    traced: int = 0
+    exported: int = 0
+    dropped: int = 0
+    lost: int = 0
+
+
+def _names(nodes: list[str], limit: int = 5) -> str:
+    shown = ", ".join(sorted(nodes)[:limit])
+    return shown + (f" and {len(nodes) - limit} more" if len(nodes) > limit else "")
+
+
+def _tally(key: str, configs: Iterable[render.NodeConfig], now: datetime.datetime,
+           heartbeat_timeout: float) -> _Tally:
+    tally = _Tally()
+    for config in configs:
+        if config.spec is None:
+            continue
+        # (pod uid, container) pairs of this profile on this node
+        wanted = {(t.uid, c.name) for t in config.spec.targets for c in t.containers if key in c.profiles}
+        if not wanted:
+            continue
+        status = config.status
+        counters = next((c for c in status.profiles if c.profile == key), None) if status else None
+        if counters is not None:  # a silent node's last counts still happened: keep them in the sums
+            tally.exported += counters.spans_exported
+            tally.dropped += counters.spans_dropped
+            tally.lost += counters.events_lost
+        heartbeat = status.heartbeat_time if status else None
+        if status is None or heartbeat is None or (now - heartbeat).total_seconds() > heartbeat_timeout:
+            tally.silent.append(config.name)
+            continue
+        if counters is None:
+            tally.applying.append(config.name)
+            continue
+        tally.ready.append(config.name)
+        attached = {(t.pod_uid, t.container) for t in status.targets
+                    if t.state == models.TargetState.ATTACHED}
+        tally.traced += len({uid for uid, _ in attached & wanted})
+        if status.probe_errors:
+            tally.probe_errors.append(config.name)
+    return tally
+
+
+def _ready_and_degraded(profile: render.Profile, matched: int, t: _Tally,
+                        heartbeat_timeout: float) -> tuple[tuple[bool, str, str], tuple[bool, str, str]]:
+    """(status, reason, message) of Ready and of Degraded."""
+    if profile.error is not None:
+        return (False, INVALID_SPEC, profile.error), (True, INVALID_SPEC, profile.error)
+    if matched == 0:
+        return (False, NO_MATCHING_PODS, "no running or pending pod matches the selectors"), \
+            (False, AS_EXPECTED, "nothing to trace")
+    total = len(t.ready) + len(t.applying) + len(t.silent)
+    if total == 0:
+        ready = (False, APPLYING, f"{matched} matching pods, none on a node with a NodeTraceConfig yet")
+    elif t.applying:
+        ready = (False, APPLYING, f"{len(t.ready)}/{total} nodes applied the profile; waiting for "
+                                  f"{_names(t.applying)}")
+    elif not t.ready:
+        ready = (False, NODES_NOT_REPORTING, f"none of the {total} nodes reports: {_names(t.silent)}")
+    else:
+        ready = (True, TRACING, f"{t.traced}/{matched} pods traced on {len(t.ready)}/{total} nodes")
+    if t.silent:
+        degraded = (True, NODES_NOT_REPORTING, f"{len(t.silent)} nodes sent no heartbeat for "
+                                               f"{heartbeat_timeout:g}s: {_names(t.silent)}")
+    elif t.probe_errors:
+        degraded = (True, PROBE_ERRORS, f"probes failed on {_names(t.probe_errors)}")
+    elif t.lost:
+        degraded = (True, EVENTS_LOST, f"{t.lost} kernel events lost since the agents started")
+    else:
+        degraded = (False, AS_EXPECTED, "all nodes report, no probe errors, no lost events")
+    return ready, degraded
+
+
+def _conditions(previous: list[models.Condition], generation: int | None, now: datetime.datetime,
+                wanted: dict[str, tuple[bool, str, str]]) -> tuple[list[models.Condition], list[Transition]]:
+    old = {c.type: c for c in previous}
+    conditions, transitions = [], []
+    for ctype, (flag, reason, message) in wanted.items():
+        status = _TRUE if flag else _FALSE
+        before = old.get(ctype)
+        changed = before is None or before.status != status or before.reason != reason
+        conditions.append(models.Condition(
+            type=ctype, status=status, reason=reason, message=message, observed_generation=generation,
+            last_transition_time=now if changed or before is None else before.last_transition_time))
+        if changed:
+            bad = (ctype == READY) != flag and reason != APPLYING  # applying is progress, not a problem
+            transitions.append(Transition(warning=bad, reason=reason, message=f"{ctype}={status}: {message}"))
+    return conditions, transitions
+
+
+def aggregate(
+    profile: render.Profile, matched: int, configs: Iterable[render.NodeConfig], now: datetime.datetime,
+    heartbeat_timeout: float,
+) -> tuple[models.ProfileStatus, list[Transition]]:
+    """The profile's status from the node configs that reference it, and the condition transitions."""
+    now = now.replace(microsecond=0)  # metav1.Time has second precision: keep round trips equal
+    tally = _tally(profile.key, configs, now, heartbeat_timeout)
+    if profile.error is not None:
+        matched = 0
+    ready, degraded = _ready_and_degraded(profile, matched, tally, heartbeat_timeout)
+    previous = profile.status.conditions if profile.status else []
+    wanted = {READY: ready, DEGRADED: degraded}
+    conditions, transitions = _conditions(previous, profile.generation, now, wanted)
+    status = models.ProfileStatus(
+        observed_generation=profile.generation, matched_pods=matched, traced_pods=tally.traced,
+        nodes=models.NodeCounts(ready=len(tally.ready),
+                                total=len(tally.ready) + len(tally.applying) + len(tally.silent)),
+        spans_exported=tally.exported, spans_dropped=tally.dropped, events_lost=tally.lost,
+        conditions=conditions)
+    return status, transitions

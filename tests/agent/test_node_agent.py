@@ -1,0 +1,129 @@
+"""`podspan-agent run`: the agent follows its NodeTraceConfig from a real HTTP Kubernetes API,
+attaches to the targets' real cgroups, exports with k8s resource attributes, reports status."""
+
+from __future__ import annotations
+
+import collections.abc
+import http.client
+import os
+import pathlib
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import pytest
+from podspan_api import models
+
+from podspan_demo import pods
+from tests.agent import conftest
+from tests.support import k8s_api_emulator as emu
+from tests.support import otlp_receiver
+
+NTC = "podspan.dev/v1alpha1/nodetraceconfigs"
+NODE = "node-a"
+PROFILE = "TraceProfile/shop/web"
+
+
+def _wait(probe: collections.abc.Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = probe()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _target(pod: pods.Pod, name: str) -> models.PodTarget:
+    return models.PodTarget(
+        uid=pod.uid, namespace="shop", name=name, qos_class=models.QOSClass.BEST_EFFORT,
+        service_name=name.rsplit("-", 1)[0], workload=models.Workload(kind="Deployment", name="web"),
+        containers=[models.ContainerTarget(name="app", container_id=f"containerd://{pod.container_id}",
+                                           profiles=[PROFILE])],
+    )
+
+
+def _spec(targets: list[models.PodTarget], endpoint: str) -> dict[str, Any]:
+    profile = models.ResolvedProfile(
+        key=PROFILE, kind=models.ProfileKind.TRACE_PROFILE, namespace="shop", name="web",
+        protocols=[models.Protocol("http")],
+        export=models.Export(otlp=models.OtlpExport(endpoint=endpoint, protocol=models.OtlpProtocol.GRPC,
+                                                    insecure=True)),
+        resource_attributes={"deployment.environment.name": "e2e"},
+    )
+    return models.NodeTraceConfigSpec(targets=targets, profiles=[profile]).to_k8s()
+
+
+def _get(port: int, path: str) -> None:
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    conn.request("GET", path)
+    conn.getresponse().read()
+    conn.close()
+
+
+def _target_states(kc: emu.KubeClient) -> dict[str, str]:
+    status = (kc.get(NTC, NODE) or {}).get("status") or {}
+    return {t["podUID"]: t["state"] for t in status.get("targets", [])}
+
+
+@pytest.fixture
+def api(tmp_path: pathlib.Path) -> collections.abc.Iterator[emu.EmulatorThread]:
+    with emu.EmulatorThread(kubeconfig=tmp_path / "kubeconfig") as thread:
+        yield thread
+
+
+def test_run_mode_follows_node_config(
+    api: emu.EmulatorThread, pod_runner: pods.PodRunner, receiver: otlp_receiver.OtlpReceiver
+) -> None:
+    kc = emu.KubeClient(api.url)
+    ports = [conftest.free_port(), conftest.free_port()]
+    first = pod_runner.start("web-1", [*conftest.SAMPLE_APP, "backend", "--port", str(ports[0])])
+    second = pod_runner.start("web-2", [*conftest.SAMPLE_APP, "backend", "--port", str(ports[1])])
+    for port in ports:
+        pods.wait_for_port("127.0.0.1", port)
+    targets = [_target(first, "web-1"), _target(second, "web-2")]
+    kc.create(NTC, {"apiVersion": "podspan.dev/v1alpha1", "kind": "NodeTraceConfig",
+                    "metadata": {"name": NODE}, "spec": _spec(targets, receiver.grpc_endpoint)})
+    before = set(conftest.bpftool_program_ids())
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "podspan_agent.cli", "run", "--node", NODE],
+        env={**os.environ, "KUBECONFIG": str(api.kubeconfig)}, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        _wait(lambda: _target_states(kc) == {first.uid: "attached", second.uid: "attached"}, "attached targets")
+        status = (kc.get(NTC, NODE) or {})["status"]
+        assert status["heartbeatTime"] and "kernel headers" in status["headerSource"]
+        assert status["observedGeneration"] == (kc.get(NTC, NODE) or {})["metadata"]["generation"]
+
+        _get(ports[0], "/users/11")
+        spans = receiver.wait_for(
+            lambda got: any(s.attributes.get("url.path") == "/users/11" for s in got), timeout=20)
+        span = next(s for s in spans if s.attributes.get("url.path") == "/users/11")
+        assert span.resource["k8s.pod.name"] == "web-1"
+        assert span.resource["k8s.namespace.name"] == "shop"
+        assert span.resource["k8s.pod.uid"] == first.uid
+        assert span.resource["k8s.container.name"] == "app"
+        assert span.resource["k8s.node.name"] == NODE
+        assert span.resource["k8s.deployment.name"] == "web"
+        assert span.resource["container.id"] == first.container_id
+        assert span.resource["service.name"] == "web"
+        assert span.resource["deployment.environment.name"] == "e2e"
+
+        # The operator drops web-2 from the node: its traffic stops producing spans, without a restart.
+        kc.patch(NTC, NODE, {"spec": _spec(targets[:1], receiver.grpc_endpoint)})
+        _wait(lambda: _target_states(kc) == {first.uid: "attached"}, "web-2 detached in status")
+        _get(ports[1], "/users/22")
+        _get(ports[0], "/users/12")
+        spans = receiver.wait_for(
+            lambda got: any(s.attributes.get("url.path") == "/users/12" for s in got), timeout=20)
+        assert not any(s.attributes.get("url.path") == "/users/22" for s in spans)
+        _wait(lambda: any(p["spansExported"] >= 2 for p in
+                          ((kc.get(NTC, NODE) or {}).get("status") or {}).get("profiles", [])),
+              "exported span counters in status", timeout=30)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    assert set(conftest.bpftool_program_ids()) <= before
