@@ -11,7 +11,7 @@ mean of the two untraced runs. Per arm:
   (e) the agent's final `podspan: done` totals (spans, dropped, events lost).
 wrk, nginx, the agent, the receiver and the latency client all share the machine's cores.
 Nothing is asserted; the script prints a table and exits 0.
-Run: `.venv/bin/python bench/http_overhead.py [--duration 10] [--rate 500]`.
+Run (root): `.venv/bin/python bench/http_overhead.py [--duration 10] [--rate 500] [--connections 1]`.
 """
 
 from __future__ import annotations
@@ -34,6 +34,7 @@ import threading
 import time
 
 import psutil
+
 from podspan_demo import pods
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -119,7 +120,7 @@ def _one_request(sock: socket.socket, request: bytes) -> None:
         body += chunk
 
 
-def fixed_rate_latency(port: int, rate: float, duration: float, connections: int = 4) -> dict[str, float]:
+def fixed_rate_latency(port: int, rate: float, duration: float, connections: int) -> dict[str, float]:
     """Open loop: request i is due at t0 + i/rate, on connection i % connections (one thread each).
 
     Latency is measured from the due time (so a late send counts against the server, no coordinated
@@ -220,6 +221,12 @@ def bpf_totals(ids: set[int]) -> tuple[int, int]:
             sum(progs[i]["run_cnt"] for i in ids if i in progs))
 
 
+def cpu_steal_idle() -> tuple[int, int, int]:
+    """(steal, idle, total) jiffies of all CPUs from /proc/stat: a noisy hypervisor shows up as steal."""
+    fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
+    return fields[7] if len(fields) > 7 else 0, fields[3], sum(fields[:8])
+
+
 def tree_cpu_seconds(pid: int) -> float:
     procs = [psutil.Process(pid)]
     with contextlib.suppress(psutil.Error):
@@ -264,6 +271,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
     parser.add_argument("--duration", type=int, default=10, help="seconds per wrk run and per latency run")
     parser.add_argument("--rate", type=float, default=500.0, help="requests/s of the fixed-rate latency run")
+    parser.add_argument("--connections", type=int, default=1,
+                        help="keep-alive connections (one thread each) of the latency client; more threads"
+                             " add GIL hand-off noise to the tail")
     args = parser.parse_args(argv)
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(PYTHON, ROOT), *sys.argv])
     if os.geteuid() != 0:
@@ -303,6 +313,7 @@ def main(argv: list[str] | None = None) -> int:
 
         run_wrk(port, 2)  # warm-up
         for phase in ("untraced1", "traced", "untraced2"):
+            steal0 = cpu_steal_idle()
             if phase == "traced":
                 ids_before = set(bpf_programs())
                 agent_cmd = [PYTHON, "-m", "podspan_agent.cli", "trace", "--cgroup", str(pod.cgroup_dir),
@@ -322,6 +333,7 @@ def main(argv: list[str] | None = None) -> int:
                 agent_info["programs"] = float(len(agent_ids))
                 print(f"agent pid {agent.pid} attached ({line})", flush=True)
                 time.sleep(1.0)
+                agent_info["cpu_attached_s"] = tree_cpu_seconds(agent.pid)
                 subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
                 cpu0 = tree_cpu_seconds(agent.pid)
                 bpf0 = bpf_totals(agent_ids)
@@ -333,12 +345,13 @@ def main(argv: list[str] | None = None) -> int:
                 agent_info["bpf_ns"] = float(bpf1[0] - bpf0[0])
                 agent_info["bpf_runs"] = float(bpf1[1] - bpf0[1])
                 lat_bpf0 = bpf_totals(agent_ids)
-                latency = fixed_rate_latency(port, args.rate, args.duration)
+                latency = fixed_rate_latency(port, args.rate, args.duration, args.connections)
                 lat_bpf1 = bpf_totals(agent_ids)
                 agent_info["lat_bpf_ns"] = float(lat_bpf1[0] - lat_bpf0[0])
                 subprocess.run(["sysctl", "-q", "-w", f"kernel.bpf_stats_enabled={stats_before}"], check=True)
                 time.sleep(1.5)
                 agent_info["rss_mb"] = tree_rss_bytes(agent.pid) / 2**20
+                agent_info["cpu_traced_s"] = tree_cpu_seconds(agent.pid) - agent_info["cpu_attached_s"]
                 stop_process(agent)
                 agent_reader.join(10)
                 done = agent_reader.wait_for("podspan: done", timeout=1)
@@ -348,8 +361,11 @@ def main(argv: list[str] | None = None) -> int:
                 agent = None
             else:
                 wrk = run_wrk(port, args.duration)
-                latency = fixed_rate_latency(port, args.rate, args.duration)
-            results[phase] = {**wrk, **latency}
+                latency = fixed_rate_latency(port, args.rate, args.duration, args.connections)
+            steal1 = cpu_steal_idle()
+            elapsed = max(1, steal1[2] - steal0[2])
+            results[phase] = {**wrk, **latency, "steal_pct": 100 * (steal1[0] - steal0[0]) / elapsed,
+                              "idle_pct": 100 * (steal1[1] - steal0[1]) / elapsed}
             print(f"{phase:9s}: wrk {wrk['rps']:9.0f} req/s ({wrk['requests']:.0f} requests)  "
                   f"p50 {latency['p50_us']:7.1f} µs  p99 {latency['p99_us']:7.1f} µs  "
                   f"({latency['count']:.0f} requests at {args.rate:.0f}/s, "
@@ -418,8 +434,15 @@ def report(results: dict[str, dict[str, float]], agent: dict[str, float], text: 
           "receiver and the latency client share them")
     print(f"agent BPF programs: {agent['programs']:.0f}; agent exit code {agent['exit']:.0f}")
     print("agent final: " + text["done"])
+    spans = re.search(r"(\d+) spans ", text["done"])
+    if spans and agent["cpu_traced_s"] > 0:
+        print(f"agent spans per agent-CPU-s while attached (excl. compile, incl. idle/drain): "
+              f"{int(spans.group(1)) / agent['cpu_traced_s']:.0f} ({spans.group(1)} spans, "
+              f"{agent['cpu_traced_s']:.2f} CPU-s)")
     print("receiver: " + text["received"])
     print("non-2xx in wrk runs: " + ", ".join(f"{k}={v['non2xx']:.0f}" for k, v in results.items()))
+    print("CPU steal / idle % per phase: "
+          + ", ".join(f"{k}={v['steal_pct']:.1f}/{v['idle_pct']:.1f}" for k, v in results.items()))
     print("fixed-rate sends >1 ms late: " + ", ".join(f"{k}={v['late']:.0f}" for k, v in results.items()))
     print()
     print("\n".join(lines))

@@ -21,12 +21,12 @@ from typing import Any
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
-from podspan_api import models
 
 from podspan_agent import cgroups, kernel_headers, loader, process_info, tracer
 from podspan_agent.export import otlp
 from podspan_agent.protocols import base
 from podspan_agent.spans import model
+from podspan_api import models
 
 log = logging.getLogger(__name__)
 

@@ -136,5 +136,6 @@ def nginx_binary() -> str:
 
 def bpftool_program_ids() -> list[int]:
     """Ids of every BPF program loaded in the kernel, as bpftool lists them."""
-    out = subprocess.run(["bpftool", "prog", "show", "--json"], capture_output=True, text=True, check=True).stdout
+    command = ["bpftool", "prog", "show", "--json"]
+    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
     return [int(prog["id"]) for prog in json.loads(out)]

@@ -14,8 +14,8 @@ import time
 from typing import Any
 
 import pytest
-from podspan_api import models
 
+from podspan_api import models
 from podspan_demo import pods
 from tests.agent import conftest
 from tests.support import k8s_api_emulator as emu
@@ -92,7 +92,8 @@ def test_run_mode_follows_node_config(
         env={**os.environ, "KUBECONFIG": str(api.kubeconfig)}, stderr=subprocess.PIPE, text=True,
     )
     try:
-        _wait(lambda: _target_states(kc) == {first.uid: "attached", second.uid: "attached"}, "attached targets")
+        both = {first.uid: "attached", second.uid: "attached"}
+        _wait(lambda: _target_states(kc) == both, "attached targets")
         status = (kc.get(NTC, NODE) or {})["status"]
         assert status["heartbeatTime"] and "kernel headers" in status["headerSource"]
         assert status["observedGeneration"] == (kc.get(NTC, NODE) or {})["metadata"]["generation"]

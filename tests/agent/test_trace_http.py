@@ -109,8 +109,11 @@ def test_incoming_context_is_adopted(
         assert entry.parent_span_id == parent_id, path
         # The whole request, down to the backend, stays in the caller's trace.
         assert {s.trace_id for s in ours} == {trace_id}, path
-    tp_entry = next(s for s in receiver.spans() if s.attributes.get("url.path") == "/users/1" and s.kind == SERVER
-                    and s.resource.get("service.name") == "frontend")
+    tp_entry = next(
+        s for s in receiver.spans()
+        if s.attributes.get("url.path") == "/users/1" and s.kind == SERVER
+        and s.resource.get("service.name") == "frontend"
+    )
     assert tp_entry.trace_state == "vendor=1"
 
 

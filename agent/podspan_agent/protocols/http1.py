@@ -49,12 +49,10 @@ def detect(data: bytes) -> bool:
 class _Request:
     """A request waiting for its response."""
 
-    __slots__ = ("attributes", "context", "end_ns", "head", "method", "name", "opens_tunnel", "size",
-                 "start_ns")
+    __slots__ = ("attributes", "context", "end_ns", "head", "name", "opens_tunnel", "size", "start_ns")
 
     def __init__(self, method: str, name: str, attributes: dict[str, base.AttributeValue],
                  context: dict[str, str], start_ns: int, end_ns: int, size: int) -> None:
-        self.method = method
         self.name = name
         self.attributes = attributes
         self.context = context

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from podspan_agent.protocols import base, http1, redact
 
+from podspan_agent.protocols import base, http1, redact
 from tests.unit.protocols.fixtures import capture_http1
 
 DEFAULT = base.CaptureSettings()

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from podspan_agent.protocols import base, http1
 
+from podspan_agent.protocols import base, http1
 from tests.unit.protocols.fixtures import capture_http1
 
 FIXTURE_RUNS = [run for name in capture_http1.names() for run in capture_http1.load(name)]

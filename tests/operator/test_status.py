@@ -1,0 +1,81 @@
+"""Pure status aggregation: sums over nodes, conditions, reasons and transitions."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+
+from podspan_api import models
+from podspan_operator import render, status
+from tests.operator.test_render import tp
+
+NOW = datetime.datetime(2025, 1, 1, 12, 0, 0, tzinfo=datetime.UTC)
+KEY = "TraceProfile/shop/p"
+
+
+def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exported: int = 0,
+           lost: int = 0, attached: bool = True, probe_errors: bool = False,
+           now: datetime.datetime = NOW) -> render.NodeConfig:
+    spec = models.NodeTraceConfigSpec(targets=[
+        models.PodTarget(uid=f"{name}-{i}", namespace="shop", name=f"{name}-{i}", qos_class="BestEffort",
+                         service_name="web", containers=[models.ContainerTarget(name="app", profiles=[KEY])])
+        for i in range(pods)])
+    st = models.NodeTraceConfigStatus(
+        heartbeat_time=now - datetime.timedelta(seconds=age),
+        targets=[models.TargetStatus(pod_uid=f"{name}-{i}", container="app",
+                                     state="attached" if attached else "waiting") for i in range(pods)],
+        profiles=[models.ProfileCounters(profile=KEY, spans_exported=exported, events_lost=lost)] if reported
+        else [],
+        probe_errors=[models.ProbeError(probe="x", message="EPERM")] if probe_errors else [])
+    return render.NodeConfig(name=name, generation=1, spec=spec, status=st)
+
+
+def conditions(s: models.ProfileStatus) -> dict[str, tuple[str, str]]:
+    return {c.type: (c.status, c.reason) for c in s.conditions}
+
+
+def test_counts_are_summed_over_nodes() -> None:
+    s, transitions = status.aggregate(tp("p"), 5, [config("a", 2, exported=10), config("b", 3, exported=5)],
+                                      NOW, 60)
+    assert (s.matched_pods, s.traced_pods, s.spans_exported) == (5, 5, 15)
+    assert (s.nodes.ready, s.nodes.total) == (2, 2)
+    assert conditions(s) == {"Ready": ("True", "Tracing"), "Degraded": ("False", "AsExpected")}
+    assert [t.reason for t in transitions] == ["Tracing", "AsExpected"]
+
+
+def test_reasons() -> None:
+    def reasons(matched: int, *configs: render.NodeConfig) -> dict[str, tuple[str, str]]:
+        return conditions(status.aggregate(tp("p"), matched, configs, NOW, 60)[0])
+
+    assert reasons(0) == {"Ready": ("False", "NoMatchingPods"), "Degraded": ("False", "AsExpected")}
+    assert reasons(1) == {"Ready": ("False", "Applying"), "Degraded": ("False", "AsExpected")}
+    assert reasons(2, config("a", 1), config("b", 1, reported=False))["Ready"] == ("False", "Applying")
+    assert reasons(2, config("a", 1), config("b", 1, age=600)) == {
+        "Ready": ("True", "Tracing"), "Degraded": ("True", "NodesNotReporting")}
+    assert reasons(1, config("a", 1, age=600))["Ready"] == ("False", "NodesNotReporting")
+    assert reasons(1, config("a", 1, probe_errors=True))["Degraded"] == ("True", "ProbeErrors")
+    assert reasons(1, config("a", 1, lost=3))["Degraded"] == ("True", "EventsLost")
+    invalid = tp("p", protocols=["smtp"])
+    assert conditions(status.aggregate(invalid, 3, [], NOW, 60)[0]) == {
+        "Ready": ("False", "InvalidSpec"), "Degraded": ("True", "InvalidSpec")}
+
+
+def test_transition_time_kept_until_status_or_reason_changes() -> None:
+    profile = tp("p")
+    first, _ = status.aggregate(profile, 1, [config("a", 1, exported=1)], NOW, 60)
+    later = NOW + datetime.timedelta(minutes=5)
+    second, transitions = status.aggregate(dataclasses.replace(profile, status=first), 1,
+                                           [config("a", 1, exported=9, now=later)], later, 60)
+    assert transitions == []
+    assert second.conditions == first.conditions and second.spans_exported == 9
+    third, transitions = status.aggregate(dataclasses.replace(profile, status=second), 1,
+                                          [config("a", 1, lost=1, now=later)], later, 60)
+    assert [(t.reason, t.warning) for t in transitions] == [("EventsLost", True)]
+    degraded = {c.type: c for c in third.conditions}["Degraded"]
+    assert degraded.last_transition_time == later
+    assert {c.type: c for c in third.conditions}["Ready"].last_transition_time == NOW
+
+
+def test_waiting_containers_are_not_traced() -> None:
+    s, _ = status.aggregate(tp("p"), 2, [config("a", 2, attached=False)], NOW, 60)
+    assert s.traced_pods == 0 and s.nodes.ready == 1
