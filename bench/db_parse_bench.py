@@ -9,7 +9,6 @@ import argparse
 import time
 
 from podspan_agent.protocols import base, mysql, postgresql, redis
-
 from tests.unit.protocols.fixtures import capture_db
 
 CASES = {

@@ -14,7 +14,6 @@ from collections.abc import Callable
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
 
 from podspan_agent.protocols import base, dns, http2, kafka, mongodb
-
 from tests.unit.protocols.fixtures import capture_db
 
 CAPTURE_SIZE = 4096

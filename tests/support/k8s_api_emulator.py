@@ -95,8 +95,9 @@ import sys
 import threading
 import time
 import uuid
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any, Callable, Iterable
+from typing import Any
 
 import aiohttp.web
 import attrs
@@ -104,8 +105,8 @@ import jsonpatch
 import jsonpointer
 import kmock
 import requests
-from kmock._internal import parsing as kmock_parsing
 import yaml
+from kmock._internal import parsing as kmock_parsing
 
 VERBS = ["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"]
 
@@ -586,7 +587,7 @@ class APIServer(kmock.KubernetesEmulator):
                 return self._json(await self._delete(request, res, info))
             if method == "DELETE":
                 return self._json(await self._delete_collection(request, res, info))
-            raise APIError(405, "MethodNotAllowed", f"the server does not allow this method on the requested resource")
+            raise APIError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         except APIError as e:
             return aiohttp.web.json_response(e.status(), status=e.code)
 
@@ -739,7 +740,7 @@ class APIServer(kmock.KubernetesEmulator):
                     break
                 try:
                     ev = await asyncio.wait_for(queue.get(), timeout=min(1.0, deadline - now))
-                except asyncio.TimeoutError:
+                except TimeoutError:
                     if bookmarks and time.monotonic() - last_bookmark >= self.bookmark_interval:
                         await send(bookmark(self._rv))
                         last_bookmark = time.monotonic()

@@ -8,6 +8,7 @@ import pathlib
 import subprocess
 
 import pytest
+
 from podspan_agent import bpf_events, loader
 
 HEADER_DIR = loader.bpf_dir() / "include"

@@ -14,9 +14,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
+
 from podspan_agent.export import otlp
 from podspan_agent.spans import model
-
 from tests.support import otlp_receiver
 
 T0 = 1_763_900_000_123_456_789  # ns: exactness below the microsecond matters

@@ -8,8 +8,8 @@ from typing import Any
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from podspan_agent.protocols import base, mysql, postgresql, redis
 
+from podspan_agent.protocols import base, mysql, postgresql, redis
 from tests.unit.protocols.fixtures import capture_db
 
 PARSERS: dict[str, Any] = {"redis": redis, "postgresql": postgresql, "mysql": mysql}

@@ -5,9 +5,9 @@ from __future__ import annotations
 import struct
 
 import dns.message
+
 from podspan_agent.protocols import base
 from podspan_agent.protocols import dns as dns_parser
-
 from tests.unit.protocols.fixtures import capture_db
 
 

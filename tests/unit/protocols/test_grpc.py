@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 from podspan_agent.protocols import base, http2
-
 from tests.unit.protocols.fixtures import capture_db
 
 SERVICE = "podspan.test.v1.Echo"

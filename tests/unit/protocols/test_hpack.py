@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+
 from podspan_agent.protocols import hpack
 
 

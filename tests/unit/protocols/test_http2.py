@@ -5,7 +5,6 @@ from __future__ import annotations
 import struct
 
 from podspan_agent.protocols import base, http2
-
 from tests.unit.protocols.fixtures import capture_db
 
 

@@ -6,8 +6,8 @@ import collections
 import struct
 
 import pytest
-from podspan_agent.protocols import base, kafka
 
+from podspan_agent.protocols import base, kafka
 from tests.unit.protocols.fixtures import capture_db
 
 

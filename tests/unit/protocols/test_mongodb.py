@@ -5,8 +5,8 @@ from __future__ import annotations
 import struct
 
 import bson
-from podspan_agent.protocols import base, mongodb
 
+from podspan_agent.protocols import base, mongodb
 from tests.unit.protocols.fixtures import capture_db
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from podspan_agent.protocols import base, mysql
 
+from podspan_agent.protocols import base, mysql
 from tests.unit.protocols.fixtures import capture_db
 
 

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 import pytest
-from podspan_agent.protocols import base, postgresql
 
+from podspan_agent.protocols import base, postgresql
 from tests.unit.protocols.fixtures import capture_db
 
 

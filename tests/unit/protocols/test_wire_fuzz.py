@@ -9,8 +9,8 @@ from collections.abc import Callable
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from podspan_agent.protocols import base, dns, hpack, http2, kafka, mongodb
 
+from podspan_agent.protocols import base, dns, hpack, http2, kafka, mongodb
 from tests.unit.protocols.fixtures import capture_db
 
 LIMIT = 8
