@@ -493,7 +493,7 @@ class NodeTraceConfigStatus(Model):
         default=None, description="Refreshed by the agent periodically; a stale one means a silent node.")
     agent_version: str | None = pydantic.Field(default=None, description="Agent version.")
     header_source: str | None = pydantic.Field(
-        default=None, description="Kernel headers bcc compiled with, e.g. host or packaged:6.1.0-28-amd64.")
+        default=None, description="Kernel headers bcc compiled with: host, fallback or env, and the path.")
     targets: list[TargetStatus] = pydantic.Field(default_factory=list, description="Per-container state.")
     profiles: list[ProfileCounters] = pydantic.Field(default_factory=list,
                                                      description="Per-profile counters.")

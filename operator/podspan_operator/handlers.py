@@ -13,8 +13,8 @@ from collections.abc import Mapping
 from typing import Any
 
 import kopf
-from podspan_api import models
 
+from podspan_api import models
 from podspan_operator import kube, reconciler, render
 
 FINALIZER = f"{models.GROUP}/finalizer"

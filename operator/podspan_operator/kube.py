@@ -15,8 +15,8 @@ from typing import Any
 import kopf
 from kubernetes.aio import client as k8s
 from kubernetes.aio import config as k8s_config
-from podspan_api import models
 
+from podspan_api import models
 from podspan_operator import render
 
 MERGE_PATCH = "application/merge-patch+json"
@@ -72,6 +72,7 @@ class Api:
         Returns the object's generation after the write.
         """
         self.writes += 1
+        logger.debug("writing NodeTraceConfig %s (%d targets)", name, len(spec.targets))
         body = {"spec": spec.to_k8s()}
         if exists:
             result = await self._custom.patch_cluster_custom_object(
@@ -101,6 +102,7 @@ class Api:
 
     async def patch_profile_status(self, profile: render.Profile, status: models.ProfileStatus) -> None:
         self.writes += 1
+        logger.debug("writing the status of %s", profile.key)
         body = {"status": status.to_k8s()}
         plural = (models.TraceProfile if profile.kind == models.TraceProfile.KIND
                   else models.ClusterTraceProfile).PLURAL
@@ -118,6 +120,7 @@ class Api:
 
     async def post_event(self, profile: render.Profile, warning: bool, reason: str, message: str) -> None:
         self.writes += 1
+        logger.debug("posting event %s on %s", reason, profile.key)
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         namespace = profile.namespace or CLUSTER_EVENTS_NAMESPACE
         body: dict[str, Any] = {

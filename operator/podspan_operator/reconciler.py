@@ -14,7 +14,6 @@ from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
 from podspan_api import models
-
 from podspan_operator import kube, render, status
 
 logger = logging.getLogger(__name__)

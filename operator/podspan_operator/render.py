@@ -10,6 +10,7 @@ from collections.abc import Iterable, Mapping
 from typing import Any
 
 import pydantic
+
 from podspan_api import models
 
 SERVICE_NAME_ANNOTATION = "resource.opentelemetry.io/service.name"

@@ -10,7 +10,6 @@ import datetime
 from collections.abc import Iterable
 
 from podspan_api import models
-
 from podspan_operator import render
 
 READY = "Ready"
