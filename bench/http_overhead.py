@@ -35,50 +35,12 @@ import time
 
 import psutil
 
-from podspan_demo import pods
+from podspan_demo import pods, servers
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 HOST = "127.0.0.1"
 STATS_SYSCTL = pathlib.Path("/proc/sys/kernel/bpf_stats_enabled")
-
-
-def nginx_config(root: pathlib.Path, port: int) -> pathlib.Path:
-    """One worker, no access log, a small static file at / and a `return 200` at /api/."""
-    (root / "html").mkdir(exist_ok=True)
-    (root / "html" / "index.html").write_text("<h1>podspan</h1>\n")
-    conf = root / "nginx.conf"
-    conf.write_text(
-        f"""daemon off;
-user root;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 1024; }}
-http {{
-    access_log off;
-    keepalive_requests 1000000;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    server {{
-        listen {HOST}:{port};
-        root {root}/html;
-        location /api/ {{ return 200 '{{"ok":true}}'; }}
-    }}
-}}
-"""
-    )
-    return conf
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind((HOST, 0))
-        port: int = sock.getsockname()[1]
-        return port
 
 
 # ---------------------------------------------------------------- wrk
@@ -291,8 +253,8 @@ def main(argv: list[str] | None = None) -> int:
     agent_text: dict[str, str] = {}
     agent_cmd: list[str] = []
     try:
-        port = free_port()
-        conf = nginx_config(root, port)
+        port = servers.free_port(HOST)
+        conf = servers.nginx_config(root, HOST, port)
         pod = runner.start("nginx", ["/usr/sbin/nginx", "-c", str(conf), "-p", str(root)],
                            log_path=root / "nginx.out")
         pods.wait_for_port(HOST, port)

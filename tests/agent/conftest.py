@@ -6,8 +6,6 @@ from __future__ import annotations
 import collections.abc
 import json
 import os
-import pathlib
-import shutil
 import subprocess
 import sys
 import threading
@@ -16,7 +14,7 @@ import pytest
 
 from podspan_agent import kernel_headers, loader, process_info, tracer
 from podspan_agent.export import otlp
-from podspan_demo import pods
+from podspan_demo import pods, servers
 from tests.support import otlp_receiver
 
 
@@ -92,46 +90,8 @@ def traced(probes: loader.Probes) -> collections.abc.Iterator[collections.abc.Ca
 SAMPLE_APP = [sys.executable, "-m", "podspan_demo.sample_app"]
 
 
-def free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def nginx_config(root: pathlib.Path, port: int) -> pathlib.Path:
-    (root / "html").mkdir(exist_ok=True)
-    (root / "html" / "index.html").write_text("<h1>podspan</h1>\n")
-    conf = root / "nginx.conf"
-    conf.write_text(
-        f"""daemon off;
-user root;
-worker_processes 1;
-pid {root}/nginx.pid;
-error_log {root}/error.log;
-events {{ worker_connections 256; }}
-http {{
-    access_log off;
-    client_body_temp_path {root}/body;
-    proxy_temp_path {root}/proxy;
-    fastcgi_temp_path {root}/fastcgi;
-    uwsgi_temp_path {root}/uwsgi;
-    scgi_temp_path {root}/scgi;
-    server {{
-        listen 127.0.0.1:{port};
-        root {root}/html;
-        location /api/ {{ return 200 '{{"ok":true}}'; }}
-    }}
-}}
-"""
-    )
-    return conf
-
-
-def nginx_binary() -> str:
-    return shutil.which("nginx") or "/usr/sbin/nginx"
+free_port = servers.free_port
+nginx_binary = servers.nginx_binary
 
 
 def bpftool_program_ids() -> list[int]:

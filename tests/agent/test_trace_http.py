@@ -8,7 +8,7 @@ import http.client
 import pathlib
 
 from podspan_agent import tracer
-from podspan_demo import pods
+from podspan_demo import pods, servers
 from tests.agent import conftest
 from tests.support import otlp_receiver
 
@@ -122,7 +122,7 @@ def test_nginx_keepalive_and_statuses(
     traced: object, tmp_path: pathlib.Path,
 ) -> None:
     port = conftest.free_port()
-    conf = conftest.nginx_config(tmp_path, port)
+    conf = servers.nginx_config(tmp_path, "127.0.0.1", port)
     nginx = pod_runner.start("nginx", [conftest.nginx_binary(), "-c", str(conf), "-p", str(tmp_path)])
     pods.wait_for_port("127.0.0.1", port)
     traced(nginx)  # type: ignore[operator]

@@ -69,7 +69,7 @@ class Operator:
 
     @property
     def reconciler(self) -> reconciler.Reconciler:
-        return self.memo.reconciler  # type: ignore[no-any-return]
+        return self.memo.reconciler
 
     @property
     def writes(self) -> int:
@@ -135,10 +135,21 @@ def targets(kc: emu.KubeClient, node: str) -> dict[str, list[str]]:
 
 
 def condition(body: dict[str, Any] | None, ctype: str) -> tuple[str, str] | None:
+    """(status, reason) of a condition in an object's status."""
     for c in ((body or {}).get("status") or {}).get("conditions") or []:
         if c["type"] == ctype:
             return c["status"], c["reason"]
     return None
+
+
+def profile_when(kc: emu.KubeClient, resource: str, name: str, namespace: str | None,
+                 predicate: Callable[[dict[str, Any]], bool], what: str) -> dict[str, Any]:
+    """The profile, once predicate(profile) holds."""
+    def probe() -> dict[str, Any]:
+        body = kc.get(resource, name, namespace)
+        return body if body is not None and predicate(body) else {}
+
+    return wait_for(probe, what)
 
 
 def agent_report(kc: emu.KubeClient, node: str, *, exported: int = 0, lost: int = 0,

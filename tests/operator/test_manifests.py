@@ -21,7 +21,7 @@ K8S_VERSION = kubernetes_validate.latest_version()
 def _gen_crds() -> Any:
     sys.path.insert(0, str(ROOT / "scripts"))
     try:
-        import gen_crds  # type: ignore[import-not-found]
+        import gen_crds
     finally:
         sys.path.pop(0)
     return gen_crds

@@ -10,6 +10,7 @@ from tests.operator.conftest import (
     condition,
     node_config,
     profile,
+    profile_when,
     run_pod,
     targets,
     wait_for,
@@ -46,8 +47,8 @@ def test_apply_profile_targets_status_and_ready(kc, start_operator):
     agent_report(kc, "n1", exported=5)
     agent_report(kc, "n2", exported=7, lost=0)
     # (a node whose agent never reported is silent: it degrades the profile but does not hold Ready back)
-    body = wait_for(lambda: (b := kc.get(TP, "web", "shop")) and condition(b, "Degraded") == ("False", "AsExpected")
-                    and b, "both nodes reporting")
+    body = profile_when(kc, TP, "web", "shop", lambda b: condition(b, "Degraded") == ("False", "AsExpected"),
+                        "both nodes reporting")
     assert condition(body, "Ready") == ("True", "Tracing")
     status = body["status"]
     assert status["matchedPods"] == 2
@@ -134,7 +135,7 @@ def test_invalid_profile_is_isolated(kc, start_operator):
     kc.create(TP, profile("good", "shop", {"app": "web"}))
     start_operator()
     wait_for(lambda: targets(kc, "n1") == {"shop/web-1": ["TraceProfile/shop/good"]}, "good profile only")
-    body = wait_for(lambda: (b := kc.get(TP, "bad", "shop")) and condition(b, "Ready") and b, "bad status")
+    body = profile_when(kc, TP, "bad", "shop", lambda b: condition(b, "Ready") is not None, "bad status")
     assert condition(body, "Ready") == ("False", "InvalidSpec")
     assert condition(body, "Degraded") == ("True", "InvalidSpec")
     message = next(c["message"] for c in body["status"]["conditions"] if c["type"] == "Ready")
@@ -206,8 +207,8 @@ def test_silent_node_degrades_but_does_not_block(kc, start_operator):
     wait_for(lambda: targets(kc, "n1") and targets(kc, "n2"), "targets")
     agent_report(kc, "n1", exported=3, lost=2, probe_errors=1)
     agent_report(kc, "n2", exported=4, heartbeat=datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1))
-    body = wait_for(lambda: (b := kc.get(TP, "web", "shop")) and b["status"].get("spansExported") == 7 and b,
-                    "both reports aggregated")
+    body = profile_when(kc, TP, "web", "shop", lambda b: b.get("status", {}).get("spansExported") == 7,
+                        "both reports aggregated")
     assert condition(body, "Ready") == ("True", "Tracing")  # despite the silent node
     assert condition(body, "Degraded") == ("True", "NodesNotReporting")
     assert body["status"]["nodes"] == {"ready": 1, "total": 2}

@@ -400,6 +400,8 @@ class APIServer(kmock.KubernetesEmulator):
     _log_floor: dict[Any, int] = attrs.field(factory=dict, init=False)
     _applied: dict[Any, Any] = attrs.field(factory=dict, init=False)
     _printer_columns: dict[Any, list[dict[str, Any]]] = attrs.field(factory=dict, init=False)
+    # Mutating requests per (User-Agent product, resource plural): lets benchmarks count a client's writes.
+    writes: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -568,6 +570,9 @@ class APIServer(kmock.KubernetesEmulator):
             if request.namespace is not None and not info.namespaced:
                 raise APIError(404, "NotFound", "the server could not find the requested resource")
             method = str(request.method.value).upper()
+            if method in ("POST", "PUT", "PATCH", "DELETE"):
+                agent = (request.headers.get("User-Agent") or "").split("/", 1)[0]
+                self.writes[agent, res.plural] += 1
             if request.subresource not in (None, "status") or (
                     request.subresource == "status" and "status" not in info.subresources):
                 raise APIError(404, "NotFound", "the server could not find the requested resource")
