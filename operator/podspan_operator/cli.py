@@ -29,7 +29,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-    kopf.run(clusterwide=True, standalone=args.standalone, peering_name=args.peering, priority=args.priority,
+    kopf.run(clusterwide=True, standalone=args.standalone, priority=args.priority,
+             peering_name=None if args.standalone else args.peering,
              liveness_endpoint=args.liveness, registry=handlers.registry,
              memo=kopf.Memo(options=reconciler.Options(heartbeat_timeout=args.heartbeat_timeout)))
 
