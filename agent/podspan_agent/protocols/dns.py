@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from podspan_agent.protocols import base, kafka, pairing
+from podspan_agent.protocols import base, framing, pairing
 
 MAX_PENDING = 256
 HEADER_SIZE = 12
@@ -133,7 +133,7 @@ class Parser:
     ) -> None:
         self.settings = settings or base.CaptureSettings()
         self.transport = transport
-        self._framers = {True: kafka.LengthFramer(2, _tcp_length), False: kafka.LengthFramer(2, _tcp_length)}
+        self._framers = {True: framing.LengthFramer(2, _tcp_length), False: framing.LengthFramer(2, _tcp_length)}
         self._pending: pairing.BoundedDict[tuple[int, str, int], _Query] = pairing.BoundedDict(max_pending)
         self.unanswered = 0
         self.malformed = 0

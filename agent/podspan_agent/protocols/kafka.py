@@ -1,16 +1,11 @@
-"""Kafka wire protocol parser: request headers, Produce/Fetch topics, errors, paired by correlation id.
-
-Also home of `LengthFramer`, the length-prefixed framing shared with the MongoDB and DNS-over-TCP
-parsers.
-"""
+"""Kafka wire protocol parser: request headers, Produce/Fetch topics, errors, paired by correlation id."""
 
 from __future__ import annotations
 
 import dataclasses
 import struct
-from collections.abc import Callable
 
-from podspan_agent.protocols import base, pairing
+from podspan_agent.protocols import base, framing
 
 MAX_PENDING = 256
 MAX_FRAME = 100 * 1024 * 1024
@@ -51,54 +46,6 @@ ERROR_NAMES = {
     16: "NOT_COORDINATOR", 19: "NOT_ENOUGH_REPLICAS", 29: "TOPIC_AUTHORIZATION_FAILED",
     35: "UNSUPPORTED_VERSION", 58: "SASL_AUTHENTICATION_FAILED", 87: "INVALID_RECORD",
 }  # fmt: skip
-
-
-class LengthFramer:
-    """Splits one direction's runs into length-prefixed frames, across run boundaries.
-
-    `frame_length(data, pos)` returns the whole frame's length (prefix included) from at
-    least `header` bytes, or None when implausible. `frames()` yields each frame's captured
-    head and full length; a frame's uncaptured rest is skipped in the next run. Runs are
-    assumed to start on a frame boundary once framing is lost (implausible length).
-    """
-
-    __slots__ = ("_carry", "_skip", "frame_length", "header", "lost")
-
-    def __init__(self, header: int, frame_length: Callable[[bytes, int], int | None]) -> None:
-        self.header = header
-        self.frame_length = frame_length
-        self._carry = b""
-        self._skip = 0
-        self.lost = 0  # runs whose framing could not be followed
-
-    def frames(self, data: bytes, size: int) -> list[tuple[bytes, int]]:
-        out: list[tuple[bytes, int]] = []
-        if self._skip:
-            if self._skip >= size:
-                self._skip -= size
-                return out
-            data, size = data[self._skip :], size - self._skip
-            self._skip = 0
-        if self._carry:
-            data, size = self._carry + data, size + len(self._carry)
-            self._carry = b""
-        pos = 0
-        while pos < size:
-            if pos + self.header > len(data):
-                if len(data) == size:
-                    self._carry = data[pos:]  # the prefix continues in the next run
-                else:
-                    self.lost += 1
-                break
-            length = self.frame_length(data, pos)
-            if length is None:
-                self.lost += 1
-                break
-            out.append((data[pos : pos + length], length))
-            pos += length
-        if pos > size:
-            self._skip = pos - size
-        return out
 
 
 def _kafka_length(data: bytes, pos: int) -> int | None:
@@ -191,43 +138,11 @@ def detect(data: bytes, from_client: bool = True) -> bool:
     return client_id.isascii() and (not client_id or client_id.decode().isprintable())
 
 
-class Parser:
+class Parser(framing.FramedParser[_Request]):
     """Per-connection Kafka parser: bounded pending requests, never raises."""
 
     def __init__(self, settings: base.CaptureSettings | None = None, max_pending: int = MAX_PENDING) -> None:
-        self.settings = settings or base.CaptureSettings()
-        self._requests = LengthFramer(4, _kafka_length)
-        self._responses = LengthFramer(4, _kafka_length)
-        self._pending: pairing.BoundedDict[int, _Request] = pairing.BoundedDict(max_pending)
-        self.unanswered = 0  # requests still waiting when the connection was flushed
-
-    @property
-    def dropped(self) -> int:
-        return self._pending.dropped + self._requests.lost + self._responses.lost
-
-    @property
-    def state_size(self) -> int:
-        """Requests waiting for their response: bounded by `max_pending`."""
-        return len(self._pending)
-
-    def feed(self, message: base.Message) -> list[base.Record]:
-        records: list[base.Record] = []
-        framer = self._requests if message.from_client else self._responses
-        try:
-            for head, length in framer.frames(message.data, message.size):
-                if message.from_client:
-                    self._request(head, length, message, records)
-                else:
-                    self._response(head, length, message, records)
-        except Exception:  # a parser must never raise; the frame is simply not reported
-            framer.lost += 1
-        return records
-
-    def flush(self) -> list[base.Record]:
-        # pairing.BoundedDict cannot list its entries, so unanswered requests are only counted.
-        self.unanswered += len(self._pending)
-        self._pending = pairing.BoundedDict(self._pending.limit)
-        return []
+        super().__init__(settings, max_pending, prefix=4, frame_length=_kafka_length)
 
     def _request(self, head: bytes, length: int, message: base.Message, records: list[base.Record]) -> None:
         if len(head) < 14:

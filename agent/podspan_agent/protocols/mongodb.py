@@ -9,7 +9,7 @@ from __future__ import annotations
 import dataclasses
 import struct
 
-from podspan_agent.protocols import base, kafka, pairing
+from podspan_agent.protocols import base, framing, pairing
 
 MAX_PENDING = 256
 MAX_MESSAGE = 48_000_000  # maxMessageSizeBytes of every MongoDB release
@@ -158,50 +158,16 @@ def detect(data: bytes, from_client: bool = True) -> bool:
     return False
 
 
-class Parser:
+class Parser(framing.FramedParser[_Request]):
     """Per-connection MongoDB parser: bounded pending requests, never raises."""
 
     def __init__(self, settings: base.CaptureSettings | None = None, max_pending: int = MAX_PENDING) -> None:
-        self.settings = settings or base.CaptureSettings()
-        self._requests = kafka.LengthFramer(4, _mongo_length)
-        self._responses = kafka.LengthFramer(4, _mongo_length)
-        self._pending: pairing.BoundedDict[int, _Request] = pairing.BoundedDict(max_pending)
-        self.unanswered = 0
+        super().__init__(settings, max_pending, prefix=4, frame_length=_mongo_length)
 
-    @property
-    def dropped(self) -> int:
-        return self._pending.dropped + self._requests.lost + self._responses.lost
-
-    @property
-    def state_size(self) -> int:
-        """Requests waiting for their response: bounded by `max_pending`."""
-        return len(self._pending)
-
-    def feed(self, message: base.Message) -> list[base.Record]:
-        records: list[base.Record] = []
-        framer = self._requests if message.from_client else self._responses
-        try:
-            for head, length in framer.frames(message.data, message.size):
-                if len(head) < 16:
-                    continue
-                request_id, response_to, opcode = struct.unpack_from("<iii", head, 4)
-                if message.from_client:
-                    self._request(head, length, request_id, opcode, message, records)
-                else:
-                    self._response(head, length, response_to, opcode, message, records)
-        except Exception:  # a parser must never raise; the message is simply not reported
-            framer.lost += 1
-        return records
-
-    def flush(self) -> list[base.Record]:
-        # pairing.BoundedDict cannot list its entries, so unanswered requests are only counted.
-        self.unanswered += len(self._pending)
-        self._pending = pairing.BoundedDict(self._pending.limit)
-        return []
-
-    def _request(
-        self, head: bytes, length: int, request_id: int, opcode: int, message: base.Message, records: list
-    ) -> None:
+    def _request(self, head: bytes, length: int, message: base.Message, records: list[base.Record]) -> None:
+        if len(head) < 16:
+            return
+        request_id, _, opcode = struct.unpack_from("<iii", head, 4)
         flags = 0
         database = None
         if opcode == OP_MSG and len(head) > 20:
@@ -236,9 +202,10 @@ class Parser:
         else:
             self._pending.put(request_id, request)
 
-    def _response(
-        self, head: bytes, length: int, response_to: int, opcode: int, message: base.Message, records: list
-    ) -> None:
+    def _response(self, head: bytes, length: int, message: base.Message, records: list[base.Record]) -> None:
+        if len(head) < 16:
+            return
+        _, response_to, opcode = struct.unpack_from("<iii", head, 4)
         request = self._pending.pop(response_to)
         if request is None:
             return  # e.g. later replies of an exhaust cursor, which answer the previous reply
