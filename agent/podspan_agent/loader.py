@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
@@ -62,8 +63,8 @@ def ensure_tracefs() -> None:
             continue
         if os.path.ismount(mountpoint):
             continue
-        rc = os.system(f"mount -t {fstype} {fstype} {mountpoint} >/dev/null 2>&1")
-        if rc != 0:
+        mounted = subprocess.run(["mount", "-t", fstype, fstype, mountpoint], capture_output=True)
+        if mounted.returncode != 0:
             log.warning("could not mount %s at %s", fstype, mountpoint)
 
 
@@ -112,9 +113,6 @@ class Probes:
     def untrace_pid(self, tgid: int) -> None:
         self._pids.pop(ctypes.c_uint32(tgid), None)
 
-    def traced_cgroups(self) -> set[int]:
-        return {key.value for key in self._cgroups}
-
     # ---- connections ----
     def connection(self, tgid: int, fd: int) -> bpf_events.Conn | None:
         """The kernel's live state of a connection (to finish idle runs)."""
@@ -148,29 +146,9 @@ class Probes:
             totals[stat.name.lower()] = int(sum(per_cpu))
         return totals
 
-    def program_ids(self) -> list[int]:
-        """Ids of the loaded BPF programs (for leak checks)."""
-        ids = []
-        for fn in self._bpf.funcs.values():
-            info = bpf_prog_id(fn.fd)
-            if info:
-                ids.append(info)
-        return ids
-
     def close(self) -> None:
         if self._closed:
             return
         self._closed = True
         self._bpf.cleanup()
 
-
-def bpf_prog_id(prog_fd: int) -> int | None:
-    """Program id of an fd, read from /proc/self/fdinfo (no extra bcc API needed)."""
-    try:
-        with open(f"/proc/self/fdinfo/{prog_fd}") as info:
-            for line in info:
-                if line.startswith("prog_id:"):
-                    return int(line.split()[1])
-    except OSError:
-        return None
-    return None

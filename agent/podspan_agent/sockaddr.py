@@ -19,11 +19,6 @@ class Endpoint:
     def network_type(self) -> str:
         return "ipv6" if self.family == socket.AF_INET6 else "ipv4"
 
-    def __str__(self) -> str:
-        if self.family == socket.AF_INET6:
-            return f"[{self.address}]:{self.port}"
-        return f"{self.address}:{self.port}"
-
 
 def decode(raw: bytes) -> Endpoint | None:
     """Decode a struct sockaddr_in / sockaddr_in6; None for anything else or short input."""
