@@ -65,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="Kubernetes mode: follow this node's NodeTraceConfig")
     run.add_argument("--node", default=os.environ.get("NODE_NAME"), help="node name (default $NODE_NAME)")
+    run.add_argument("--export-queue", type=int, default=8192, metavar="SPANS",
+                     help="spans each profile's exporter holds while its endpoint is slow or down; beyond it "
+                          "new spans are dropped and counted (bounds memory)")
     run.set_defaults(func=_run)
     return parser
 
@@ -161,8 +164,10 @@ def _run(args: argparse.Namespace) -> int:
         raise UsageError("no node name: pass --node NAME or set NODE_NAME")
     import podspan_agent.node_agent as node_agent  # deferred: pulls in the Kubernetes client
 
+    if args.export_queue < 1:
+        raise UsageError(f"--export-queue must be at least 1, got {args.export_queue}")
     _check_privileges()
-    return node_agent.run(args.node)
+    return node_agent.run(args.node, export_queue=args.export_queue)
 
 
 if __name__ == "__main__":

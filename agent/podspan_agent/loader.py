@@ -70,6 +70,9 @@ def ensure_tracefs() -> None:
 
 EventCallback = Callable[[int, int], None]  # (address, size) of one ring-buffer record
 
+# Per-thread syscall state stashed on enter for the exit handler: stale after a detach.
+_INFLIGHT_MAPS = (b"io_inflight", b"accept_inflight", b"connect_inflight")
+
 
 class Probes:
     """The loaded capture program. Construct once; `close()` detaches everything."""
@@ -96,9 +99,34 @@ class Probes:
         self._pids = self._bpf[b"traced_pids"]
         self._conns = self._bpf[b"conns"]
         self._stats = self._bpf[b"stats"]
+        # bcc attached every TRACEPOINT_PROBE while loading; remember them to re-attach after detach().
+        self._tracepoints = tuple(self._bpf.tracepoint_fds)
         self._closed = False
         log.info("capture program loaded and attached in %.2fs using %s", self.load_seconds,
                  header_source.describe())
+
+    # ---- attachment ----
+    @property
+    def attached(self) -> bool:
+        return bool(self._bpf.tracepoint_fds)
+
+    def detach(self) -> None:
+        """Stop running the programs (nothing to trace): syscalls pay nothing while detached.
+        The programs and maps stay loaded, so attach() is cheap."""
+        for tracepoint in list(self._bpf.tracepoint_fds):
+            self._bpf.detach_tracepoint(tp=tracepoint)
+        log.info("capture programs detached (no targets)")
+
+    def attach(self) -> None:
+        """Run the programs again. Connections and half-done syscalls from before are forgotten:
+        their close() or syscall exit may have been missed while detached."""
+        if self.attached:
+            return
+        for name in (b"conns", *_INFLIGHT_MAPS):
+            self._bpf[name].clear()
+        for tracepoint in self._tracepoints:
+            self._bpf.attach_tracepoint(tp=tracepoint, fn_name=b"tracepoint__" + tracepoint.replace(b":", b"__"))
+        log.info("capture programs attached to %d tracepoints", len(self._tracepoints))
 
     # ---- selection ----
     def trace_cgroup(self, cgroup_id: int) -> None:

@@ -35,6 +35,7 @@ _RECONCILE_EVERY_S = 2.0  # also picks up containers that start (or restart) lat
 _STATUS_EVERY_S = 10.0
 _WATCH_TIMEOUT_S = 60
 _RUNTIMES = ("containerd", "cri-o", "docker")
+_ERROR_CHARS = 300  # an exporter error in status: enough to diagnose, small enough for an object
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -121,7 +122,8 @@ def sampled(trace_id: int, ratio: float) -> bool:
 class Router:
     """The tracer's only sink in Kubernetes mode: one OTLP exporter per profile."""
 
-    def __init__(self) -> None:
+    def __init__(self, export_queue: int = 8192) -> None:
+        self._export_queue = export_queue
         self._profiles: dict[str, models.ResolvedProfile] = {}
         self._exporters: dict[str, otlp.OtlpExporter] = {}
         self._by_container: dict[str, tuple[str, ...]] = {}
@@ -140,6 +142,7 @@ class Router:
                     export.endpoint, protocol=str(export.protocol), headers=export.headers,
                     insecure=export.insecure, compression=str(export.compression),
                     resource=otlp.base_resource(extra=profile.resource_attributes),
+                    max_queue_size=self._export_queue,
                 )
         self._profiles = wanted
         self._by_container = {p.container_hex: p.profiles for p in plans if p.container_hex}
@@ -161,9 +164,13 @@ class Router:
             stats = exporter.stats()
             counters.append(models.ProfileCounters(
                 profile=key, spans_exported=stats.spans_exported, spans_dropped=stats.spans_dropped,
-                events_lost=events_lost,
+                events_lost=events_lost, export_error=stats.failing[:_ERROR_CHARS] if stats.failing else None,
             ))
         return counters
+
+    def failing(self) -> list[str]:
+        """Profiles whose exporter's last send failed."""
+        return [key for key, exporter in sorted(self._exporters.items()) if exporter.stats().failing]
 
     def shutdown(self) -> None:
         for exporter in self._exporters.values():
@@ -233,11 +240,11 @@ def api_client() -> k8s.ApiClient:
 
 class NodeAgent:
     def __init__(self, node: str, custom: k8s.CustomObjectsApi, probes: loader.Probes,
-                 headers: kernel_headers.HeaderSource) -> None:
+                 headers: kernel_headers.HeaderSource, export_queue: int = 8192) -> None:
         self.node, self._custom, self._probes, self._headers = node, custom, probes, headers
         self._mount = cgroups.cgroup2_mount()
         self._watcher = ConfigWatcher(custom, node)
-        self.router = Router()
+        self.router = Router(export_queue)
         self._resources_by_cgroup: dict[int, dict[str, base.AttributeValue]] = {}
         self.resources = process_info.ResourceResolver(lambda cid: self._resources_by_cgroup.get(cid, {}))
         self.tracer = tracer.Tracer(probes, tracer.TracerSettings(), [self.router], self.resources)
@@ -247,6 +254,7 @@ class NodeAgent:
         self._next_reconcile = 0.0
         self._next_status = 0.0
         self._status_dirty = True
+        self._failing: list[str] = []
 
     def run(self, stop: threading.Event) -> None:
         self._watcher.start()
@@ -262,6 +270,9 @@ class NodeAgent:
         if version != self._applied_version or now >= self._next_reconcile:
             self._apply(obj)
             self._applied_version, self._next_reconcile = version, now + _RECONCILE_EVERY_S
+        failing = self.router.failing()
+        if failing != self._failing:  # export broke or recovered: tell the operator now
+            self._failing, self._status_dirty = failing, True
         if obj is not None and (self._status_dirty or now >= self._next_status):
             self._write_status()
             self._next_status = now + _STATUS_EVERY_S
@@ -278,6 +289,12 @@ class NodeAgent:
             self.resources.forget_cgroup(cid)
         for cid in set(wanted) - current:
             self._probes.trace_cgroup(cid)
+        if wanted and not self._probes.attached:
+            self._probes.attach()
+            self._status_dirty = True
+        elif not wanted and self._probes.attached:
+            self._probes.detach()
+            self._status_dirty = True
         self._resources_by_cgroup = wanted
         self.router.configure(spec.profiles, plans)
         if [p.status for p in plans] != [p.status for p in self._plans]:
@@ -295,6 +312,7 @@ class NodeAgent:
             header_source=self._headers.describe(),
             targets=[p.status for p in self._plans],
             profiles=self.router.counters(lost),
+            probes_attached=self._probes.attached,
         )
         try:
             self._custom.patch_cluster_custom_object_status(
@@ -305,11 +323,11 @@ class NodeAgent:
             log.warning("writing NodeTraceConfig/%s status failed: %s", self.node, exc)
 
 
-def run(node: str) -> int:
+def run(node: str, export_queue: int = 8192) -> int:
     headers = kernel_headers.resolve()
     probes = loader.Probes(loader.ProbeOptions(), headers)
     custom = k8s.CustomObjectsApi(api_client())
-    agent = NodeAgent(node, custom, probes, headers)
+    agent = NodeAgent(node, custom, probes, headers, export_queue)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())

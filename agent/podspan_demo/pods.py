@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import itertools
 import os
 import pathlib
 import shutil
@@ -25,7 +26,6 @@ class Pod:
     process: subprocess.Popen[bytes] | None = None
     netns: str | None = None
     pod_ip: str | None = None
-    host_ip: str | None = None
 
     @property
     def cgroup_id(self) -> int:
@@ -37,18 +37,37 @@ class Pod:
         return self.process.pid
 
 
-class PodRunner:
-    """Starts and stops pods; removes every cgroup, namespace and process it made."""
+_runners = itertools.count()
 
-    def __init__(self, subnet_index: int = 0) -> None:
+
+class PodRunner:
+    """Starts and stops pods; removes every cgroup, namespace, link and process it made.
+
+    Pods with their own network namespace sit on one bridge per runner (10.231.N.0/24, the host
+    at .1), like pods on a node's CNI bridge: they reach each other and the host without IP
+    forwarding, and nothing outside this machine.
+    """
+
+    def __init__(self) -> None:
         self.mount = cgroups.cgroup2_mount()
         self.pods: list[Pod] = []
-        self._subnet_index = subnet_index
+        self._tag = f"{os.getpid() % 100000}x{next(_runners)}"
+        self._subnet = f"10.231.{(os.getpid() + next(_runners)) % 250 + 1}"
+        self._bridge: str | None = None
+        self._addresses = itertools.count(2)
+
+    @property
+    def host_ip(self) -> str:
+        """The host's address on the pods' bridge."""
+        return f"{self._subnet}.1"
 
     def start(self, name: str, argv: list[str], netns: bool = False, env: dict[str, str] | None = None,
-              log_path: pathlib.Path | None = None) -> Pod:
-        pod_uid = str(uuid.uuid4())
-        container_id = uuid.uuid4().hex + uuid.uuid4().hex
+              log_path: pathlib.Path | None = None, uid: str | None = None,
+              container_id: str | None = None) -> Pod:
+        """Start `argv` as pod `name`; `uid`/`container_id` default to fresh random ones (pass the
+        Pod object's uid when an API server assigned it)."""
+        pod_uid = uid or str(uuid.uuid4())
+        container_id = container_id or uuid.uuid4().hex + uuid.uuid4().hex
         relative = cgroups.kubelet_systemd_path(pod_uid, container_id, "besteffort", "containerd")
         directory = self.mount / relative
         directory.mkdir(parents=True)
@@ -67,26 +86,30 @@ class PodRunner:
         return pod
 
     def _make_netns(self, pod: Pod) -> None:
-        index = self._subnet_index * 64 + len(self.pods)
-        pod.netns = f"podspan-{os.getpid()}-{index}"
-        suffix = f"{os.getpid() % 10000}x{index}"
-        host_if, pod_if = f"psh{suffix}"[:15], f"psp{suffix}"[:15]
-        # A /30 per pod in a range only these test namespaces use.
-        base = 4 * index
-        subnet = f"10.231.{base // 256}"
-        pod.host_ip, pod.pod_ip = f"{subnet}.{base % 256 + 1}", f"{subnet}.{base % 256 + 2}"
+        if self._bridge is None:
+            bridge = f"psbr{self._tag}"[:15]
+            for cmd in (["ip", "link", "add", bridge, "type", "bridge"],
+                        ["ip", "addr", "add", f"{self.host_ip}/24", "dev", bridge],
+                        ["ip", "link", "set", bridge, "up"]):
+                _ip(cmd)
+            self._bridge = bridge
+        index = next(self._addresses)
+        if index > 254:
+            raise RuntimeError("a PodRunner holds at most 253 pods with their own network namespace")
+        pod.netns = f"podspan-{self._tag}-{index}"
+        host_if, pod_if = f"psh{self._tag}.{index}"[:15], f"psp{self._tag}.{index}"[:15]
+        pod.pod_ip = f"{self._subnet}.{index}"
         for cmd in (
             ["ip", "netns", "add", pod.netns],
             ["ip", "link", "add", host_if, "type", "veth", "peer", "name", pod_if],
             ["ip", "link", "set", pod_if, "netns", pod.netns],
-            ["ip", "addr", "add", f"{pod.host_ip}/30", "dev", host_if],
-            ["ip", "link", "set", host_if, "up"],
-            ["ip", "-n", pod.netns, "addr", "add", f"{pod.pod_ip}/30", "dev", pod_if],
+            ["ip", "link", "set", host_if, "master", self._bridge, "up"],
+            ["ip", "-n", pod.netns, "addr", "add", f"{pod.pod_ip}/24", "dev", pod_if],
             ["ip", "-n", pod.netns, "link", "set", pod_if, "up"],
             ["ip", "-n", pod.netns, "link", "set", "lo", "up"],
-            ["ip", "-n", pod.netns, "route", "add", "default", "via", pod.host_ip],
+            ["ip", "-n", pod.netns, "route", "add", "default", "via", self.host_ip],
         ):
-            subprocess.run(cmd, check=True, capture_output=True)
+            _ip(cmd)
 
     def stop(self, pod: Pod) -> None:
         if pod.process is not None and pod.process.poll() is None:
@@ -107,6 +130,15 @@ class PodRunner:
         for pod in reversed(self.pods):
             self.stop(pod)
         self.pods.clear()
+        if self._bridge is not None:
+            subprocess.run(["ip", "link", "del", self._bridge], capture_output=True)
+            self._bridge = None
+
+
+def _ip(command: list[str]) -> None:
+    done = subprocess.run(command, capture_output=True, text=True)
+    if done.returncode != 0:
+        raise RuntimeError(f"{' '.join(command)} failed: {done.stderr.strip()}")
 
 
 def _kill_cgroup(directory: pathlib.Path) -> None:

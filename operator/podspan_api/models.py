@@ -475,6 +475,8 @@ class ProfileCounters(Model):
     spans_exported: Count = pydantic.Field(default=0, description="Spans accepted by the exporter.")
     spans_dropped: Count = pydantic.Field(default=0, description="Spans dropped (queue full, export error).")
     events_lost: Count = pydantic.Field(default=0, description="Kernel events lost for this profile's pods.")
+    export_error: str | None = pydantic.Field(
+        default=None, description="The last OTLP export error while exports fail; absent once one succeeds.")
 
 
 class ProbeError(Model):
@@ -498,6 +500,9 @@ class NodeTraceConfigStatus(Model):
     profiles: list[ProfileCounters] = pydantic.Field(default_factory=list,
                                                      description="Per-profile counters.")
     probe_errors: list[ProbeError] = pydantic.Field(default_factory=list, description="Probe failures.")
+    probes_attached: bool | None = pydantic.Field(
+        default=None, description="Whether the capture programs run: the agent detaches them while the node "
+                                  "has no container to trace, so untraced nodes pay nothing.")
 
     @pydantic.field_validator("heartbeat_time")
     @classmethod

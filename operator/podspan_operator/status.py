@@ -23,6 +23,7 @@ NO_MATCHING_PODS = "NoMatchingPods"
 NODES_NOT_REPORTING = "NodesNotReporting"
 PROBE_ERRORS = "ProbeErrors"
 EVENTS_LOST = "EventsLost"
+EXPORT_FAILING = "ExportFailing"
 INVALID_SPEC = "InvalidSpec"
 
 _TRUE, _FALSE = models.ConditionStatus.TRUE, models.ConditionStatus.FALSE
@@ -43,6 +44,7 @@ class _Tally:
     applying: list[str] = dataclasses.field(default_factory=list)
     silent: list[str] = dataclasses.field(default_factory=list)
     probe_errors: list[str] = dataclasses.field(default_factory=list)
+    export_errors: dict[str, str] = dataclasses.field(default_factory=dict)  # node -> its exporter's error
     traced: int = 0
     exported: int = 0
     dropped: int = 0
@@ -83,6 +85,8 @@ def _tally(key: str, configs: Iterable[render.NodeConfig], now: datetime.datetim
         tally.traced += len({uid for uid, _ in attached & wanted})
         if status.probe_errors:
             tally.probe_errors.append(config.name)
+        if counters.export_error:
+            tally.export_errors[config.name] = counters.export_error
     return tally
 
 
@@ -109,6 +113,10 @@ def _ready_and_degraded(profile: render.Profile, matched: int, t: _Tally,
                                                f"{heartbeat_timeout:g}s: {_names(t.silent)}")
     elif t.probe_errors:
         degraded = (True, PROBE_ERRORS, f"probes failed on {_names(t.probe_errors)}")
+    elif t.export_errors:
+        node, error = sorted(t.export_errors.items())[0]
+        degraded = (True, EXPORT_FAILING, f"OTLP export failing on {_names(list(t.export_errors))} "
+                                          f"({t.dropped} spans dropped so far); {node}: {error}")
     elif t.lost:
         degraded = (True, EVENTS_LOST, f"{t.lost} kernel events lost since the agents started")
     else:

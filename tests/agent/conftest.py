@@ -4,9 +4,7 @@ costs seconds), one tracer thread exports to a real OTLP receiver, pods are real
 from __future__ import annotations
 
 import collections.abc
-import json
 import os
-import subprocess
 import sys
 import threading
 
@@ -92,10 +90,3 @@ SAMPLE_APP = [sys.executable, "-m", "podspan_demo.sample_app"]
 
 free_port = servers.free_port
 nginx_binary = servers.nginx_binary
-
-
-def bpftool_program_ids() -> list[int]:
-    """Ids of every BPF program loaded in the kernel, as bpftool lists them."""
-    command = ["bpftool", "prog", "show", "--json"]
-    out = subprocess.run(command, capture_output=True, text=True, check=True).stdout
-    return [int(prog["id"]) for prog in json.loads(out)]

@@ -14,7 +14,7 @@ import pytest
 
 from podspan_demo import pods
 from tests.agent import conftest
-from tests.support import otlp_receiver
+from tests.support import bpftool, otlp_receiver
 
 AGENT = [sys.executable, "-m", "podspan_agent.cli"]
 
@@ -35,12 +35,12 @@ def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:
-    before = set(conftest.bpftool_program_ids())
+    before = set(bpftool.program_ids())
     result = _run(args)
     assert result.returncode == 2
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("podspan-agent: ") and message in lines[0], result.stderr
-    assert set(conftest.bpftool_program_ids()) <= before
+    assert set(bpftool.program_ids()) <= before
 
 
 def test_without_root_is_refused() -> None:
@@ -79,7 +79,7 @@ def test_otlp_http_export_and_ctrl_c_detaches(pod_runner: pods.PodRunner) -> Non
     port = conftest.free_port()
     app = pod_runner.start("app", [*conftest.SAMPLE_APP, "backend", "--port", str(port)])
     pods.wait_for_port("127.0.0.1", port)
-    before = set(conftest.bpftool_program_ids())
+    before = set(bpftool.program_ids())
     with otlp_receiver.OtlpReceiver() as receiver:
         agent = _start_agent(
             ["trace", "--cgroup", str(app.cgroup_dir), "--otlp-endpoint", f"http://127.0.0.1:{receiver.http_port}",
@@ -87,7 +87,7 @@ def test_otlp_http_export_and_ctrl_c_detaches(pod_runner: pods.PodRunner) -> Non
             env={"OTEL_RESOURCE_ATTRIBUTES": "deployment.environment.name=test,team=podspan"},
         )
         try:
-            assert len(set(conftest.bpftool_program_ids()) - before) > 10  # attached while running
+            assert len(set(bpftool.program_ids()) - before) > 10  # attached while running
             _traffic(port, ["/users/5", "/users/6"])
             spans = receiver.wait_for(lambda got: len(got) >= 2, timeout=20)
         finally:
@@ -101,7 +101,7 @@ def test_otlp_http_export_and_ctrl_c_detaches(pod_runner: pods.PodRunner) -> Non
     assert resource["process.pid"] == app.pid
     assert resource["host.name"] and resource["process.executable.name"]
     # Everything detached: no program of ours is left in the kernel.
-    assert set(conftest.bpftool_program_ids()) <= before
+    assert set(bpftool.program_ids()) <= before
 
 
 def test_duration_and_jsonl_output(pod_runner: pods.PodRunner, tmp_path: pathlib.Path) -> None:

@@ -18,8 +18,8 @@ import pytest
 from podspan_api import models
 from podspan_demo import pods
 from tests.agent import conftest
+from tests.support import bpftool, otlp_receiver
 from tests.support import k8s_api_emulator as emu
-from tests.support import otlp_receiver
 
 NTC = "podspan.dev/v1alpha1/nodetraceconfigs"
 NODE = "node-a"
@@ -86,7 +86,7 @@ def test_run_mode_follows_node_config(
     targets = [_target(first, "web-1"), _target(second, "web-2")]
     kc.create(NTC, {"apiVersion": "podspan.dev/v1alpha1", "kind": "NodeTraceConfig",
                     "metadata": {"name": NODE}, "spec": _spec(targets, receiver.grpc_endpoint)})
-    before = set(conftest.bpftool_program_ids())
+    before = set(bpftool.program_ids())
     agent = subprocess.Popen(
         [sys.executable, "-m", "podspan_agent.cli", "run", "--node", NODE],
         env={**os.environ, "KUBECONFIG": str(api.kubeconfig)}, stderr=subprocess.PIPE, text=True,
@@ -127,4 +127,4 @@ def test_run_mode_follows_node_config(
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)
     assert agent.returncode == 0, stderr
-    assert set(conftest.bpftool_program_ids()) <= before
+    assert set(bpftool.program_ids()) <= before

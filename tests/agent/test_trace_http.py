@@ -5,12 +5,13 @@ from __future__ import annotations
 
 import collections.abc
 import http.client
+import os
 import pathlib
 
-from podspan_agent import tracer
+from podspan_agent import loader, tracer
 from podspan_demo import pods, servers
 from tests.agent import conftest
-from tests.support import otlp_receiver
+from tests.support import bpftool, otlp_receiver
 
 SERVER, CLIENT = 2, 3  # OTLP SpanKind values
 STATUS_ERROR = 2
@@ -164,3 +165,23 @@ def test_unselected_server_yields_no_spans(
     spans = receiver.wait_for(_with_path("/users/778", 1), timeout=20)
     assert not [s for s in spans if s.attributes.get("url.path") == "/users/777"]
     assert quiet.pid not in {s.resource.get("process.pid") for s in spans}
+
+
+def test_detached_probes_see_nothing_and_reattach(
+    agent: tracer.Tracer, probes: loader.Probes, receiver: otlp_receiver.OtlpReceiver,
+    pod_runner: pods.PodRunner, traced: object
+) -> None:
+    port = conftest.free_port()
+    server = pod_runner.start("detach", [*conftest.SAMPLE_APP, "backend", "--port", str(port)])
+    pods.wait_for_port("127.0.0.1", port)
+    traced(server)  # type: ignore[operator]
+    probes.detach()
+    try:
+        assert not probes.attached and not bpftool.attached_programs(os.getpid())
+        assert _get(port, "/users/61") == 200
+    finally:
+        probes.attach()
+    assert probes.attached and bpftool.attached_programs(os.getpid())
+    assert _get(port, "/users/62") == 200
+    spans = receiver.wait_for(_with_path("/users/62", 1), timeout=20)
+    assert not any(s.attributes.get("url.path") == "/users/61" for s in spans)

@@ -14,7 +14,7 @@ KEY = "TraceProfile/shop/p"
 
 
 def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exported: int = 0,
-           lost: int = 0, attached: bool = True, probe_errors: bool = False,
+           lost: int = 0, attached: bool = True, probe_errors: bool = False, export_error: str | None = None,
            now: datetime.datetime = NOW) -> render.NodeConfig:
     spec = models.NodeTraceConfigSpec(targets=[
         models.PodTarget(uid=f"{name}-{i}", namespace="shop", name=f"{name}-{i}", qos_class="BestEffort",
@@ -24,7 +24,9 @@ def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exp
         heartbeat_time=now - datetime.timedelta(seconds=age),
         targets=[models.TargetStatus(pod_uid=f"{name}-{i}", container="app",
                                      state="attached" if attached else "waiting") for i in range(pods)],
-        profiles=[models.ProfileCounters(profile=KEY, spans_exported=exported, events_lost=lost)] if reported
+        profiles=[models.ProfileCounters(profile=KEY, spans_exported=exported, events_lost=lost,
+                                         spans_dropped=40 if export_error else 0, export_error=export_error)]
+        if reported
         else [],
         probe_errors=[models.ProbeError(probe="x", message="EPERM")] if probe_errors else [])
     return render.NodeConfig(name=name, generation=1, spec=spec, status=st)
@@ -55,6 +57,8 @@ def test_reasons() -> None:
     assert reasons(1, config("a", 1, age=600))["Ready"] == ("False", "NodesNotReporting")
     assert reasons(1, config("a", 1, probe_errors=True))["Degraded"] == ("True", "ProbeErrors")
     assert reasons(1, config("a", 1, lost=3))["Degraded"] == ("True", "EventsLost")
+    failing = reasons(2, config("a", 1, lost=3), config("b", 1, export_error="refused"))
+    assert failing == {"Ready": ("True", "Tracing"), "Degraded": ("True", "ExportFailing")}
     invalid = tp("p", protocols=["smtp"])
     assert conditions(status.aggregate(invalid, 3, [], NOW, 60)[0]) == {
         "Ready": ("False", "InvalidSpec"), "Degraded": ("True", "InvalidSpec")}
@@ -79,3 +83,11 @@ def test_transition_time_kept_until_status_or_reason_changes() -> None:
 def test_waiting_containers_are_not_traced() -> None:
     s, _ = status.aggregate(tp("p"), 2, [config("a", 2, attached=False)], NOW, 60)
     assert s.traced_pods == 0 and s.nodes.ready == 1
+
+
+def test_export_failure_message_names_node_error_and_drops() -> None:
+    s, _ = status.aggregate(tp("p"), 1, [config("a", 1, export_error="gRPC UNAVAILABLE: refused")], NOW, 60)
+    [degraded] = [c for c in s.conditions if c.type == "Degraded"]
+    assert degraded.message == "OTLP export failing on a (40 spans dropped so far); a: gRPC UNAVAILABLE: refused"
+    _, transitions = status.aggregate(dataclasses.replace(tp("p"), status=s), 1, [config("a", 1)], NOW, 60)
+    assert [(t.reason, t.warning) for t in transitions] == [("AsExpected", False)]

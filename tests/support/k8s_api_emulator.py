@@ -291,6 +291,32 @@ def parse_field_selector(s: str | None, res: kmock.resource) -> Callable[[dict[s
 # ---------------------------------------------------------------------------
 # patches
 # ---------------------------------------------------------------------------
+_JSONPATH_STEP = re.compile(r'\.([A-Za-z0-9_-]+)|\[\?\(@\.([A-Za-z0-9_-]+)=="([^"]*)"\)\]|\[(\d+)\]')
+
+
+def jsonpath_values(obj: Any, path: str) -> list[Any]:
+    """What a printer column's JSONPath selects, for the subset CRDs use: `.field`, `[N]` and
+    `[?(@.field=="value")]`; missing fields select nothing (the cell stays empty, as in kubectl)."""
+    values, pos = [obj], 0
+    while pos < len(path):
+        step = _JSONPATH_STEP.match(path, pos)
+        if step is None:
+            return []  # an expression this emulator does not evaluate: an empty cell
+        pos = step.end()
+        field, filter_field, filter_value, index = step.groups()
+        selected: list[Any] = []
+        for value in values:
+            if field is not None and isinstance(value, dict) and field in value:
+                selected.append(value[field])
+            elif filter_field is not None and isinstance(value, list):
+                selected += [item for item in value
+                             if isinstance(item, dict) and str(item.get(filter_field)) == filter_value]
+            elif index is not None and isinstance(value, list) and int(index) < len(value):
+                selected.append(value[int(index)])
+        values = selected
+    return values
+
+
 def merge_patch(target: Any, patch: Any) -> Any:
     """RFC 7386 JSON merge patch."""
     if not isinstance(patch, dict):
@@ -650,14 +676,8 @@ class APIServer(kmock.KubernetesEmulator):
         for obj in items:
             cells: list[Any] = [obj["metadata"]["name"]]
             for c in extra:
-                try:
-                    path = c.get("jsonPath", "").lstrip(".")
-                    val: Any = obj
-                    for part in path.split("."):
-                        val = val.get(part) if isinstance(val, dict) else None
-                    cells.append(val if val is not None else "")
-                except Exception:
-                    cells.append("")
+                found = jsonpath_values(obj, c.get("jsonPath", ""))
+                cells.append(found[0] if len(found) == 1 else ",".join(map(str, found)))
             created = obj["metadata"].get("creationTimestamp")
             age = ""
             if created:

@@ -303,9 +303,11 @@ def test_spans_flow_again_when_endpoint_returns(protocol: str) -> None:
     try:
         exporter.export(make_record(0))
         receiver.wait_for(lambda spans: len(spans) == 1)
+        assert exporter.stats().failing is None
         receiver.stop()
         exporter.export(make_record(1))
         wait_until(lambda: exporter.stats().dropped_export_failed == 1)
+        assert exporter.stats().failing  # the error a status report shows while sends fail
         receiver.start()
         # The client may still be backing off its reconnect: keep offering spans until one arrives.
         for i in range(2, 500):
@@ -323,6 +325,7 @@ def test_spans_flow_again_when_endpoint_returns(protocol: str) -> None:
     stats = exporter.stats()
     assert stats.spans_exported >= 2
     assert stats.dropped_export_failed >= 1
+    assert stats.failing is None
     assert stats.spans_enqueued == stats.spans_exported + stats.dropped_export_failed + stats.dropped_shutdown
 
 

@@ -472,7 +472,8 @@ class ExportStats:
     """Counters since the exporter started; at any snapshot
     `spans_enqueued == spans_exported + dropped_export_failed + dropped_shutdown + queued + in_flight`.
 
-    `export_errors` counts failed send attempts (a batch retried three times counts three).
+    `export_errors` counts failed send attempts (a batch retried three times counts three);
+    `failing` is the last send error while sends fail, None once one succeeds.
     """
 
     spans_enqueued: int = 0
@@ -483,6 +484,7 @@ class ExportStats:
     export_errors: int = 0
     queued: int = 0
     in_flight: int = 0
+    failing: str | None = None
 
     @property
     def spans_dropped(self) -> int:
@@ -564,6 +566,7 @@ class OtlpExporter:
             0,
         )
         self._in_flight = 0
+        self._failing: str | None = None
         self._last_log = -math.inf
         self._worker = threading.Thread(target=self._run, name="podspan-otlp-export", daemon=True)
         self._worker.start()
@@ -584,7 +587,8 @@ class OtlpExporter:
 
     def stats(self) -> ExportStats:
         with self._lock:
-            return ExportStats(**self._counts, queued=len(self._queue), in_flight=self._in_flight)
+            return ExportStats(**self._counts, queued=len(self._queue), in_flight=self._in_flight,
+                               failing=self._failing)
 
     def shutdown(self, timeout: float = 5.0) -> None:
         """Export what is queued for up to `timeout` seconds, count the rest as dropped, stop."""
@@ -649,7 +653,7 @@ class OtlpExporter:
                 rejected = self._transport.send(payload, min(self._request_timeout, deadline - now))
             except _SendError as error:
                 errors += 1
-                last_error = str(error)
+                last_error = self._failing = str(error)
                 if not error.retryable:
                     self._log_drop(count, last_error)
                     return 0, len(batch), errors
@@ -658,6 +662,7 @@ class OtlpExporter:
                 retry_at = time.monotonic() + delay * random.uniform(0.8, 1.2)
                 backoff = min(backoff * 2, _MAX_BACKOFF_S)
                 continue
+            self._failing = None
             if rejected:
                 log.warning("OTLP receiver rejected %d of %d spans", rejected, count)
             rejected = min(rejected, count)
