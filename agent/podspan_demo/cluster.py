@@ -191,8 +191,9 @@ class LocalCluster:
     def _spawn(self, name: str, argv: list[str], ready_line: bool = False) -> tuple[Component, str]:
         """Start `python -m ...`; with `ready_line`, return the first line it prints on stdout."""
         log = self.workdir / f"{name}.log"
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": str(REPO)}
+        # The emulator and receiver live in tests/support: the checkout must be importable.
+        pythonpath = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(REPO))))
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
         with open(log, "a", encoding="utf-8") as stderr:
             process = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=env, text=True,
                                        stdout=subprocess.PIPE if ready_line else stderr, stderr=stderr)
