@@ -43,19 +43,40 @@ def cgroup_id(path: pathlib.Path) -> int:
 _SCOPE_PREFIX = {"containerd": "cri-containerd", "cri-o": "crio", "docker": "docker"}
 
 
-def kubelet_systemd_path(pod_uid: str, container_id: str, qos: str, runtime: str) -> pathlib.Path:
-    """Relative cgroup path of a container under the kubelet's systemd cgroup driver."""
+def kubelet_systemd_path(pod_uid: str, container_id: str, qos: str, runtime: str, root: str = "") -> pathlib.Path:
+    """Relative cgroup path of a container under the kubelet's systemd cgroup driver; `root` is the
+    kubelet's --cgroup-root without slashes ("" by default, "kubelet" on kind): systemd nests
+    slices by name, so every slice below it carries the root as a prefix."""
     slice_uid = pod_uid.replace("-", "_")
-    parts = ["kubepods.slice"]
-    # Guaranteed pods sit directly under kubepods.slice, without a QoS slice.
-    prefix = "kubepods" if qos == "guaranteed" else f"kubepods-{qos}"
+    kubepods = f"{root}-kubepods" if root else "kubepods"
+    parts = [f"{root}.slice"] if root else []
+    parts.append(f"{kubepods}.slice")
+    # Guaranteed pods sit directly under the kubepods slice, without a QoS slice.
+    prefix = kubepods if qos == "guaranteed" else f"{kubepods}-{qos}"
     if qos != "guaranteed":
         parts.append(f"{prefix}.slice")
     parts += [f"{prefix}-pod{slice_uid}.slice", f"{_SCOPE_PREFIX.get(runtime, runtime)}-{container_id}.scope"]
     return pathlib.Path(*parts)
 
 
-def kubelet_cgroupfs_path(pod_uid: str, container_id: str, qos: str) -> pathlib.Path:
-    """Relative cgroup path of a container under the kubelet's cgroupfs driver."""
-    parts = ["kubepods"] + ([] if qos == "guaranteed" else [qos]) + [f"pod{pod_uid}", container_id]
-    return pathlib.Path(*parts)
+def kubelet_cgroupfs_path(pod_uid: str, container_id: str, qos: str, root: str = "") -> pathlib.Path:
+    """Relative cgroup path of a container under the kubelet's cgroupfs driver (`root` as above)."""
+    parts = ([root] if root else []) + ["kubepods"] + ([] if qos == "guaranteed" else [qos])
+    return pathlib.Path(*parts, f"pod{pod_uid}", container_id)
+
+
+def kubelet_roots(mount: pathlib.Path) -> list[str]:
+    """The kubelet cgroup roots present on this host: "" (the default) and any top-level
+    `<root>.slice/<root>-kubepods.slice` or `<root>/kubepods` (a kubelet run with --cgroup-root)."""
+    roots = [""]
+    try:
+        entries = sorted(entry.name for entry in os.scandir(mount) if entry.is_dir())
+    except OSError:
+        return roots
+    for name in entries:
+        root = name.removesuffix(".slice")
+        if (name.endswith(".slice") and (mount / name / f"{root}-kubepods.slice").is_dir()) or (
+            not name.endswith(".slice") and (mount / name / "kubepods").is_dir()
+        ):
+            roots.append(root)
+    return list(dict.fromkeys(roots))  # both drivers' layouts may exist for one root

@@ -56,22 +56,24 @@ def split_container_id(container_id: str) -> tuple[str, str] | None:
 
 
 def find_cgroup(
-    mount: pathlib.Path, pod_uid: str, runtime: str, hex_id: str, qos: str
+    mount: pathlib.Path, pod_uid: str, runtime: str, hex_id: str, qos: str, roots: list[str]
 ) -> pathlib.Path | None:
-    """The container's cgroup under either kubelet cgroup driver, if it exists."""
+    """The container's cgroup under either kubelet cgroup driver and any of the kubelet `roots`."""
     qos_name = qos.lower()
-    for relative in (
-        cgroups.kubelet_systemd_path(pod_uid, hex_id, qos_name, runtime),
-        cgroups.kubelet_cgroupfs_path(pod_uid, hex_id, qos_name),
-    ):
-        if (mount / relative).is_dir():
-            return mount / relative
+    for root in roots:
+        for relative in (
+            cgroups.kubelet_systemd_path(pod_uid, hex_id, qos_name, runtime, root),
+            cgroups.kubelet_cgroupfs_path(pod_uid, hex_id, qos_name, root),
+        ):
+            if (mount / relative).is_dir():
+                return mount / relative
     return None
 
 
 def plan(spec: models.NodeTraceConfigSpec, node: str, mount: pathlib.Path) -> list[TargetPlan]:
     """Resolve every container of the spec to a cgroup id (or a reason why not yet)."""
     plans = []
+    roots = cgroups.kubelet_roots(mount) if spec.targets else []
     for pod in spec.targets:
         for container in pod.containers:
             resource = _pod_resource(pod, container.name, node)
@@ -85,7 +87,7 @@ def plan(spec: models.NodeTraceConfigSpec, node: str, mount: pathlib.Path) -> li
                 message = f"cannot read container id {container.container_id!r}"
             else:
                 resource["container.id"] = parsed[1]
-                directory = find_cgroup(mount, pod.uid, parsed[0], parsed[1], str(pod.qos_class))
+                directory = find_cgroup(mount, pod.uid, parsed[0], parsed[1], str(pod.qos_class), roots)
                 if directory is None:
                     reason, message = "CgroupNotFound", f"no cgroup for container {parsed[1][:12]} yet"
                 else:
