@@ -50,6 +50,9 @@ def _kustomize(directory: str) -> list[dict[str, Any]]:
 CONFIG_FILES = sorted(p for p in (ROOT / "config").rglob("*.yaml")
                       if p.name != "kustomization.yaml" and "samples" not in p.parts)
 SAMPLE_FILES = sorted(p for p in (ROOT / "config" / "samples").glob("*.yaml") if p.name != "kustomization.yaml")
+# Workloads and the TraceProfile of the kind e2e (tests/e2e/kind): users run them against real clusters too.
+E2E_FILES = sorted(p for p in (ROOT / "tests" / "e2e" / "kind" / "manifests").glob("*.yaml")
+                   if p.name != "kustomization.yaml")
 CRDS = {(d["spec"]["group"], d["spec"]["names"]["kind"]): d
         for d in _docs(sorted((ROOT / "crds").glob("*.yaml")) + CONFIG_FILES)
         if d["kind"] == "CustomResourceDefinition"}
@@ -65,7 +68,7 @@ def _validate(doc: dict[str, Any]) -> None:
     jsonschema.validate(doc, schema, cls=jsonschema.Draft4Validator)
 
 
-@pytest.mark.parametrize("path", CONFIG_FILES + SAMPLE_FILES, ids=lambda p: str(p.relative_to(ROOT)))
+@pytest.mark.parametrize("path", CONFIG_FILES + SAMPLE_FILES + E2E_FILES, ids=lambda p: str(p.relative_to(ROOT)))
 def test_manifest_is_valid(path: pathlib.Path) -> None:
     for doc in _docs([path]):
         _validate(doc)
@@ -82,8 +85,15 @@ def test_kustomize_builds_valid_objects() -> None:
         {"podspan-system"}
 
 
+def test_kustomize_builds_valid_e2e_objects() -> None:
+    docs = _kustomize("tests/e2e/kind/manifests")
+    for doc in docs:
+        _validate(doc)
+    assert {d["metadata"].get("namespace") for d in docs if d["kind"] != "Namespace"} == {"podspan-e2e"}
+
+
 def test_samples_parse_with_the_models() -> None:
-    for doc in _docs(SAMPLE_FILES):
+    for doc in _docs(SAMPLE_FILES + [p for p in E2E_FILES if p.name == "traceprofile.yaml"]):
         model = {m.KIND: m for m in models.RESOURCES}[doc["kind"]]
         model.model_validate(doc)
 
