@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 import argparse
+import asyncio
 import logging
 import random
 
 import kopf
 
-from podspan_operator import handlers, reconciler
+from podspan_operator import handlers, kube, reconciler
 
 PEERING = "podspan-operator"
 
@@ -29,6 +30,11 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if not args.standalone:
+        try:
+            asyncio.run(kube.ensure_peering(args.peering))
+        except Exception as exc:  # kopf reports an unreachable API on its own, and retries
+            logging.getLogger(__name__).warning("could not ensure ClusterKopfPeering %s: %s", args.peering, exc)
     kopf.run(clusterwide=True, standalone=args.standalone, priority=args.priority,
              peering_name=None if args.standalone else args.peering,
              liveness_endpoint=args.liveness, registry=handlers.registry,

@@ -49,6 +49,20 @@ async def login() -> kopf.ConnectionInfo:
         certificate_path=configuration.cert_file, private_key_path=configuration.key_file)
 
 
+async def ensure_peering(name: str) -> None:
+    """Create the ClusterKopfPeering `name` unless it exists. kopf needs the object; shipping it in config/
+    next to its CRD would fail the first `kubectl apply -k` (the kind is unknown until the CRD is served)."""
+    peering = {"apiVersion": "kopf.dev/v1", "kind": "ClusterKopfPeering", "metadata": {"name": name}}
+    async with k8s.ApiClient(await load_configuration()) as api_client:
+        try:
+            await k8s.CustomObjectsApi(api_client).create_cluster_custom_object(
+                "kopf.dev", "v1", "clusterkopfpeerings", peering)
+            logger.info("created ClusterKopfPeering %s", name)
+        except k8s.ApiException as exc:
+            if exc.status != 409:  # 409: it exists, which is all we need
+                raise
+
+
 class Api:
     """Writes, counted so tests and the benchmark can see how many the operator made."""
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from podspan_operator import kube
 from tests.operator.conftest import (
     CTP,
     NTC,
@@ -254,3 +255,10 @@ def test_burst_of_pod_changes_is_coalesced(kc, start_operator):
     wait_for(lambda: targets(kc, "n1") == {}, "all pods out")
     # 60 label changes: without coalescing this is 60 node writes (plus status writes).
     assert op.writes - before < 20
+
+
+async def test_peering_object_is_created_once(kc):
+    # The `api` fixture behind kc exports KUBECONFIG, which is how the operator finds the API.
+    await kube.ensure_peering("podspan-operator")
+    await kube.ensure_peering("podspan-operator")  # already there: fine
+    assert kc.get("kopf.dev/v1/clusterkopfpeerings", "podspan-operator") is not None

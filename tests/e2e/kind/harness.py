@@ -176,19 +176,8 @@ class Kubectl:
             raise CommandError(f"{exc}\n{self.diagnostics()}") from None
 
     def apply_config(self) -> None:
-        """`kubectl apply -k config/`, as a user runs it.
-
-        On a fresh cluster kubectl cannot map the ClusterKopfPeering object in the first pass: its CRD
-        is created by that same apply. kubectl applies everything else and names the object; once
-        the CRDs are Established a second apply completes (the install steps in docs/e2e.md do the same).
-        """
-        first = self("apply", "-k", ROOT / "config", check=False, timeout=120)
-        if first.returncode == 0:
-            return
-        if "ensure CRDs are installed first" not in first.stderr:
-            raise CommandError(f"`kubectl apply -k config/` failed\n--- stderr\n{_tail(first.stderr)}")
-        self("wait", "--for=condition=Established", "customresourcedefinitions",
-             "--selector=app.kubernetes.io/part-of=podspan", "--timeout=60s", timeout=90)
+        """`kubectl apply -k config/`, as a user runs it: one pass on a fresh cluster (config/ holds no
+        object of a kind its own CRDs define; the operator creates its ClusterKopfPeering itself)."""
         self("apply", "-k", ROOT / "config", timeout=120)
 
     def diagnostics(self) -> str:
