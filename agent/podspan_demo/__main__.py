@@ -1,5 +1,7 @@
 """`python -m podspan_demo`: start frontend and backend "pods", trace them with
-`podspan-agent trace`, drive some traffic, show the traces, clean up."""
+`podspan-agent trace`, drive some traffic, show the traces, clean up.
+
+`python -m podspan_demo cluster`: the same through Kubernetes objects (see cluster_demo)."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ import time
 import urllib.error
 import urllib.request
 
-from podspan_demo import pods
+from podspan_demo import cluster_demo, pods
 
 FRONTEND_PORT, BACKEND_PORT = 18480, 18481
 
@@ -42,13 +44,20 @@ def _traffic(requests: int) -> None:
 
 
 def main() -> int:
-    parser = argparse.ArgumentParser(prog="podspan-demo", description=__doc__)
+    parser = argparse.ArgumentParser(prog="podspan-demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("target", nargs="?", choices=("standalone", "cluster"), default="standalone",
+                        help="standalone: podspan-agent trace on two cgroups; cluster: a TraceProfile applied to "
+                             "a local operator + agent installation")
     parser.add_argument("--requests", type=int, default=5)
-    parser.add_argument("--output", choices=("console", "jsonl"), default="console")
+    parser.add_argument("--output", choices=("console", "jsonl"), default="console",
+                        help="standalone only: how the agent prints spans")
     args = parser.parse_args()
     if os.geteuid() != 0:
         print("podspan-demo: needs root (it creates cgroups and loads eBPF programs)", file=sys.stderr)
         return 2
+    if args.target == "cluster":
+        return cluster_demo.run(args.requests)
     runner = pods.PodRunner()
     app = [sys.executable, "-m", "podspan_demo.sample_app"]
     try:
