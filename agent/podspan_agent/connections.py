@@ -98,6 +98,11 @@ class ConnectionTable:
         self._listen_cache: dict[tuple[int, int], sockaddr.Endpoint | None] = {}
         self.stats = TableStats()
 
+    def set_detector(self, detect: registry.Detector) -> None:
+        """New connections are detected (and their parsers configured) by `detect`; existing ones keep
+        their parser."""
+        self._detect = detect
+
     def __len__(self) -> int:
         return len(self._conns)
 

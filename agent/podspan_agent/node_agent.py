@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 
-from podspan_agent import cgroups, kernel_headers, loader, process_info, tracer
+from podspan_agent import cgroups, kernel_headers, loader, process_info, profile_view, tracer
 from podspan_agent.export import otlp
 from podspan_agent.protocols import base
 from podspan_agent.spans import model
@@ -127,6 +127,7 @@ class Router:
     def __init__(self, export_queue: int = 8192) -> None:
         self._export_queue = export_queue
         self._profiles: dict[str, models.ResolvedProfile] = {}
+        self._views: dict[str, profile_view.View] = {}
         self._exporters: dict[str, otlp.OtlpExporter] = {}
         self._by_container: dict[str, tuple[str, ...]] = {}
         self.unrouted = 0
@@ -147,6 +148,7 @@ class Router:
                     max_queue_size=self._export_queue,
                 )
         self._profiles = wanted
+        self._views = {key: profile_view.View.of(profile) for key, profile in wanted.items()}
         self._by_container = {p.container_hex: p.profiles for p in plans if p.container_hex}
 
     def export(self, span: model.SpanRecord) -> None:
@@ -157,8 +159,9 @@ class Router:
             profile = self._profiles.get(key)
             if profile is None or span.protocol not in profile.protocols:
                 continue
-            if sampled(span.trace_id, profile.sampling.ratio):
-                self._exporters[key].export(span)
+            seen = profile_view.apply(self._views[key], span)
+            if seen is not None and sampled(span.trace_id, profile.sampling.ratio):
+                self._exporters[key].export(seen)
 
     def counters(self, events_lost: int) -> list[models.ProfileCounters]:
         counters = []
@@ -249,7 +252,9 @@ class NodeAgent:
         self.router = Router(export_queue)
         self._resources_by_cgroup: dict[int, dict[str, base.AttributeValue]] = {}
         self.resources = process_info.ResourceResolver(lambda cid: self._resources_by_cgroup.get(cid, {}))
-        self.tracer = tracer.Tracer(probes, tracer.TracerSettings(), [self.router], self.resources)
+        self._capture = base.CaptureSettings()
+        self.tracer = tracer.Tracer(probes, tracer.TracerSettings(capture=self._capture), [self.router],
+                                    self.resources)
         self._applied_version = -1
         self._generation: int | None = None
         self._plans: list[TargetPlan] = []
@@ -299,6 +304,11 @@ class NodeAgent:
             self._status_dirty = True
         self._resources_by_cgroup = wanted
         self.router.configure(spec.profiles, plans)
+        # Parsers keep headers only when some profile asks for them; each profile's view trims the rest.
+        capture = base.CaptureSettings(headers=any(p.capture.headers for p in spec.profiles))
+        if capture != self._capture:
+            self.tracer.set_capture(capture)
+            self._capture = capture
         if [p.status for p in plans] != [p.status for p in self._plans]:
             self._status_dirty = True
             log.info("applied NodeTraceConfig/%s: %d attached, %d waiting", self.node, len(wanted),

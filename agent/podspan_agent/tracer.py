@@ -46,6 +46,7 @@ class Tracer:
     ) -> None:
         self.probes = probes
         self.sinks = sinks
+        self._protocols = settings.protocols
         self._epoch_offset_ns = time.time_ns() - time.monotonic_ns()
         self._builder = builder.SpanBuilder(resource_for, self._epoch_offset_ns)
         self.table = connections.ConnectionTable(
@@ -58,6 +59,10 @@ class Tracer:
         self.spans_released = 0
         self.malformed_events = 0
         probes.open_events(self._on_event)
+
+    def set_capture(self, capture: base.CaptureSettings) -> None:
+        """Capture settings for connections opened from now on."""
+        self.table.set_detector(registry.detector(self._protocols, capture))
 
     # ---- hot path ----
     def _on_event(self, address: int, size: int) -> None:

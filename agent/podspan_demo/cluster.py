@@ -263,12 +263,14 @@ class LocalCluster:
         return self.api.get(path(NTC, name=self.node)) or {}
 
     def apply_profile(self, profile: dict[str, Any]) -> None:
-        """Create the TraceProfile, or replace its spec when it exists (what `kubectl apply` does)."""
+        """Create the TraceProfile, or replace its spec when it exists (fields left out are removed, as
+        `kubectl apply` removes fields it applied before)."""
         meta = profile["metadata"]
-        if self.api.get(path(TP, meta["namespace"], meta["name"])) is None:
+        current = self.api.get(path(TP, meta["namespace"], meta["name"]))
+        if current is None:
             self.api.create(path(TP, meta["namespace"]), profile)
         else:
-            self.api.patch(path(TP, meta["namespace"], meta["name"]), {"spec": profile["spec"]})
+            self.api.request("PUT", path(TP, meta["namespace"], meta["name"]), {**current, "spec": profile["spec"]})
 
     def table(self, resource: str, namespace: str | None = None) -> list[dict[str, Any]]:
         """The rows `kubectl get` prints (default columns), as the API server computes them."""
@@ -356,13 +358,13 @@ class LocalCluster:
         return [json.loads(line) for line in lines if line.endswith("}")]
 
 
-def profile(name: str, namespace: str, endpoint: str, apps: list[str]) -> dict[str, Any]:
-    """A TraceProfile selecting pods whose `app` label is one of `apps`."""
+def profile(name: str, namespace: str, endpoint: str, apps: list[str], **spec: Any) -> dict[str, Any]:
+    """A TraceProfile selecting pods whose `app` label is one of `apps`; `spec` adds fields."""
     return {
         "apiVersion": f"{GROUP}/{VERSION}", "kind": "TraceProfile",
         "metadata": {"name": name, "namespace": namespace},
         "spec": {"selector": {"matchExpressions": [{"key": "app", "operator": "In", "values": apps}]},
-                 "export": {"otlp": {"endpoint": endpoint, "protocol": "grpc", "insecure": True}}},
+                 "export": {"otlp": {"endpoint": endpoint, "protocol": "grpc", "insecure": True}}, **spec},
     }
 
 

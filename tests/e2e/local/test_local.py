@@ -59,8 +59,8 @@ def shop(installation: cluster.LocalCluster) -> dict[str, cluster.ClusterPod]:
     return installation.run_shop(NS)
 
 
-def _apply(installation: cluster.LocalCluster, apps: list[str]) -> None:
-    installation.apply_profile(cluster.profile(PROFILE, NS, installation.otlp_endpoint, apps))
+def _apply(installation: cluster.LocalCluster, apps: list[str], **spec: Any) -> None:
+    installation.apply_profile(cluster.profile(PROFILE, NS, installation.otlp_endpoint, apps, **spec))
 
 
 def _counts(installation: cluster.LocalCluster) -> tuple[int, int, Any]:
@@ -131,17 +131,25 @@ def test_2_traffic_becomes_one_trace_with_kubernetes_attributes(
     assert not _spans_for(installation, "/users/909")
 
 
-def test_3_narrowing_the_selector_stops_backend_spans(
+def test_3_narrowing_the_selector_stops_backend_spans_and_profile_settings_apply(
     installation: cluster.LocalCluster, shop: dict[str, cluster.ClusterPod]
 ) -> None:
-    _apply(installation, ["frontend"])
+    _apply(installation, ["frontend"], filters={"excludePaths": ["/healthz"]},
+           capture={"routePatterns": ["/users/{user}"], "headers": ["user-agent"]})
     cluster.wait_for(lambda: _counts(installation)[:2] == (1, 1), "1 matched, 1 traced")
     cluster.wait_for(lambda: [t["podUID"] for t in installation.node_config().get("status", {}).get("targets", [])]
                      == [shop["frontend"].uid], "the agent reports only the frontend")
+    assert cluster.http_get(shop["frontend"].url + "/healthz") == 200
     spans = _request_and_wait(installation, shop["frontend"], "/users/301", 2)
-    _request_and_wait(installation, shop["frontend"], "/users/302", 2)  # a barrier: 301 is complete
+    _request_and_wait(installation, shop["frontend"], "/users/302", 2)  # a barrier: 301 and healthz are done
     assert _pod_names(_spans_for(installation, "/users/301")) == {shop["frontend"].name}
     assert {s["kind"] for s in spans} == {SERVER, CLIENT}
+    assert {s["name"] for s in spans} == {"GET /users/{user}"}  # the profile's route pattern
+    client = next(s for s in spans if s["kind"] == CLIENT)
+    assert client["attributes"]["http.request.header.user-agent"] == "sample-frontend"
+    assert not any(k.startswith("http.request.header.") and k != "http.request.header.user-agent"
+                   for s in spans for k in s["attributes"])
+    assert not _spans_for(installation, "/healthz")
 
 
 def test_4_a_new_replica_is_traced_without_restarting_anything(

@@ -1,0 +1,58 @@
+"""What one profile sees of a span: its filters drop spans, its capture settings trim headers and the
+query and re-template the route. Pure; the node agent's Router applies one view per profile, so two
+profiles selecting the same pod each get their own settings from one capture."""
+
+from __future__ import annotations
+
+import dataclasses
+
+from podspan_agent.protocols import routes
+from podspan_agent.spans import model
+from podspan_api import models
+
+_HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
+_PORT_KEYS = ("server.port", "client.port", "network.peer.port", "network.local.port")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class View:
+    exclude_paths: tuple[str, ...] = ()
+    exclude_ports: frozenset[int] = frozenset()
+    headers: frozenset[str] = frozenset()  # lower-case header names to keep
+    query: bool = True
+    route_patterns: tuple[str, ...] = ()
+
+    @classmethod
+    def of(cls, profile: models.ResolvedProfile) -> View:
+        return cls(
+            exclude_paths=tuple(profile.filters.exclude_paths),
+            exclude_ports=frozenset(profile.filters.exclude_ports),
+            headers=frozenset(name.lower() for name in profile.capture.headers),
+            query=profile.capture.query,
+            route_patterns=tuple(profile.capture.route_patterns),
+        )
+
+
+def apply(view: View, span: model.SpanRecord) -> model.SpanRecord | None:
+    """The span as this profile exports it, or None when its filters exclude it."""
+    attributes = span.attributes
+    path = attributes.get("url.path")
+    if isinstance(path, str) and path.startswith(view.exclude_paths):
+        return None
+    if view.exclude_ports and any(attributes.get(key) in view.exclude_ports for key in _PORT_KEYS):
+        return None
+    kept = {
+        key: value for key, value in attributes.items()
+        if not (key.startswith(_HEADER_PREFIXES) and key.split(".", 3)[3] not in view.headers)
+        and (view.query or key != "url.query")
+    }
+    name = span.name
+    route = attributes.get("http.route")
+    if view.route_patterns and isinstance(path, str) and isinstance(route, str) and not route.endswith(routes.MORE):
+        templated = routes.template(path, view.route_patterns)
+        kept["http.route"] = templated
+        if name.endswith(route):  # HTTP span names are "<method> <route>"
+            name = name[: len(name) - len(route)] + templated
+    if kept == attributes and name == span.name:
+        return span
+    return dataclasses.replace(span, attributes=kept, name=name)
