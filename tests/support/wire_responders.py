@@ -206,7 +206,8 @@ OP_REPLY, OP_QUERY, OP_MSG = 1, 2004, 2013
 class MongoResponder(_TcpServer):
     """A standalone mongod look-alike: hello/isMaster (OP_QUERY and OP_MSG), ping, insert,
     find, delete, endSessions. `find` on collection `forbidden` fails with Unauthorized (13);
-    inserting `_id` 0 reports a duplicate key write error (11000)."""
+    inserting `_id` 0 reports a duplicate key write error (11000); any other command fails
+    with CommandNotFound (59), as mongod answers it."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -288,7 +289,9 @@ class MongoResponder(_TcpServer):
             return {"cursor": {"firstBatch": batch, "id": bson.int64.Int64(0), "ns": namespace}, "ok": 1.0}
         if name == "delete":
             return {"n": 1, "ok": 1.0}
-        return {"ok": 1.0}
+        if name in ("ping", "endSessions"):
+            return {"ok": 1.0}
+        return {"ok": 0.0, "errmsg": f"no such command: '{name}'", "code": 59, "codeName": "CommandNotFound"}
 
 
 class DnsResponder:

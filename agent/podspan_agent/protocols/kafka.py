@@ -166,12 +166,11 @@ class Parser(framing.FramedParser[_Request]):
         if acks == 0:
             records.append(self._record(request, message.end_ns, 0, None))  # acks=0: no response
         else:
-            self._pending.put(correlation_id, request)
+            self._wait(correlation_id, request)
 
     def _response(self, head: bytes, length: int, message: base.Message, records: list[base.Record]) -> None:
-        if len(head) < 8:
-            return
-        request = self._pending.pop(struct.unpack_from(">i", head, 4)[0])
+        # A client that reads the 4-byte size on its own first leaves only that in the capture.
+        request = self._answered(struct.unpack_from(">i", head, 4)[0] if len(head) >= 8 else None)
         if request is None:
             return
         compact = flexible(request.api_key, request.api_version)
@@ -184,6 +183,9 @@ class Parser(framing.FramedParser[_Request]):
         except _Short:
             pass
         records.append(self._record(request, message.end_ns, length, error))
+
+    def _unseen_response(self, request: _Request, message: base.Message) -> base.Record:
+        return self._record(request, message.end_ns, 0, None)
 
     @staticmethod
     def _record(request: _Request, end_ns: int, response_size: int, error: int | None) -> base.Record:
@@ -202,13 +204,16 @@ class Parser(framing.FramedParser[_Request]):
             name = f"{operation} {request.topics[0]}"
         if request.client_id:
             attributes["messaging.client.id"] = request.client_id
+        error_name = ERROR_NAMES.get(error, str(error)) if error else None
+        if error_name is not None:
+            attributes["error.type"] = error_name
         return base.Record(
             protocol="kafka",
             name=name,
             start_ns=request.start_ns,
             end_ns=max(end_ns, request.start_ns),
             attributes=attributes,
-            error=ERROR_NAMES.get(error, str(error)) if error else None,
+            error=error_name,
             request_size=request.size,
             response_size=response_size,
         )

@@ -139,6 +139,9 @@ class _Request:
     collection: str | None
     start_ns: int
     size: int
+    # False for a legacy query on a collection: its reply holds the found documents, whose
+    # `ok` or `code` fields say nothing about the query.
+    command_reply: bool = True
 
 
 def detect(data: bytes, from_client: bool = True) -> bool:
@@ -170,53 +173,73 @@ class Parser(framing.FramedParser[_Request]):
         request_id, _, opcode = struct.unpack_from("<iii", head, 4)
         flags = 0
         database = None
+        command = ""
+        fields: dict[str, object] = {}
+        command_reply = True
         if opcode == OP_MSG and len(head) > 20:
             (flags,) = struct.unpack_from("<I", head, 16)
-            # Kind 0 (the command body) may follow kind 1 sequences; find it.
-            pos = 20
-            while pos < len(head) and head[pos] == 1 and pos + 5 <= len(head):
-                pos += 1 + struct.unpack_from("<i", head, pos + 1)[0]
-            if pos >= len(head):
-                return
-            command, fields = read_document(head, pos + 1, _REQUEST_KEYS)
+            body = _body_section(head)
+            if body is not None:
+                command, fields = read_document(head, body, _REQUEST_KEYS)
         elif opcode == OP_QUERY:
             name_end = _cstring_end(head, 20, min(len(head), 20 + _NAME_LIMIT))
             if name_end < 0:
                 return
-            database = head[20:name_end].decode("utf-8", "replace").split(".", 1)[0]
-            query_at = name_end + 9  # after flags' cstring: numberToSkip, numberToReturn
-            command, fields = read_document(head, query_at, _REQUEST_KEYS)
-            if command == "$query":  # wrapped form {$query: {cmd: ...}, ...}: int32, type, "$query\0"
-                command, fields = read_document(head, query_at + 12, _REQUEST_KEYS)
-        elif opcode == OP_COMPRESSED:
-            command, fields = "", {}
-        else:
+            database, _, target = head[20:name_end].decode("utf-8", "replace").partition(".")
+            if target == "$cmd":
+                query_at = name_end + 9  # after the name's NUL: numberToSkip, numberToReturn
+                command, fields = read_document(head, query_at, _REQUEST_KEYS)
+                if command == "$query":  # wrapped form {$query: {cmd: ...}, ...}: int32, type, "$query\0"
+                    command, fields = read_document(head, query_at + 12, _REQUEST_KEYS)
+            else:
+                # A legacy query on a collection (servers before 5.1): its document is a filter,
+                # whose first key is a field name, not a command.
+                command, fields, command_reply = "find", {"find": target}, False
+        elif opcode != OP_COMPRESSED:
             return
         database = str(fields.get("$db", database or "")) or None
         collection = fields.get("collection") if command == "getMore" else fields.get(command)
         request = _Request(
-            command, database, collection if isinstance(collection, str) else None, message.start_ns, length
+            command, database, collection if isinstance(collection, str) else None, message.start_ns, length,
+            command_reply,
         )
         if flags & MORE_TO_COME:
             records.append(_record(request, message.end_ns, 0, {}))  # unacknowledged: no reply comes
         else:
-            self._pending.put(request_id, request)
+            self._wait(request_id, request)
 
     def _response(self, head: bytes, length: int, message: base.Message, records: list[base.Record]) -> None:
-        if len(head) < 16:
-            return
-        _, response_to, opcode = struct.unpack_from("<iii", head, 4)
-        request = self._pending.pop(response_to)
+        # A client that reads the header (pymongo) or the length on its own first leaves only that
+        # in the capture: the reply still pairs, but its ok/code are not seen.
+        response_to, opcode = struct.unpack_from("<ii", head, 8) if len(head) >= 16 else (None, 0)
+        request = self._answered(response_to)
         if request is None:
             return  # e.g. later replies of an exhaust cursor, which answer the previous reply
         fields: dict[str, object] = {}
         if opcode == OP_MSG and len(head) > 21 and head[20] == 0:
             fields = read_document(head, 21, _REPLY_KEYS)[1]
         elif opcode == OP_REPLY and len(head) >= 36:
-            fields = read_document(head, 36, _REPLY_KEYS)[1]
-            if struct.unpack_from("<i", head, 16)[0] & 0x2:  # QueryFailure
+            failed = struct.unpack_from("<i", head, 16)[0] & 0x2  # QueryFailure: the document is {$err, code}
+            if failed or request.command_reply:
+                fields = read_document(head, 36, _REPLY_KEYS)[1]
+            if failed:
                 fields.setdefault("ok", 0)
         records.append(_record(request, message.end_ns, length, fields))
+
+    def _unseen_response(self, request: _Request, message: base.Message) -> base.Record:
+        return _record(request, message.end_ns, 0, {})
+
+
+def _body_section(head: bytes) -> int | None:
+    """Where an OP_MSG's command document (section kind 0) starts: it may follow kind 1 document
+    sequences. None when it is not captured or the sections are malformed."""
+    pos = 20
+    while pos + 5 <= len(head) and head[pos] == 1:
+        (size,) = struct.unpack_from("<i", head, pos + 1)
+        if size < 5:  # a sequence holds at least its size and a cstring; anything less never advances
+            return None
+        pos += 1 + size
+    return pos + 1 if pos < len(head) and head[pos] == 0 else None
 
 
 def _record(request: _Request, end_ns: int, response_size: int, reply: dict[str, object]) -> base.Record:
@@ -234,8 +257,12 @@ def _record(request: _Request, end_ns: int, response_size: int, reply: dict[str,
     elif reply.get("writeErrors") is not None:
         code = reply["writeErrors"]
         error = "WriteError"
-    if error is not None and isinstance(code, int | float):
-        attributes["db.response.status_code"] = str(int(code))
+    if error is not None:
+        # Semantic conventions: error.type is the database's status code when there is one.
+        status = str(int(code)) if isinstance(code, int | float) else None
+        if status is not None:
+            attributes["db.response.status_code"] = status
+        attributes["error.type"] = status or "_OTHER"
     return base.Record(
         protocol="mongodb",
         name=pairing.db_span_name("mongodb", request.command, request.collection or request.database),

@@ -39,6 +39,10 @@ class BoundedDict(Generic[K, V]):
     def pop(self, key: K) -> V | None:
         return self._items.pop(key, None)
 
+    def oldest(self) -> K | None:
+        """The key inserted first among those still present."""
+        return next(iter(self._items), None)
+
     def __len__(self) -> int:
         return len(self._items)
 

@@ -24,6 +24,12 @@ class SpanBuilder:
         kind = model.SpanKind.CLIENT if conn.role == bpf_events.Role.CLIENT else model.SpanKind.SERVER
         attributes = dict(record.attributes)
         _add_connection_attributes(attributes, conn, kind)
+        error = _error(record, kind)
+        status = attributes.get("http.response.status_code")
+        if error is not None and isinstance(status, int) and status >= 400:
+            # Semantic conventions: an HTTP exchange failed by its status names it in error.type
+            # (one failed otherwise, e.g. reset after a 200, has no such code).
+            attributes.setdefault("error.type", str(status))
         return model.SpanRecord(
             trace_id=0,
             span_id=random.getrandbits(64) or 1,
@@ -35,7 +41,7 @@ class SpanBuilder:
             attributes=attributes,
             resource=self._resource_for(conn),
             protocol=record.protocol,
-            error=_error(record, kind),
+            error=error,
         )
 
 

@@ -38,8 +38,10 @@ def test_producer_and_consumer_session(name: str) -> None:
     fetch = recs[names.index("Fetch orders")]
     assert fetch.attributes["messaging.operation.type"] == "receive"
     assert fetch.attributes["messaging.client.id"] == "podspan-consumer"
-    assert recs[names.index("Produce rejected")].error == "MESSAGE_TOO_LARGE"
+    rejected = recs[names.index("Produce rejected")]
+    assert rejected.error == rejected.attributes["error.type"] == "MESSAGE_TOO_LARGE"
     assert [r.error for r in recs if r.name != "Produce rejected"] == [None] * (len(recs) - 1)
+    assert [r for r in recs if "error.type" in r.attributes] == [rejected]
     assert all(r.start_ns <= r.end_ns for r in recs)
     assert all(p.dropped == 0 for p in parsers)
 
@@ -57,6 +59,8 @@ def test_truncated_frames_still_pair() -> None:
     cut, parsers = records("client_latest", capture_size=20)
     # Only frames pipelined behind another in one run fall outside 20 bytes: a Metadata
     # request (after a Fetch) and a Fetch response (after a Metadata one). Both are counted.
+    # That Fetch is not reported from request order: the unseen Metadata request was sent
+    # before it, so the unseen rest of the run might have answered that one.
     operations = collections.Counter(r.attributes["messaging.operation.name"] for r in full)
     operations.subtract(r.attributes["messaging.operation.name"] for r in cut)
     assert +operations == {"Metadata": 1, "Fetch": 1}
@@ -99,3 +103,33 @@ def test_detect() -> None:
     assert not kafka.detect(connection[1].data, from_client=False)
     assert not kafka.detect(_produce_v3(1, ["t"])[:4] + b"\x00\x63" + _produce_v3(1, ["t"])[6:])  # api key 99
     assert not kafka.detect(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+
+
+def test_response_without_correlation_id_pairs_in_order() -> None:
+    parser = kafka.Parser()
+    data = _produce_v3(1, ["a"], correlation_id=1) + _produce_v3(1, ["b"], correlation_id=2)
+    parser.feed(base.Message(True, data, len(data), 1, 2))
+    # Only the 4-byte size was captured (the client read it on its own): responses come in order.
+    answer = struct.pack(">iiii", 12, 1, 0, 0)
+    (record,) = parser.feed(base.Message(False, answer[:4], len(answer), 3, 4))
+    assert record.name == "Produce a" and record.error is None and record.response_size == len(answer)
+    # A response naming a later request means the earlier ones were answered unseen.
+    data = _produce_v3(1, ["c"], correlation_id=3)
+    parser.feed(base.Message(True, data, len(data), 5, 6))
+    answer = struct.pack(">iiii", 12, 3, 0, 0)
+    (record,) = parser.feed(base.Message(False, answer, len(answer), 7, 8))
+    assert record.name == "Produce c" and parser.state_size == 0 and parser.unseen == 1
+    # After a request the capture missed (a second frame in the run), order no longer tells.
+    data = _produce_v3(1, ["d"], correlation_id=4) + _produce_v3(1, ["e"], correlation_id=5)
+    first = len(_produce_v3(1, ["d"]))
+    parser.feed(base.Message(True, data[:first], len(data), 9, 10))
+    data = _produce_v3(1, ["f"], correlation_id=6)
+    parser.feed(base.Message(True, data, len(data), 11, 12))
+    answer = struct.pack(">iiii", 12, 4, 0, 0)
+    # Two answers in one run, of which the capture holds the first one's size only.
+    (record,) = parser.feed(base.Message(False, answer[:4], 2 * len(answer), 13, 14))
+    assert record.name == "Produce d"  # then the answer to "e" or "f": no telling which
+    assert parser.state_size == 1
+    answer = struct.pack(">iiii", 12, 6, 0, 0)
+    (record,) = parser.feed(base.Message(False, answer, len(answer), 15, 16))
+    assert record.name == "Produce f"
