@@ -1,12 +1,12 @@
-"""What one profile sees of a span: its filters drop spans, its capture settings trim headers and the
-query and re-template the route. Pure; the node agent's Router applies one view per profile, so two
+"""What one profile sees of a span: its filters drop spans, its capture settings trim and redact
+headers and the query and re-template the route. Pure; the node agent's Router applies one view per profile, so two
 profiles selecting the same pod each get their own settings from one capture."""
 
 from __future__ import annotations
 
 import dataclasses
 
-from podspan_agent.protocols import routes
+from podspan_agent.protocols import redact, routes
 from podspan_agent.spans import model
 from podspan_api import models
 
@@ -21,6 +21,8 @@ class View:
     headers: frozenset[str] = frozenset()  # lower-case header names to keep
     query: bool = True
     route_patterns: tuple[str, ...] = ()
+    redact_headers: frozenset[str] = frozenset()  # lower-case, on top of the built-in sensitive headers
+    redact_query: frozenset[str] = frozenset()  # normalized keys, on top of the built-in credential keys
 
     @classmethod
     def of(cls, profile: models.ResolvedProfile) -> View:
@@ -30,6 +32,8 @@ class View:
             headers=frozenset(name.lower() for name in profile.capture.headers),
             query=profile.capture.query,
             route_patterns=tuple(profile.capture.route_patterns),
+            redact_headers=frozenset(name.lower() for name in profile.capture.redact.headers),
+            redact_query=frozenset(key.lower().replace("-", "_") for key in profile.capture.redact.query_params),
         )
 
 
@@ -46,6 +50,11 @@ def apply(view: View, span: model.SpanRecord) -> model.SpanRecord | None:
         if not (key.startswith(_HEADER_PREFIXES) and key.split(".", 3)[3] not in view.headers)
         and (view.query or key != "url.query")
     }
+    for key in kept:
+        if key.startswith(_HEADER_PREFIXES) and key.split(".", 3)[3] in view.redact_headers:
+            kept[key] = redact.REDACTED
+    if view.redact_query and isinstance(kept.get("url.query"), str):
+        kept["url.query"] = redact.query(str(kept["url.query"]), view.redact_query)
     name = span.name
     route = attributes.get("http.route")
     if view.route_patterns and isinstance(path, str) and isinstance(route, str) and not route.endswith(routes.MORE):

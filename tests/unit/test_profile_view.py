@@ -38,3 +38,15 @@ def test_capture_settings_trim_and_retemplate() -> None:
 def test_default_view_keeps_the_span_object() -> None:
     original = span()
     assert profile_view.apply(profile_view.View(), original) is original
+
+
+def test_profile_redaction_adds_to_the_built_in_one() -> None:
+    view = profile_view.View(headers=frozenset({"x-tenant", "user-agent"}), redact_headers=frozenset({"x-tenant"}),
+                             redact_query=frozenset({"email"}))
+    seen = profile_view.apply(view, span(**{"url.query": "email=a%40b.c&page=2&token=REDACTED",
+                                            "http.request.header.x-tenant": "acme",
+                                            "http.request.header.user-agent": "curl"}))
+    assert seen is not None
+    assert seen.attributes["url.query"] == "email=REDACTED&page=2&token=REDACTED"
+    assert seen.attributes["http.request.header.x-tenant"] == "REDACTED"
+    assert seen.attributes["http.request.header.user-agent"] == "curl"

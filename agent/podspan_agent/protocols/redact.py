@@ -32,24 +32,29 @@ SENSITIVE_HEADERS = frozenset({
 
 def is_credential_key(key: str) -> bool:
     """True when a query/form parameter named `key` carries a credential."""
-    if "%" in key or "+" in key:
-        key = urllib.parse.unquote_plus(key)
-    key = key.strip().lower().replace("-", "_")
+    key = _normalized(key)
     return key in CREDENTIAL_KEYS or key.endswith(_CREDENTIAL_SUFFIXES)
 
 
-def query(raw: str) -> str:
-    """Return `raw` (a query string without '?') with credential values replaced by REDACTED.
+def _normalized(key: str) -> str:
+    if "%" in key or "+" in key:
+        key = urllib.parse.unquote_plus(key)
+    return key.strip().lower().replace("-", "_")
+
+
+def query(raw: str, extra_keys: frozenset[str] = frozenset()) -> str:
+    """Return `raw` (a query string without '?') with credential values replaced by REDACTED;
+    `extra_keys` (normalized: lower-case, '-' -> '_') are credentials too.
 
     Parameter order, separators and non-credential values are kept byte for byte.
     """
-    if not _SUSPECT_RE.search(raw):  # most queries hold no credential-like key at all
+    if not extra_keys and not _SUSPECT_RE.search(raw):  # most queries hold no credential-like key at all
         return raw
     parts = raw.split("&")
     changed = False
     for index, part in enumerate(parts):
         key, sep, value = part.partition("=")
-        if sep and value and is_credential_key(key):
+        if sep and value and (is_credential_key(key) or _normalized(key) in extra_keys):
             parts[index] = f"{key}={REDACTED}"
             changed = True
     return "&".join(parts) if changed else raw
