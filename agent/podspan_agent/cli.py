@@ -68,6 +68,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--export-queue", type=int, default=8192, metavar="SPANS",
                      help="spans each profile's exporter holds while its endpoint is slow or down; beyond it "
                           "new spans are dropped and counted (bounds memory)")
+    run.add_argument("--probe-retry", type=float, default=60.0, metavar="SECONDS",
+                     help="when the capture program cannot load, report why in the node status and retry this "
+                          "often")
     run.set_defaults(func=_run)
     return parser
 
@@ -166,8 +169,10 @@ def _run(args: argparse.Namespace) -> int:
 
     if args.export_queue < 1:
         raise UsageError(f"--export-queue must be at least 1, got {args.export_queue}")
+    if args.probe_retry <= 0:
+        raise UsageError(f"--probe-retry must be positive, got {args.probe_retry}")
     _check_privileges()
-    return node_agent.run(args.node, export_queue=args.export_queue)
+    return node_agent.run(args.node, export_queue=args.export_queue, probe_retry_s=args.probe_retry)
 
 
 if __name__ == "__main__":

@@ -36,6 +36,8 @@ _STATUS_EVERY_S = 10.0
 _WATCH_TIMEOUT_S = 60
 _RUNTIMES = ("containerd", "cri-o", "docker")
 _ERROR_CHARS = 300  # an exporter error in status: enough to diagnose, small enough for an object
+_PROBE_ERROR_CHARS = 2000  # compiler output is long; its first lines say what failed
+AGENT_VERSION = "0.1.0"
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -320,29 +322,57 @@ class NodeAgent:
         status = models.NodeTraceConfigStatus(
             observed_generation=self._generation,
             heartbeat_time=datetime.datetime.now(datetime.UTC),
-            agent_version="0.1.0",
+            agent_version=AGENT_VERSION,
             header_source=self._headers.describe(),
             targets=[p.status for p in self._plans],
             profiles=self.router.counters(lost),
             probes_attached=self._probes.attached,
         )
-        try:
-            self._custom.patch_cluster_custom_object_status(
-                GROUP, VERSION, PLURAL, self.node, {"status": status.model_dump(mode="json", by_alias=True)}
-            )
+        if patch_status(self._custom, self.node, status):
             self._status_dirty = False
-        except Exception as exc:  # the API may be away; the next tick retries
-            log.warning("writing NodeTraceConfig/%s status failed: %s", self.node, exc)
 
 
-def run(node: str, export_queue: int = 8192) -> int:
-    headers = kernel_headers.resolve()
-    probes = loader.Probes(loader.ProbeOptions(), headers)
+def patch_status(custom: k8s.CustomObjectsApi, node: str, status: models.NodeTraceConfigStatus) -> bool:
+    """Replace the node's status; False (logged) when the API refused or is away."""
+    try:
+        custom.patch_cluster_custom_object_status(
+            GROUP, VERSION, PLURAL, node, {"status": status.model_dump(mode="json", by_alias=True)})
+        return True
+    except Exception as exc:  # the caller retries on its next tick
+        log.warning("writing NodeTraceConfig/%s status failed: %s", node, exc)
+        return False
+
+
+def load_probes(custom: k8s.CustomObjectsApi, node: str, stop: threading.Event,
+                retry_s: float) -> tuple[loader.Probes, kernel_headers.HeaderSource] | None:
+    """Load the capture program. Until it loads, say why in the node's status (the profiles then show
+    ProbeErrors instead of a silent node) and retry every `retry_s`. None when stopped first."""
+    while not stop.is_set():
+        try:
+            headers = kernel_headers.resolve()
+            return loader.Probes(loader.ProbeOptions(), headers), headers
+        except (kernel_headers.HeadersNotFound, loader.ProbeError) as exc:
+            log.error("cannot load the capture program (retrying in %.0fs): %s", retry_s, exc)
+            error = models.ProbeError(probe="capture program", message=str(exc)[:_PROBE_ERROR_CHARS])
+        retry_at = time.monotonic() + retry_s
+        while not stop.is_set() and time.monotonic() < retry_at:
+            patch_status(custom, node, models.NodeTraceConfigStatus(
+                heartbeat_time=datetime.datetime.now(datetime.UTC), agent_version=AGENT_VERSION,
+                probe_errors=[error], probes_attached=False))
+            stop.wait(min(_STATUS_EVERY_S, max(0.0, retry_at - time.monotonic())))
+    return None
+
+
+def run(node: str, export_queue: int = 8192, probe_retry_s: float = 60.0) -> int:
     custom = k8s.CustomObjectsApi(api_client())
-    agent = NodeAgent(node, custom, probes, headers, export_queue)
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
+    loaded = load_probes(custom, node, stop, probe_retry_s)
+    if loaded is None:
+        return 0
+    probes, headers = loaded
+    agent = NodeAgent(node, custom, probes, headers, export_queue)
     log.info("following NodeTraceConfig/%s (%s)", node, headers.describe())
     try:
         agent.run(stop)

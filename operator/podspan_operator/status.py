@@ -26,6 +26,7 @@ EVENTS_LOST = "EventsLost"
 EXPORT_FAILING = "ExportFailing"
 INVALID_SPEC = "InvalidSpec"
 
+_MESSAGE_CHARS = 300  # of an agent's error quoted in a condition message
 _TRUE, _FALSE = models.ConditionStatus.TRUE, models.ConditionStatus.FALSE
 
 
@@ -43,12 +44,18 @@ class _Tally:
     ready: list[str] = dataclasses.field(default_factory=list)
     applying: list[str] = dataclasses.field(default_factory=list)
     silent: list[str] = dataclasses.field(default_factory=list)
-    probe_errors: list[str] = dataclasses.field(default_factory=list)
+    probe_errors: dict[str, str] = dataclasses.field(default_factory=dict)  # node -> its first probe error
+    failed: list[str] = dataclasses.field(default_factory=list)  # probes never loaded: nothing applied
     export_errors: dict[str, str] = dataclasses.field(default_factory=dict)  # node -> its exporter's error
     traced: int = 0
     exported: int = 0
     dropped: int = 0
     lost: int = 0
+
+    @property
+    def nodes(self) -> int:
+        """Nodes with pods of the profile, whatever their state."""
+        return len(self.ready) + len(self.applying) + len(self.silent) + len(self.failed)
 
 
 def _names(nodes: list[str], limit: int = 5) -> str:
@@ -76,18 +83,24 @@ def _tally(key: str, configs: Iterable[render.NodeConfig], now: datetime.datetim
         if status is None or heartbeat is None or (now - heartbeat).total_seconds() > heartbeat_timeout:
             tally.silent.append(config.name)
             continue
+        if status.probe_errors:
+            first = status.probe_errors[0]
+            tally.probe_errors[config.name] = f"{first.probe}: {first.message}"[:_MESSAGE_CHARS]
         if counters is None:
-            tally.applying.append(config.name)
+            (tally.failed if status.probe_errors else tally.applying).append(config.name)
             continue
         tally.ready.append(config.name)
         attached = {(t.pod_uid, t.container) for t in status.targets
                     if t.state == models.TargetState.ATTACHED}
         tally.traced += len({uid for uid, _ in attached & wanted})
-        if status.probe_errors:
-            tally.probe_errors.append(config.name)
         if counters.export_error:
             tally.export_errors[config.name] = counters.export_error
     return tally
+
+
+def _first_error(errors: dict[str, str]) -> str:
+    node = sorted(errors)[0]
+    return f"{node}: {errors[node]}"
 
 
 def _ready_and_degraded(profile: render.Profile, matched: int, t: _Tally,
@@ -98,12 +111,14 @@ def _ready_and_degraded(profile: render.Profile, matched: int, t: _Tally,
     if matched == 0:
         return (False, NO_MATCHING_PODS, "no running or pending pod matches the selectors"), \
             (False, AS_EXPECTED, "nothing to trace")
-    total = len(t.ready) + len(t.applying) + len(t.silent)
+    total = t.nodes
     if total == 0:
         ready = (False, APPLYING, f"{matched} matching pods, none on a node with a NodeTraceConfig yet")
     elif t.applying:
         ready = (False, APPLYING, f"{len(t.ready)}/{total} nodes applied the profile; waiting for "
                                   f"{_names(t.applying)}")
+    elif not t.ready and t.failed:
+        ready = (False, PROBE_ERRORS, f"no node could load its probes: {_first_error(t.probe_errors)}")
     elif not t.ready:
         ready = (False, NODES_NOT_REPORTING, f"none of the {total} nodes reports: {_names(t.silent)}")
     else:
@@ -112,7 +127,8 @@ def _ready_and_degraded(profile: render.Profile, matched: int, t: _Tally,
         degraded = (True, NODES_NOT_REPORTING, f"{len(t.silent)} nodes sent no heartbeat for "
                                                f"{heartbeat_timeout:g}s: {_names(t.silent)}")
     elif t.probe_errors:
-        degraded = (True, PROBE_ERRORS, f"probes failed on {_names(t.probe_errors)}")
+        degraded = (True, PROBE_ERRORS, f"probes failed on {_names(list(t.probe_errors))}; "
+                                        f"{_first_error(t.probe_errors)}")
     elif t.export_errors:
         node, error = sorted(t.export_errors.items())[0]
         degraded = (True, EXPORT_FAILING, f"OTLP export failing on {_names(list(t.export_errors))} "
@@ -157,7 +173,7 @@ def aggregate(
     status = models.ProfileStatus(
         observed_generation=profile.generation, matched_pods=matched, traced_pods=tally.traced,
         nodes=models.NodeCounts(ready=len(tally.ready),
-                                total=len(tally.ready) + len(tally.applying) + len(tally.silent)),
+                                total=tally.nodes),
         spans_exported=tally.exported, spans_dropped=tally.dropped, events_lost=tally.lost,
         conditions=conditions)
     return status, transitions

@@ -7,6 +7,7 @@ import collections.abc
 import http.client
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
@@ -15,6 +16,7 @@ from typing import Any
 
 import pytest
 
+from podspan_agent import loader
 from podspan_api import models
 from podspan_demo import pods
 from tests.agent import conftest
@@ -86,7 +88,6 @@ def test_run_mode_follows_node_config(
     targets = [_target(first, "web-1"), _target(second, "web-2")]
     kc.create(NTC, {"apiVersion": "podspan.dev/v1alpha1", "kind": "NodeTraceConfig",
                     "metadata": {"name": NODE}, "spec": _spec(targets, receiver.grpc_endpoint)})
-    before = set(bpftool.program_ids())
     agent = subprocess.Popen(
         [sys.executable, "-m", "podspan_agent.cli", "run", "--node", NODE],
         env={**os.environ, "KUBECONFIG": str(api.kubeconfig)}, stderr=subprocess.PIPE, text=True,
@@ -94,6 +95,8 @@ def test_run_mode_follows_node_config(
     try:
         both = {first.uid: "attached", second.uid: "attached"}
         _wait(lambda: _target_states(kc) == both, "attached targets")
+        attached = bpftool.attached_programs(agent.pid)
+        assert attached
         status = (kc.get(NTC, NODE) or {})["status"]
         assert status["heartbeatTime"] and "kernel headers" in status["headerSource"]
         assert status["observedGeneration"] == (kc.get(NTC, NODE) or {})["metadata"]["generation"]
@@ -127,4 +130,40 @@ def test_run_mode_follows_node_config(
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)
     assert agent.returncode == 0, stderr
-    assert set(bpftool.program_ids()) <= before
+    assert not attached & bpftool.program_ids()
+
+
+def test_probe_load_failure_is_reported_then_recovered(
+    api: emu.EmulatorThread, pod_runner: pods.PodRunner, receiver: otlp_receiver.OtlpReceiver,
+    tmp_path: pathlib.Path
+) -> None:
+    kc = emu.KubeClient(api.url)
+    port = conftest.free_port()
+    web = pod_runner.start("web-1", [*conftest.SAMPLE_APP, "backend", "--port", str(port)])
+    kc.create(NTC, {"apiVersion": "podspan.dev/v1alpha1", "kind": "NodeTraceConfig", "metadata": {"name": NODE},
+                    "spec": _spec([_target(web, "web-1")], receiver.grpc_endpoint)})
+    # A capture program this kernel's compiler rejects, as a broken image or header mismatch would give.
+    bpf_dir = tmp_path / "bpf"
+    shutil.copytree(loader.bpf_dir(), bpf_dir)
+    source = bpf_dir / "podspan.bpf.c"
+    good = source.read_text()
+    source.write_text(good + "\n#error broken on purpose by the test\n")
+    agent = subprocess.Popen(
+        [sys.executable, "-m", "podspan_agent.cli", "run", "--node", NODE, "--probe-retry", "1"],
+        env={**os.environ, "KUBECONFIG": str(api.kubeconfig), loader.BPF_DIR_ENV: str(bpf_dir)},
+        stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        status = _wait(lambda: ((kc.get(NTC, NODE) or {}).get("status") or {}).get("probeErrors") and
+                       (kc.get(NTC, NODE) or {})["status"], "probe errors in the node status")
+        [error] = status["probeErrors"]
+        assert error["probe"] == "capture program" and "podspan.bpf.c" in error["message"]
+        assert status["probesAttached"] is False and status["heartbeatTime"]
+        source.write_text(good)  # fixed: the next retry loads it
+        _wait(lambda: _target_states(kc) == {web.uid: "attached"}, "attached after the retry", timeout=60)
+        assert not (kc.get(NTC, NODE) or {})["status"].get("probeErrors")
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    assert "cannot load the capture program" in stderr

@@ -91,3 +91,16 @@ def test_export_failure_message_names_node_error_and_drops() -> None:
     assert degraded.message == "OTLP export failing on a (40 spans dropped so far); a: gRPC UNAVAILABLE: refused"
     _, transitions = status.aggregate(dataclasses.replace(tp("p"), status=s), 1, [config("a", 1)], NOW, 60)
     assert [(t.reason, t.warning) for t in transitions] == [("AsExpected", False)]
+
+
+def test_a_node_whose_probes_never_loaded_is_not_ready_and_says_why() -> None:
+    failed = config("a", 1, reported=False, probe_errors=True)
+    s, _ = status.aggregate(tp("p"), 1, [failed], NOW, 60)
+    assert conditions(s) == {"Ready": ("False", "ProbeErrors"), "Degraded": ("True", "ProbeErrors")}
+    assert (s.nodes.ready, s.nodes.total, s.traced_pods) == (0, 1, 0)
+    messages = {c.type: c.message for c in s.conditions}
+    assert messages["Ready"] == "no node could load its probes: a: x: EPERM"
+    # Another node traces: the profile is Ready, and still Degraded by the failing one.
+    s, _ = status.aggregate(tp("p"), 2, [failed, config("b", 1)], NOW, 60)
+    assert conditions(s) == {"Ready": ("True", "Tracing"), "Degraded": ("True", "ProbeErrors")}
+    assert (s.nodes.ready, s.nodes.total) == (1, 2)
