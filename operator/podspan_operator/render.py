@@ -6,6 +6,7 @@ Nothing here does I/O; the kopf indexes hold the views built by the *_view funct
 from __future__ import annotations
 
 import dataclasses
+import datetime
 from collections.abc import Iterable, Mapping
 from typing import Any
 
@@ -72,6 +73,7 @@ class NodeConfig:
     generation: int | None
     spec: models.NodeTraceConfigSpec | None
     status: models.NodeTraceConfigStatus | None
+    created: datetime.datetime | None = None
 
     def profile_keys(self) -> set[str]:
         return spec_profile_keys(self.spec) if self.spec else set()
@@ -150,9 +152,11 @@ def node_config_view(body: Mapping[str, Any]) -> NodeConfig:
         except pydantic.ValidationError:
             return None  # an unreadable spec is rewritten; an unreadable status counts as silence
 
+    created = body["metadata"].get("creationTimestamp")
     return NodeConfig(name=body["metadata"]["name"], generation=body["metadata"].get("generation"),
                       spec=parse(models.NodeTraceConfigSpec, body.get("spec")),
-                      status=parse(models.NodeTraceConfigStatus, body.get("status")))
+                      status=parse(models.NodeTraceConfigStatus, body.get("status")),
+                      created=datetime.datetime.fromisoformat(created) if created else None)
 
 
 def selects(profile: Profile, pod: Pod, namespace_labels: Mapping[str, Mapping[str, str]]) -> bool:

@@ -80,6 +80,9 @@ def _tally(key: str, configs: Iterable[render.NodeConfig], now: datetime.datetim
             tally.dropped += counters.spans_dropped
             tally.lost += counters.events_lost
         heartbeat = status.heartbeat_time if status else None
+        if heartbeat is None and config.created and (now - config.created).total_seconds() <= heartbeat_timeout:
+            tally.applying.append(config.name)  # a new node config: its agent has not had time to report
+            continue
         if status is None or heartbeat is None or (now - heartbeat).total_seconds() > heartbeat_timeout:
             tally.silent.append(config.name)
             continue

@@ -43,14 +43,14 @@ def test_apply_profile_targets_status_and_ready(kc, start_operator):
     assert [p.key for p in n1.spec.profiles] == [key]
     assert "http" in n1.spec.profiles[0].protocols  # omitted protocols resolve to all of them
 
-    wait_for(lambda: condition(kc.get(TP, "web", "shop"), "Ready") == ("False", "NodesNotReporting"),
+    # New node configs whose agents have not reported yet: applying, not (yet) silent.
+    wait_for(lambda: condition(kc.get(TP, "web", "shop"), "Ready") == ("False", "Applying"),
              "not ready before agents report")
     agent_report(kc, "n1", exported=5)
     agent_report(kc, "n2", exported=7, lost=0)
-    # (a node whose agent never reported is silent: it degrades the profile but does not hold Ready back)
-    body = profile_when(kc, TP, "web", "shop", lambda b: condition(b, "Degraded") == ("False", "AsExpected"),
+    body = profile_when(kc, TP, "web", "shop", lambda b: condition(b, "Ready") == ("True", "Tracing"),
                         "both nodes reporting")
-    assert condition(body, "Ready") == ("True", "Tracing")
+    assert condition(body, "Degraded") == ("False", "AsExpected")
     status = body["status"]
     assert status["matchedPods"] == 2
     assert status["tracedPods"] == 2
@@ -237,7 +237,7 @@ def test_cluster_profile_follows_namespace_labels(kc, start_operator):
     key = "ClusterTraceProfile/traced-ns"
     wait_for(lambda: targets(kc, "n2") == {"blog/web-2": [key]}, "blog pods in")
     assert targets(kc, "n1") == {}
-    wait_for(lambda: condition(kc.get(CTP, "traced-ns"), "Ready") == ("False", "NodesNotReporting"), "status")
+    wait_for(lambda: condition(kc.get(CTP, "traced-ns"), "Ready") == ("False", "Applying"), "status")
     kc.patch("v1/namespaces", "blog", {"metadata": {"labels": {"podspan.dev/trace": None}}})
     wait_for(lambda: targets(kc, "n2") == {}, "blog pods out")
 

@@ -104,3 +104,13 @@ def test_a_node_whose_probes_never_loaded_is_not_ready_and_says_why() -> None:
     s, _ = status.aggregate(tp("p"), 2, [failed, config("b", 1)], NOW, 60)
     assert conditions(s) == {"Ready": ("True", "Tracing"), "Degraded": ("True", "ProbeErrors")}
     assert (s.nodes.ready, s.nodes.total) == (1, 2)
+
+
+def test_a_new_node_config_is_applying_until_its_agent_had_time_to_report() -> None:
+    fresh = dataclasses.replace(config("a", 1), status=None, created=NOW - datetime.timedelta(seconds=5))
+    s, transitions = status.aggregate(tp("p"), 1, [fresh], NOW, 60)
+    assert conditions(s) == {"Ready": ("False", "Applying"), "Degraded": ("False", "AsExpected")}
+    assert not any(t.warning for t in transitions)  # no Warning Event for every node a profile reaches
+    old = dataclasses.replace(fresh, created=NOW - datetime.timedelta(seconds=600))
+    s, _ = status.aggregate(tp("p"), 1, [old], NOW, 60)
+    assert conditions(s) == {"Ready": ("False", "NodesNotReporting"), "Degraded": ("True", "NodesNotReporting")}
