@@ -18,13 +18,11 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import os
 import pathlib
 import platform
 import re
 import shlex
-import signal
 import socket
 import statistics
 import subprocess
@@ -33,14 +31,11 @@ import tempfile
 import threading
 import time
 
-import psutil
+import harness
 
 from podspan_demo import pods, servers
 
-ROOT = pathlib.Path(__file__).resolve().parent.parent
-PYTHON = sys.executable
-HOST = "127.0.0.1"
-STATS_SYSCTL = pathlib.Path("/proc/sys/kernel/bpf_stats_enabled")
+HOST = harness.HOST
 
 
 # ---------------------------------------------------------------- wrk
@@ -127,105 +122,6 @@ def fixed_rate_latency(port: int, rate: float, duration: float, connections: int
     }
 
 
-# ---------------------------------------------------------------- agent, receiver, kernel stats
-
-
-class StderrReader:
-    """Collects a child's stderr lines in a thread; `wait_for(prefix)` returns the first match."""
-
-    def __init__(self, process: subprocess.Popen[str]) -> None:
-        assert process.stderr is not None
-        self.lines: list[str] = []
-        self._cond = threading.Condition()
-        self._stream = process.stderr
-        self._thread = threading.Thread(target=self._read, daemon=True)
-        self._thread.start()
-
-    def _read(self) -> None:
-        for line in self._stream:
-            with self._cond:
-                self.lines.append(line.rstrip("\n"))
-                self._cond.notify_all()
-        with self._cond:
-            self.lines.append("<eof>")
-            self._cond.notify_all()
-
-    def wait_for(self, prefix: str, timeout: float) -> str | None:
-        deadline = time.monotonic() + timeout
-        with self._cond:
-            while True:
-                for line in self.lines:
-                    if line.startswith(prefix):
-                        return line
-                if "<eof>" in self.lines:
-                    return None
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return None
-                self._cond.wait(remaining)
-
-    def join(self, timeout: float) -> None:
-        self._thread.join(timeout)
-
-
-def bpf_programs() -> dict[int, dict[str, int]]:
-    cmd = ["bpftool", "prog", "show", "--json"]
-    out = subprocess.run(cmd, capture_output=True, text=True, check=True).stdout
-    return {
-        int(p["id"]): {"run_time_ns": int(p.get("run_time_ns", 0)), "run_cnt": int(p.get("run_cnt", 0))}
-        for p in json.loads(out)
-    }
-
-
-def bpf_totals(ids: set[int]) -> tuple[int, int]:
-    progs = bpf_programs()
-    return (sum(progs[i]["run_time_ns"] for i in ids if i in progs),
-            sum(progs[i]["run_cnt"] for i in ids if i in progs))
-
-
-def cpu_steal_idle() -> tuple[int, int, int]:
-    """(steal, idle, total) jiffies of all CPUs from /proc/stat: a noisy hypervisor shows up as steal."""
-    fields = [int(v) for v in pathlib.Path("/proc/stat").read_text().splitlines()[0].split()[1:]]
-    return fields[7] if len(fields) > 7 else 0, fields[3], sum(fields[:8])
-
-
-def tree_cpu_seconds(pid: int) -> float:
-    procs = [psutil.Process(pid)]
-    with contextlib.suppress(psutil.Error):
-        procs += procs[0].children(recursive=True)
-    total = 0.0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            times = proc.cpu_times()
-            total += times.user + times.system
-    return total
-
-
-def tree_rss_bytes(pid: int) -> int:
-    procs = [psutil.Process(pid)]
-    with contextlib.suppress(psutil.Error):
-        procs += procs[0].children(recursive=True)
-    total = 0
-    for proc in procs:
-        with contextlib.suppress(psutil.Error):
-            total += proc.memory_info().rss
-    return total
-
-
-def stop_process(process: subprocess.Popen[str], sig: int = signal.SIGINT, timeout: float = 30) -> None:
-    """Stop one child this script started, by its pid: `sig`, then SIGKILL after `timeout`."""
-    if process.poll() is not None:
-        return
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(process.pid, sig)
-    try:
-        process.wait(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, signal.SIGKILL)
-        process.wait(timeout=10)
-
-
 # ---------------------------------------------------------------- the run
 
 
@@ -237,7 +133,7 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep-alive connections (one thread each) of the latency client; more threads"
                              " add GIL hand-off noise to the tail")
     args = parser.parse_args(argv)
-    command = " ".join(shlex.quote(a) for a in [os.path.relpath(PYTHON, ROOT), *sys.argv])
+    command = " ".join(shlex.quote(a) for a in [os.path.relpath(harness.PYTHON, harness.ROOT), *sys.argv])
     if os.geteuid() != 0:
         print("needs root (eBPF, cgroups)", file=sys.stderr)
         return 2
@@ -247,7 +143,7 @@ def main(argv: list[str] | None = None) -> int:
     root = pathlib.Path(workdir.name)
     receiver: subprocess.Popen[str] | None = None
     agent: subprocess.Popen[str] | None = None
-    stats_before = STATS_SYSCTL.read_text().strip()
+    stats_before = harness.STATS_SYSCTL.read_text().strip()
     results: dict[str, dict[str, float]] = {}
     agent_info: dict[str, float] = {}
     agent_text: dict[str, str] = {}
@@ -260,71 +156,50 @@ def main(argv: list[str] | None = None) -> int:
         pods.wait_for_port(HOST, port)
         print(f"nginx pid {pod.pid} on {HOST}:{port}, cgroup {pod.cgroup_dir}", flush=True)
 
-        receiver = subprocess.Popen(
-            [PYTHON, "-m", "tests.support.otlp_receiver", "--grpc-port", "0", "--http-port", "0"],
-            cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
-        )
-        assert receiver.stdout is not None
-        ports_line = receiver.stdout.readline()
-        grpc_match = re.search(r"grpc=(\d+)", ports_line)
-        if grpc_match is None:
-            raise RuntimeError(f"OTLP receiver did not start: {ports_line!r}")
-        grpc_port = int(grpc_match.group(1))
-        receiver_reader = StderrReader(receiver)
+        receiver, receiver_reader, grpc_port = harness.start_receiver()
         print(f"OTLP receiver pid {receiver.pid}, grpc port {grpc_port}", flush=True)
 
         run_wrk(port, 2)  # warm-up
         for phase in ("untraced1", "traced", "untraced2"):
-            steal0 = cpu_steal_idle()
+            steal0 = harness.cpu_steal_idle()
             if phase == "traced":
-                ids_before = set(bpf_programs())
-                agent_cmd = [PYTHON, "-m", "podspan_agent.cli", "trace", "--cgroup", str(pod.cgroup_dir),
-                             "--output", "jsonl", "--output-file", "/dev/null",
-                             "--otlp-endpoint", f"http://{HOST}:{grpc_port}", "--otlp-protocol", "grpc"]
+                ids_before = set(harness.bpf_programs())
+                agent_cmd = harness.agent_command([pod.cgroup_dir], grpc_port)
                 started = time.monotonic()
-                agent = subprocess.Popen(agent_cmd, cwd=ROOT, stdout=subprocess.DEVNULL,
-                                         stderr=subprocess.PIPE, text=True, start_new_session=True)
-                agent_reader = StderrReader(agent)
-                line = agent_reader.wait_for("podspan: tracing", timeout=120)
-                if line is None:
-                    raise RuntimeError("agent did not attach:\n" + "\n".join(agent_reader.lines[-20:]))
+                agent, agent_reader, line = harness.start_agent(agent_cmd)
                 agent_info["startup_wall_s"] = time.monotonic() - started
                 attached = re.search(r"attached in ([\d.]+)s", line)
                 agent_info["attach_s"] = float(attached.group(1)) if attached else float("nan")
-                agent_ids = set(bpf_programs()) - ids_before
+                agent_ids = set(harness.bpf_programs()) - ids_before
                 agent_info["programs"] = float(len(agent_ids))
                 print(f"agent pid {agent.pid} attached ({line})", flush=True)
                 time.sleep(1.0)
-                agent_info["cpu_attached_s"] = tree_cpu_seconds(agent.pid)
+                agent_info["cpu_attached_s"] = harness.tree_cpu_seconds(agent.pid)
                 subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
-                cpu0 = tree_cpu_seconds(agent.pid)
-                bpf0 = bpf_totals(agent_ids)
+                cpu0 = harness.tree_cpu_seconds(agent.pid)
+                bpf0 = harness.bpf_totals(agent_ids)
                 wrk = run_wrk(port, args.duration)
-                bpf1 = bpf_totals(agent_ids)
+                bpf1 = harness.bpf_totals(agent_ids)
                 time.sleep(1.5)  # let the agent drain what the window produced (its CPU counts)
-                cpu1 = tree_cpu_seconds(agent.pid)
+                cpu1 = harness.tree_cpu_seconds(agent.pid)
                 agent_info["cpu_s"] = cpu1 - cpu0
                 agent_info["bpf_ns"] = float(bpf1[0] - bpf0[0])
                 agent_info["bpf_runs"] = float(bpf1[1] - bpf0[1])
-                lat_bpf0 = bpf_totals(agent_ids)
+                lat_bpf0 = harness.bpf_totals(agent_ids)
                 latency = fixed_rate_latency(port, args.rate, args.duration, args.connections)
-                lat_bpf1 = bpf_totals(agent_ids)
+                lat_bpf1 = harness.bpf_totals(agent_ids)
                 agent_info["lat_bpf_ns"] = float(lat_bpf1[0] - lat_bpf0[0])
                 subprocess.run(["sysctl", "-q", "-w", f"kernel.bpf_stats_enabled={stats_before}"], check=True)
                 time.sleep(1.5)
-                agent_info["rss_mb"] = tree_rss_bytes(agent.pid) / 2**20
-                agent_info["cpu_traced_s"] = tree_cpu_seconds(agent.pid) - agent_info["cpu_attached_s"]
-                stop_process(agent)
-                agent_reader.join(10)
-                done = agent_reader.wait_for("podspan: done", timeout=1)
-                last = " | ".join(agent_reader.lines[-3:])
-                agent_text["done"] = done or f"(no done line; last lines: {last})"
+                agent_info["rss_mb"] = harness.tree_rss_bytes(agent.pid) / 2**20
+                agent_info["cpu_traced_s"] = harness.tree_cpu_seconds(agent.pid) - agent_info["cpu_attached_s"]
+                agent_text["done"] = harness.final_line(agent, agent_reader, "podspan: done")
                 agent_info["exit"] = float(agent.returncode)
                 agent = None
             else:
                 wrk = run_wrk(port, args.duration)
                 latency = fixed_rate_latency(port, args.rate, args.duration, args.connections)
-            steal1 = cpu_steal_idle()
+            steal1 = harness.cpu_steal_idle()
             elapsed = max(1, steal1[2] - steal0[2])
             results[phase] = {**wrk, **latency, "steal_pct": 100 * (steal1[0] - steal0[0]) / elapsed,
                               "idle_pct": 100 * (steal1[1] - steal0[1]) / elapsed}
@@ -334,16 +209,13 @@ def main(argv: list[str] | None = None) -> int:
                   f"{latency['late']:.0f} sent >1 ms late)",
                   flush=True)
 
-        stop_process(receiver)
-        receiver_reader.join(10)
-        received = receiver_reader.wait_for("received", timeout=1)
-        agent_text["received"] = received or "?"
+        agent_text["received"] = harness.final_line(receiver, receiver_reader, "received")
         receiver = None
     finally:
         if agent is not None:
-            stop_process(agent)
+            harness.stop_process(agent)
         if receiver is not None:
-            stop_process(receiver)
+            harness.stop_process(receiver)
         runner.stop_all()
         with contextlib.suppress(OSError, subprocess.CalledProcessError):
             subprocess.run(["sysctl", "-q", "-w", f"kernel.bpf_stats_enabled={stats_before}"], check=True)

@@ -148,7 +148,7 @@ class Probes:
             value = self._conns[bpf_events.ConnKey(tgid, fd)]
         except KeyError:
             return None
-        return ctypes.cast(ctypes.byref(value), ctypes.POINTER(bpf_events.Conn)).contents
+        return bpf_events.Conn.from_buffer_copy(value)
 
     def forget_connection(self, tgid: int, fd: int) -> None:
         """Stop capturing a connection (e.g. a protocol we do not parse)."""

@@ -152,8 +152,10 @@ class Parser:
             elif seq == 0 and length:
                 self._command(payload, length, message.start_ns)
             pos += 4 + length
-        if pos < message.size and self._pending:
-            self._lost += 1  # commands beyond the captured bytes: their replies cannot be told apart
+        if pos < message.size:
+            # Commands beyond the captured bytes (past the capture size, or in a later write of the
+            # run, which the kernel does not copy) are lost: counted even when nothing else waits.
+            self._lost += 1
 
     def _handshake_response(self, payload: bytes) -> None:
         if len(payload) < 32:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 
 from podspan_agent.protocols import base, mysql
@@ -63,6 +65,20 @@ def test_prepared_statements() -> None:
     assert [r.attributes.get("db.operation.name") for r in recs[7:]] == ["PING", "USE", "SELECT"]
     assert parser.state_size == 1  # the UPDATE statement was never closed
     assert parser.dropped == 0
+
+
+def test_commands_after_the_captured_write_are_counted_as_lost() -> None:
+    # A client writes COM_STMT_CLOSE (no reply) and then COM_STMT_EXECUTE in two write()s of one run;
+    # the kernel captures only the first, so the EXECUTE and its ERR reply cannot be paired.
+    (connection,) = capture_db.load("mysql", "prepared_session")
+    close_packet = 4 + 1 + 4
+    messages = [dataclasses.replace(m, data=m.data[:close_packet]) if m.from_client and m.data[4] == 0x19 else m
+                for m in connection]
+    parser = mysql.Parser(base.CaptureSettings())
+    recs = [record for message in messages for record in parser.feed(message)]
+    assert "1243" not in [r.attributes.get("db.response.status_code") for r in recs]
+    assert [r.attributes.get("db.operation.name") for r in recs[6:]] == ["PING", "USE", "SELECT"]
+    assert parser.dropped == 1
 
 
 def test_detect() -> None:
