@@ -8,15 +8,18 @@ Rules, first match wins:
    span's child;
 4. anything else starts a new trace.
 Spans are held briefly so parents that finish later (a server span ends after
-the client calls it made) can still be found.
+the client calls it made) can still be found. Lookups scan an index bucket from
+its newest entry and stop at the first one that ended before the span began, so
+a burst of identical requests costs what overlaps it, not what the bucket holds.
 """
 
 from __future__ import annotations
 
 import collections
+import contextlib
 import dataclasses
 import random
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import TypeVar
 
 from podspan_agent import connections
@@ -28,11 +31,14 @@ _MAX_HOLD_NS = 10_000_000_000
 _RECENT_NS = 30_000_000_000
 # Tolerance for clock order between the two ends of one request (same host, same clock).
 _SLACK_NS = 1_000_000
+# How late a span may arrive after spans that ended after it: a connection's last exchange waits for the
+# tracer's idle flush (200 ms) before it is added.
+_REORDER_NS = 250_000_000
 
 K = TypeVar("K")
 
 
-@dataclasses.dataclass(slots=True)
+@dataclasses.dataclass(slots=True, eq=False)  # identity: index buckets remove the very entry
 class _Entry:
     span: model.SpanRecord
     tgid: int
@@ -44,9 +50,13 @@ class _Entry:
     released: bool = False
 
 
+_EMPTY: collections.deque[_Entry] = collections.deque()
+
+
 @dataclasses.dataclass(slots=True)
 class CorrelationStats:
     held: int = 0
+    recent: int = 0  # released spans still findable as parents
     released: int = 0
     dropped_overflow: int = 0
     linked_remote: int = 0
@@ -62,15 +72,19 @@ class Correlator:
         server_busy: Callable[[int, int], bool],
         hold_ns: int = 1_000_000_000,
         max_entries: int = 50_000,
+        max_recent: int = 50_000,
     ) -> None:
         self._release = release
         self._server_busy = server_busy
         self._hold_ns = hold_ns
         self._max_entries = max_entries
+        self._max_recent = max_recent
         self._held: collections.deque[_Entry] = collections.deque()
         self._recent: collections.deque[_Entry] = collections.deque()
-        self._clients_by_fingerprint: dict[int, list[_Entry]] = collections.defaultdict(list)
-        self._servers_by_thread: dict[tuple[int, int], list[_Entry]] = collections.defaultdict(list)
+        self._clients_by_fingerprint: dict[int, collections.deque[_Entry]] = collections.defaultdict(
+            collections.deque)
+        self._servers_by_thread: dict[tuple[int, int], collections.deque[_Entry]] = collections.defaultdict(
+            collections.deque)
         self.stats = CorrelationStats()
 
     def add(self, exchange: connections.Exchange, span: model.SpanRecord, now_ns: int) -> None:
@@ -98,9 +112,10 @@ class Correlator:
                 break
             self._held.popleft()
             self._release_entry(entry)
-        while self._recent and (flush or now_ns - self._recent[0].arrived_ns > _RECENT_NS):
+        while self._recent and (flush or len(self._recent) > self._max_recent
+                                or now_ns - self._recent[0].arrived_ns > _RECENT_NS):
             self._forget(self._recent.popleft())
-        self.stats.held = len(self._held)
+        self.stats.held, self.stats.recent = len(self._held), len(self._recent)
 
     def _ripe(self, entry: _Entry, now_ns: int) -> bool:
         age = now_ns - entry.arrived_ns
@@ -148,32 +163,43 @@ class Correlator:
         if entry.remote is not None:
             return None
         if span.kind == model.SpanKind.SERVER:
-            best = _innermost(
-                (c for c in self._clients_by_fingerprint.get(entry.fingerprint, ()) if c is not entry),
-                span,
-            )
+            best = _innermost(self._clients_by_fingerprint.get(entry.fingerprint, _EMPTY), span, skip=entry)
             if best is not None:
                 self.stats.linked_client_server += 1
             return best
-        best = _innermost(self._servers_by_thread.get((entry.tgid, entry.tid), ()), span)
+        best = _innermost(self._servers_by_thread.get((entry.tgid, entry.tid), _EMPTY), span)
         if best is not None:
             self.stats.linked_thread += 1
         return best
 
 
-def _remove(index: dict[K, list[_Entry]], key: K, entry: _Entry) -> None:
+def _remove(index: dict[K, collections.deque[_Entry]], key: K, entry: _Entry) -> None:
     bucket = index.get(key)
-    if bucket and entry in bucket:
-        bucket.remove(entry)
-        if not bucket:
-            del index[key]
+    if not bucket:
+        return
+    if bucket[0] is entry:  # entries leave roughly in the order they came
+        bucket.popleft()
+    else:
+        with contextlib.suppress(ValueError):
+            bucket.remove(entry)
+    if not bucket:
+        del index[key]
 
 
-def _innermost(candidates: Iterable[_Entry], span: model.SpanRecord) -> _Entry | None:
-    """The candidate whose interval contains `span` and started last."""
+def _innermost(candidates: collections.deque[_Entry], span: model.SpanRecord,
+               skip: _Entry | None = None) -> _Entry | None:
+    """The candidate whose interval contains `span` and started last.
+
+    Buckets are in arrival order, which is about the order spans ended in: scanning from the newest,
+    a candidate that ended well before `span` started ends the search (older ones ended earlier still).
+    """
     best: _Entry | None = None
-    for candidate in candidates:
+    for candidate in reversed(candidates):
         outer = candidate.span
+        if outer.end_ns + _REORDER_NS < span.start_ns:
+            break
+        if candidate is skip:
+            continue
         contains = outer.start_ns - _SLACK_NS <= span.start_ns and span.end_ns <= outer.end_ns + _SLACK_NS
         if contains and (best is None or outer.start_ns > best.span.start_ns):
             best = candidate

@@ -1,0 +1,74 @@
+"""Correlation rules (remote context, client->server by request bytes, thread nesting, new trace) and
+the bounds that keep it linear under bursts of identical requests."""
+
+from __future__ import annotations
+
+from podspan_agent import bpf_events, connections
+from podspan_agent.protocols import base
+from podspan_agent.spans import correlation, model
+
+MS = 1_000_000
+SERVER, CLIENT = model.SpanKind.SERVER, model.SpanKind.CLIENT
+
+
+def exchange(kind: model.SpanKind, start_ms: float, end_ms: float, *, tgid: int = 10, tid: int = 10,
+             fingerprint: int = 7, headers: dict[str, str] | None = None) -> tuple[connections.Exchange,
+                                                                                    model.SpanRecord]:
+    start, end = int(start_ms * MS), int(end_ms * MS)
+    record = base.Record(protocol="http", name="GET /", start_ns=start, end_ns=end, context_headers=headers or {})
+    role = bpf_events.Role.SERVER if kind == SERVER else bpf_events.Role.CLIENT
+    conn = connections.Connection(conn_id=1, tgid=tgid, fd=3, role=role, cgroup_id=1)
+    span = model.SpanRecord(trace_id=0, span_id=int(start_ms * 1000) + (1 if kind == CLIENT else 2),
+                            parent_span_id=None, name="GET /", kind=kind, start_ns=start, end_ns=end,
+                            attributes={}, resource={}, protocol="http")
+    return connections.Exchange(record, conn, tid, fingerprint), span
+
+
+class Collect:
+    def __init__(self, busy: bool = False, **options: int) -> None:
+        self.released: list[model.SpanRecord] = []
+        self.correlator = correlation.Correlator(self.released.append, lambda _tgid, _tid: busy, **options)
+
+    def add(self, *pairs: tuple[connections.Exchange, model.SpanRecord]) -> list[model.SpanRecord]:
+        for ex, span in pairs:
+            self.correlator.add(ex, span, now_ns=span.end_ns)
+        return [span for _, span in pairs]
+
+
+def test_remote_context_client_server_and_thread_rules() -> None:
+    run = Collect()
+    incoming = exchange(SERVER, 0, 10, tgid=1, tid=1, headers={
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"})
+    call = exchange(CLIENT, 2, 8, tgid=1, tid=1, fingerprint=99)
+    served = exchange(SERVER, 3, 7, tgid=2, tid=2, fingerprint=99)
+    alone = exchange(SERVER, 20, 21, tgid=3, tid=3, fingerprint=5)
+    front, client, back, other = run.add(incoming, call, served, alone)
+    run.correlator.tick(0, flush=True)
+    assert front.trace_id == 0x4bf92f3577b34da6a3ce929d0e0e4736 and front.parent_is_remote
+    assert (client.trace_id, client.parent_span_id) == (front.trace_id, front.span_id)  # thread rule
+    assert (back.trace_id, back.parent_span_id) == (front.trace_id, client.span_id)  # request-bytes rule
+    assert other.trace_id not in (0, front.trace_id) and other.parent_span_id is None
+    assert len(run.released) == 4
+
+
+def test_identical_requests_pair_with_the_call_that_contains_them() -> None:
+    run = Collect()
+    # A client repeating one request: every server span has the same fingerprint as every call.
+    pairs = []
+    for i in range(2000):
+        base_ms = i * 2.0
+        pairs += [exchange(CLIENT, base_ms, base_ms + 1.5, tgid=1, tid=1),
+                  exchange(SERVER, base_ms + 0.2, base_ms + 1.2, tgid=2, tid=2)]
+    spans = run.add(*pairs)
+    run.correlator.tick(0, flush=True)
+    for client, server in zip(spans[::2], spans[1::2], strict=True):
+        assert server.parent_span_id == client.span_id and server.trace_id == client.trace_id
+
+
+def test_memory_is_bounded_by_count_as_well_as_time() -> None:
+    run = Collect(hold_ns=0, max_entries=100, max_recent=50)
+    for i in range(1000):
+        run.add(exchange(SERVER, i, i + 0.5, tgid=2, tid=2, fingerprint=i))
+        run.correlator.tick(int((i + 0.5) * MS))
+    assert len(run.released) == 1000
+    assert (run.correlator.stats.held, run.correlator.stats.recent) == (0, 50)
