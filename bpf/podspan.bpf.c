@@ -1,11 +1,15 @@
 /* SPDX-License-Identifier: Apache-2.0
  * Podspan capture: syscall tracepoints for the selected cgroups/processes.
- * Tracks TCP connections from accept/connect to close and turns their
- * read/write traffic into one event per run (bytes in one direction between
- * direction changes), so userspace sees messages, not syscall chunks.
+ * Tracks TCP connections from accept/connect to close, and UDP flows from
+ * connect() or the first send with a destination, and turns their traffic into
+ * one event per run (bytes in one direction between direction changes), so
+ * userspace sees messages, not syscall chunks. Datagram flows and HTTP/2
+ * connections get one event per chunk instead (see enum podspan_conn_flag).
  *
- * Compile-time options (-D): PODSPAN_CAPTURE_SIZE, PODSPAN_MAX_CONNS,
- * PODSPAN_RINGBUF_PAGES, PODSPAN_WAKEUP_EVERY, PODSPAN_SELF_TGID.
+ * Compile-time options (-D): PODSPAN_CAPTURE_SIZE, PODSPAN_CHUNK_CAPTURE_SIZE,
+ * PODSPAN_MAX_CONNS, PODSPAN_RINGBUF_PAGES, PODSPAN_WAKEUP_EVERY, PODSPAN_SELF_TGID,
+ * PODSPAN_MAX_IOV, PODSPAN_GATHER_ENOUGH, PODSPAN_MAX_MMSG, PODSPAN_MAX_PIECES, and PODSPAN_HAVE_MMSG (the
+ * loader sets it when the kernel has the sendmmsg/recvmmsg tracepoints).
  */
 #include <linux/socket.h>
 #include "podspan_events.h"
@@ -22,22 +26,47 @@
 #ifndef PODSPAN_SELF_TGID
 #define PODSPAN_SELF_TGID 0
 #endif
+#ifndef PODSPAN_MAX_IOV
+#define PODSPAN_MAX_IOV 64 /* iovecs gathered per chunk; gRPC writes one per HPACK string */
+#endif
+#ifndef PODSPAN_MAX_MMSG
+#define PODSPAN_MAX_MMSG 4 /* messages of one sendmmsg/recvmmsg turned into events; glibc sends 2 */
+#endif
+#ifndef PODSPAN_GATHER_ENOUGH
+/* Run mode: later iovecs are gathered only while fewer bytes than this are in, i.e. when the first
+ * iovec held just a length prefix or frame header; headers that fill it need no more (and each
+ * further iovec costs two user-memory reads). */
+#define PODSPAN_GATHER_ENOUGH 64
+#endif
+#ifndef PODSPAN_MAX_PIECES
+#define PODSPAN_MAX_PIECES 8 /* HTTP/2: events per syscall, each PODSPAN_CHUNK_CAPTURE_SIZE bytes */
+#endif
 
 #define PODSPAN_EINPROGRESS 115
+/* socket(2) ABI values; <linux/net.h> and <linux/in.h> would add ~1 s to every compile. */
+#define PODSPAN_SOCK_DGRAM 2
+#define PODSPAN_SOCK_TYPE_MASK 0xf
+#define PODSPAN_IPPROTO_UDP 17
+#define PODSPAN_H2_PREFACE_HEAD 0x5448202a20495250ULL /* "PRI * HT" read as a little-endian u64 */
 
 enum io_shape {
     IO_BUF = 0,    /* read/write/recvfrom/sendto: one flat buffer */
     IO_IOVEC = 1,  /* readv/writev: an iovec array */
     IO_MSGHDR = 2, /* recvmsg/sendmsg: a user_msghdr holding an iovec array */
-    IO_NODATA = 3, /* sendfile: bytes counted, nothing to copy */
+    IO_MMSG = 3,   /* recvmmsg/sendmmsg: an array of mmsghdr, the result counts messages */
+    IO_NODATA = 4, /* sendfile: bytes counted, nothing to copy */
 };
 
 struct io_args {
-    __u64 ptr; /* buffer, iovec array or msghdr, by shape */
+    __u64 ptr;   /* buffer, iovec array, msghdr or mmsghdr array, by shape */
+    __u64 count; /* readv/writev: iovecs in the array */
+    __u64 addr;  /* sendto: destination, or 0 */
+    __u32 addr_len;
     __s32 fd;
     __u8 shape;
     __u8 direction;
-    __u8 _pad[2];
+    __u8 open; /* no connection yet: a send on a UDP socket opens an unconnected flow on success */
+    __u8 _pad[5];
 };
 
 struct accept_args {
@@ -65,26 +94,74 @@ struct user_msghdr_abi {
     __u32 _pad;
     __u64 iov;
     __u64 iovlen;
+    __u64 control;
+    __u64 controllen;
+    __u32 flags;
+    __u32 _pad2;
+};
+
+struct user_mmsghdr_abi {
+    struct user_msghdr_abi hdr;
+    __u32 len; /* bytes the kernel moved for this message */
+    __u32 _pad;
+};
+
+/* Where a chunk's bytes are in user memory: one flat buffer, or an iovec array. */
+struct chunk_src {
+    __u64 buf;
+    __u64 iov;
+    __u64 iovlen;
+};
+
+/* A syscall's data handed from its exit program to capture_chunk (a tail call, same CPU). */
+struct chunk_job {
+    struct io_args io;
+    __u64 pid_tgid;
+    __u64 result;  /* the syscall's return: bytes moved, or messages for IO_MMSG */
+    __u64 now;
+    __u64 done;     /* bytes of the current chunk already sent as pieces (HTTP/2) */
+    __u64 skip;     /* capture(): bytes still to pass over before gathering */
+    __u32 message;  /* IO_MMSG: the message capture_chunk handles */
+    __u32 piece;    /* HTTP/2: the piece of the current chunk capture_chunk handles */
+    __u32 gathered; /* capture(): bytes gathered so far */
+    __u32 _pad;
+};
+
+/* Per-CPU working memory of the data path. The slack lets the verifier prove that a copy of at
+ * most PODSPAN_CHUNK_CAPTURE_SIZE bytes at any offset below that size stays inside the value. */
+struct data_scratch {
+    struct chunk_job job;
+    struct podspan_data_event ev;
+    __u8 slack[PODSPAN_CHUNK_CAPTURE_SIZE];
 };
 
 BPF_HASH(traced_cgroups, __u64, __u8, 4096);
 BPF_HASH(traced_pids, __u32, __u8, 4096);
 BPF_HASH(conns, struct podspan_conn_key, struct podspan_conn, PODSPAN_MAX_CONNS);
+/* UDP sockets of traced processes, from socket(): only they may become flows at a send.
+ * LRU because a socket closed before any traffic leaves its entry behind. */
+BPF_TABLE("lru_hash", struct podspan_conn_key, __u8, dgram_socks, PODSPAN_MAX_CONNS);
 BPF_HASH(io_inflight, __u64, struct io_args, 16384);
 BPF_HASH(accept_inflight, __u64, struct accept_args, 4096);
 BPF_HASH(connect_inflight, __u64, struct connect_args, 4096);
+BPF_HASH(socket_inflight, __u64, __u8, 4096);
 BPF_ARRAY(conn_id_counter, __u64, 1);
 BPF_PERCPU_ARRAY(stats, __u64, PODSPAN_STAT_MAX);
 BPF_PERCPU_ARRAY(wakeup_counter, __u64, 1);
-BPF_PERCPU_ARRAY(data_scratch, struct podspan_data_event, 1);
+BPF_PERCPU_ARRAY(data_scratch, struct data_scratch, 1);
+/* [0] = capture_chunk, filled by the loader. Capturing runs in one tail-called program so the
+ * verifier checks its loops once, not once per syscall exit tracepoint. */
+BPF_PROG_ARRAY(chunk_progs, 1);
 BPF_RINGBUF_OUTPUT(events, PODSPAN_RINGBUF_PAGES);
 
-static __always_inline void count(__u32 stat)
+static __always_inline void count_n(__u32 stat, __u64 n)
 {
     __u64 *value = stats.lookup(&stat);
     if (value)
-        *value += 1;
+        *value += n;
 }
+
+static __always_inline void count(__u32 stat) { count_n(stat, 1); }
 
 static __always_inline int is_traced(__u64 pid_tgid)
 {
@@ -122,6 +199,7 @@ static __always_inline void fill_header(struct podspan_event_header *hdr, __u8 k
     hdr->kind = kind;
     hdr->role = conn->role;
     hdr->direction = PODSPAN_DIR_NONE;
+    hdr->flags = conn->flags;
     hdr->tgid = pid_tgid >> 32;
     hdr->tid = (__u32)pid_tgid;
     hdr->fd = fd;
@@ -131,19 +209,47 @@ static __always_inline void fill_header(struct podspan_event_header *hdr, __u8 k
     hdr->prev = conn->run;
 }
 
-/* A new connection replaces whatever the (tgid, fd) slot held: fd reuse
- * without a seen close() must not merge two connections. */
-static __always_inline void open_conn(__u64 pid_tgid, __s32 fd, __u8 role, __s32 listen_fd,
-                                      const void *addr, __u32 addr_len, int addr_is_user)
+static __always_inline void close_event(__u64 pid_tgid, __s32 fd, const struct podspan_conn *conn)
+{
+    struct podspan_event_header ev = {};
+    fill_header(&ev, PODSPAN_EV_CLOSE, pid_tgid, fd, conn, bpf_ktime_get_ns());
+    emit(&ev, sizeof(ev));
+}
+
+/* Copy an IPv4/IPv6 socket address from user memory; its length, or 0 for anything else. */
+static __always_inline __u32 read_inet_addr(__u8 *out, __u64 addr, __u32 addr_len)
+{
+    /* The mask keeps the verifier sure the length is non-negative. */
+    __u32 len = addr_len & 0xff;
+    if (len > PODSPAN_SOCKADDR_SIZE)
+        len = PODSPAN_SOCKADDR_SIZE;
+    if (!addr || len < sizeof(__u16) || bpf_probe_read_user(out, len, (void *)addr) != 0)
+        return 0;
+    __u16 family = *(__u16 *)out;
+    /* Unix sockets and other families carry no traffic we parse. */
+    if (family != AF_INET && family != AF_INET6)
+        return 0;
+    return len;
+}
+
+/* A new connection replaces whatever the (tgid, fd) slot held: fd reuse without a seen
+ * close(), or a UDP socket connected again, must not merge two connections. `peer` is a
+ * kernel-side copy of the peer's address. */
+static __always_inline void open_conn(__u64 pid_tgid, __s32 fd, __u8 role, __u8 flags, __s32 listen_fd,
+                                      const __u8 *peer, __u32 addr_len)
 {
     __u32 zero = 0;
     __u64 *counter = conn_id_counter.lookup(&zero);
     if (!counter)
         return;
+    struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+    struct podspan_conn *old = conns.lookup(&key);
+    if (old)
+        close_event(pid_tgid, fd, old);
     struct podspan_conn conn = {};
     conn.conn_id = __sync_fetch_and_add(counter, 1) + 1;
     conn.role = role;
-    struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+    conn.flags = flags;
     if (conns.update(&key, &conn) != 0) {
         count(PODSPAN_STAT_CONN_FULL);
         return;
@@ -151,20 +257,62 @@ static __always_inline void open_conn(__u64 pid_tgid, __s32 fd, __u8 role, __s32
     struct podspan_open_event ev = {};
     fill_header(&ev.hdr, PODSPAN_EV_OPEN, pid_tgid, fd, &conn, bpf_ktime_get_ns());
     ev.listen_fd = listen_fd;
-    addr_len &= 0xff;
     if (addr_len > PODSPAN_SOCKADDR_SIZE)
         addr_len = PODSPAN_SOCKADDR_SIZE;
-    if (addr && addr_len) {
-        if (addr_is_user)
-            bpf_probe_read_user(ev.peer, addr_len, addr);
-        else
-            bpf_probe_read_kernel(ev.peer, addr_len, addr);
+    if (addr_len) {
+        bpf_probe_read_kernel(ev.peer, addr_len, peer);
         ev.addr_len = addr_len;
     }
     emit(&ev, sizeof(ev));
 }
 
-/* ---- accept / connect / close ---- */
+/* ---- socket / accept / connect / close ---- */
+
+TRACEPOINT_PROBE(syscalls, sys_enter_socket)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!is_traced(pid_tgid))
+        return 0;
+    int inet = args->family == AF_INET || args->family == AF_INET6;
+    int udp = args->protocol == 0 || args->protocol == PODSPAN_IPPROTO_UDP; /* not ICMP "ping" sockets */
+    __u8 dgram = inet && udp && (args->type & PODSPAN_SOCK_TYPE_MASK) == PODSPAN_SOCK_DGRAM;
+    socket_inflight.update(&pid_tgid, &dgram);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_socket)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    __u8 *dgram = socket_inflight.lookup(&pid_tgid);
+    if (!dgram)
+        return 0;
+    __u8 is_dgram = *dgram;
+    socket_inflight.delete(&pid_tgid);
+    if (args->ret < 0)
+        return 0;
+    struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = (__s32)args->ret};
+    /* Any new socket resets its fd's entry, so a stale one never marks a TCP socket. */
+    if (is_dgram)
+        dgram_socks.update(&key, &is_dgram);
+    else
+        dgram_socks.delete(&key);
+    return 0;
+}
+
+/* A UDP socket bound to a fixed port serves (a DNS server, say): the replies it sends must not open
+ * a client flow whose "peer" is whichever client asked first, so it stops being a candidate. */
+TRACEPOINT_PROBE(syscalls, sys_enter_bind)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = args->fd};
+    if (!dgram_socks.lookup(&key))
+        return 0;
+    __u8 addr[PODSPAN_SOCKADDR_SIZE] = {};
+    /* sin_port and sin6_port both follow the 2-byte family. */
+    if (read_inet_addr(addr, (__u64)args->umyaddr, args->addrlen) && *(__u16 *)(addr + 2) != 0)
+        dgram_socks.delete(&key);
+    return 0;
+}
 
 static __always_inline int accept_enter(__s32 listen_fd, __u64 addr, __u64 addr_len)
 {
@@ -189,7 +337,9 @@ static __always_inline int accept_exit(long ret)
     __u32 addr_len = 0;
     if (args.addr && args.addr_len)
         bpf_probe_read_user(&addr_len, sizeof(addr_len), (void *)args.addr_len);
-    open_conn(pid_tgid, (__s32)ret, PODSPAN_ROLE_SERVER, args.listen_fd, (void *)args.addr, addr_len, 1);
+    __u8 peer[PODSPAN_SOCKADDR_SIZE] = {};
+    addr_len = read_inet_addr(peer, args.addr, addr_len);
+    open_conn(pid_tgid, (__s32)ret, PODSPAN_ROLE_SERVER, 0, args.listen_fd, peer, addr_len);
     return 0;
 }
 
@@ -210,18 +360,9 @@ TRACEPOINT_PROBE(syscalls, sys_enter_connect)
     if (!is_traced(pid_tgid))
         return 0;
     struct connect_args ca = {.fd = args->fd};
-    /* The mask keeps the verifier sure the length is non-negative. */
-    __u32 len = args->addrlen & 0xff;
-    if (len > PODSPAN_SOCKADDR_SIZE)
-        len = PODSPAN_SOCKADDR_SIZE;
-    if (len < sizeof(__u16) || bpf_probe_read_user(ca.addr, len, args->uservaddr) != 0)
-        return 0;
-    __u16 family = *(__u16 *)ca.addr;
-    /* Unix sockets and other families carry no traffic we parse. */
-    if (family != AF_INET && family != AF_INET6)
-        return 0;
-    ca.addr_len = len;
-    connect_inflight.update(&pid_tgid, &ca);
+    ca.addr_len = read_inet_addr(ca.addr, (__u64)args->uservaddr, args->addrlen);
+    if (ca.addr_len)
+        connect_inflight.update(&pid_tgid, &ca);
     return 0;
 }
 
@@ -232,8 +373,11 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
     if (!ca)
         return 0;
     /* Non-blocking connect reports EINPROGRESS and completes later. */
-    if (args->ret == 0 || args->ret == -PODSPAN_EINPROGRESS)
-        open_conn(pid_tgid, ca->fd, PODSPAN_ROLE_CLIENT, -1, ca->addr, ca->addr_len, 0);
+    if (args->ret == 0 || args->ret == -PODSPAN_EINPROGRESS) {
+        struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = ca->fd};
+        __u8 flags = dgram_socks.lookup(&key) ? PODSPAN_CONN_DATAGRAM : 0;
+        open_conn(pid_tgid, ca->fd, PODSPAN_ROLE_CLIENT, flags, -1, ca->addr, ca->addr_len);
+    }
     connect_inflight.delete(&pid_tgid);
     return 0;
 }
@@ -245,49 +389,216 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     struct podspan_conn *conn = conns.lookup(&key);
     if (!conn)
         return 0;
-    struct podspan_event_header ev = {};
-    fill_header(&ev, PODSPAN_EV_CLOSE, pid_tgid, key.fd, conn, bpf_ktime_get_ns());
+    close_event(pid_tgid, key.fd, conn);
+    if (conn->flags & PODSPAN_CONN_DATAGRAM)
+        dgram_socks.delete(&key);
     conns.delete(&key);
-    emit(&ev, sizeof(ev));
     return 0;
 }
 
 /* ---- data: read/write families ---- */
 
-static __always_inline int io_enter(__s32 fd, __u64 ptr, __u8 shape, __u8 direction)
+/* `may_open`: the syscall can carry a destination (sendto with an address, sendmsg, sendmmsg). */
+static __always_inline int io_enter(struct io_args *io, int may_open)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
-    struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
+    struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io->fd};
     /* The connection lookup comes first: it also filters files, pipes and
      * untraced processes, whose connections are never in the table. */
-    if (!conns.lookup(&key))
-        return 0;
-    struct io_args io = {.ptr = ptr, .fd = fd, .shape = shape, .direction = direction};
-    io_inflight.update(&pid_tgid, &io);
+    if (!conns.lookup(&key)) {
+        if (!may_open || !dgram_socks.lookup(&key))
+            return 0;
+        io->open = 1;
+    }
+    io_inflight.update(&pid_tgid, io);
     return 0;
 }
 
-/* Resolve where the first chunk's bytes are in user memory. */
-static __always_inline __u64 first_buffer(const struct io_args *io, __u64 *len)
+/* A UDP socket without connect() becomes a client flow at its first successful send with an
+ * IPv4/IPv6 destination, which is its peer. Returns whether the flow now exists. */
+static __always_inline int open_unconnected(__u64 pid_tgid, const struct io_args *io)
 {
-    struct user_iovec iov = {};
-    __u64 iov_ptr = io->ptr;
-    if (io->shape == IO_BUF)
-        return io->ptr;
-    if (io->shape == IO_MSGHDR) {
+    __u64 addr = io->addr;
+    __u32 addr_len = io->addr_len;
+    if (io->shape == IO_MSGHDR || io->shape == IO_MMSG) {
+        /* An mmsghdr array starts with the first message's msghdr. */
         struct user_msghdr_abi msg = {};
-        if (bpf_probe_read_user(&msg, sizeof(msg), (void *)io->ptr) != 0 || msg.iovlen == 0)
+        if (bpf_probe_read_user(&msg, sizeof(msg), (void *)io->ptr) != 0)
             return 0;
-        iov_ptr = msg.iov;
+        addr = msg.name;
+        addr_len = msg.namelen;
     }
-    if (bpf_probe_read_user(&iov, sizeof(iov), (void *)iov_ptr) != 0)
+    __u8 peer[PODSPAN_SOCKADDR_SIZE] = {};
+    addr_len = read_inet_addr(peer, addr, addr_len);
+    /* The selection may have changed since socket(): check it once, here. */
+    if (!addr_len || !is_traced(pid_tgid))
         return 0;
-    if (iov.len < *len)
-        *len = iov.len;
-    return iov.base;
+    open_conn(pid_tgid, io->fd, PODSPAN_ROLE_CLIENT, PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_UNCONNECTED, -1, peer,
+              addr_len);
+    return 1;
 }
 
-static __always_inline int io_exit(long ret)
+/* A chunk that continues the current run is only counted, unless every chunk needs an event.
+ * Returns whether it was folded. */
+static __always_inline int fold_chunk(struct podspan_conn *conn, const struct io_args *io, __u64 bytes, __u64 now)
+{
+    if (conn->run.direction != io->direction || (conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2)))
+        return 0;
+    conn->run.end_ns = now;
+    conn->run.bytes += bytes;
+    conn->run.chunks += 1;
+    count(io->shape == IO_NODATA ? PODSPAN_STAT_SENDFILE : PODSPAN_STAT_CHUNKS);
+    return 1;
+}
+
+/* Copy up to `len` bytes from user memory to data[off]; returns the bytes copied.
+ * Callers keep off < PODSPAN_CHUNK_CAPTURE_SIZE; the masks make that visible to the verifier. */
+static __always_inline __u32 copy_at(struct data_scratch *s, __u32 off, __u64 src, __u64 len)
+{
+    off &= PODSPAN_CHUNK_CAPTURE_SIZE - 1;
+    if (len > PODSPAN_CHUNK_CAPTURE_SIZE)
+        len = PODSPAN_CHUNK_CAPTURE_SIZE;
+    if (!len || bpf_probe_read_user(s->ev.data + off, len, (void *)src) != 0)
+        return 0;
+    return len;
+}
+
+/* Gather up to `limit` bytes of a chunk into the scratch event, starting `job.done` bytes in;
+ * stop at an iovec boundary once `enough` bytes are in. */
+static __always_inline __u32 capture(struct data_scratch *s, const struct chunk_src *src, __u32 limit,
+                                     __u32 enough)
+{
+    if (src->buf)
+        return copy_at(s, 0, src->buf + s->job.done, limit);
+    /* The running offsets live in the map value, where the verifier does not track them: every
+     * iteration then starts from the same state and checking the loop stays linear in its length
+     * (kept in registers, each iteration's branches multiply the states to check). */
+    volatile __u32 *gathered = &s->job.gathered;
+    volatile __u64 *skip = &s->job.skip;
+    *gathered = 0;
+    *skip = s->job.done;
+    for (int i = 0; i < PODSPAN_MAX_IOV; i++) {
+        __u32 off = *gathered;
+        if (i >= src->iovlen || off >= limit || off >= enough)
+            break;
+        struct user_iovec iov = {};
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(src->iov + i * sizeof(iov))) != 0)
+            break;
+        __u64 pass = *skip;
+        if (pass >= iov.len) {
+            *skip = pass - iov.len;
+            continue;
+        }
+        *skip = 0;
+        __u64 len = iov.len - pass;
+        if (len > limit - off)
+            len = limit - off; /* also cuts receive buffers to the bytes actually received */
+        __u32 copied = copy_at(s, off, iov.base + pass, len);
+        *gathered = off + copied;
+        if (copied != len)
+            break;
+    }
+    return *gathered;
+}
+
+/* One chunk (a syscall, or one message of sendmmsg/recvmmsg) moved `bytes` bytes: fold it into the
+ * current run, or start a run with an event. On an HTTP/2 connection a chunk longer than the capture
+ * size is sent as several pieces (runs), so frames past the first PODSPAN_CHUNK_CAPTURE_SIZE bytes
+ * are not lost; returns whether another piece of this chunk follows. */
+static __always_inline int on_chunk(struct data_scratch *s, struct podspan_conn *conn, const struct chunk_src *src,
+                                    __u64 bytes)
+{
+    struct chunk_job *job = &s->job;
+    if (fold_chunk(conn, &job->io, bytes, job->now))
+        return 0;
+    __u64 rest = bytes - job->done;
+    int every_chunk = conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2);
+    __u32 limit = (conn->flags & PODSPAN_CONN_HTTP2) ? PODSPAN_CHUNK_CAPTURE_SIZE : PODSPAN_CAPTURE_SIZE;
+    if (rest < limit)
+        limit = rest;
+    struct podspan_data_event *ev = &s->ev;
+    fill_header(&ev->hdr, PODSPAN_EV_DATA, job->pid_tgid, job->io.fd, conn, job->now);
+    ev->hdr.direction = job->io.direction;
+    ev->captured = 0;
+    if (job->io.shape != IO_NODATA)
+        ev->captured = capture(s, src, limit, every_chunk ? limit : PODSPAN_GATHER_ENOUGH);
+    /* HTTP/2 multiplexes streams within a run and HPACK needs every HEADERS frame, so from the
+     * client preface on (prior knowledge, or after an h2c upgrade) every chunk is captured. */
+    if (!every_chunk && ev->captured >= sizeof(__u64) && *(__u64 *)ev->data == PODSPAN_H2_PREFACE_HEAD) {
+        conn->flags |= PODSPAN_CONN_HTTP2;
+        ev->hdr.flags = conn->flags;
+    }
+    __u64 piece = rest;
+    if ((conn->flags & PODSPAN_CONN_HTTP2) && rest > limit && job->piece + 1 < PODSPAN_MAX_PIECES)
+        piece = limit;
+    ev->chunk_bytes = piece;
+    job->done += piece;
+    struct podspan_run run = {.start_ns = job->now, .end_ns = job->now, .bytes = piece, .chunks = 1,
+                              .direction = job->io.direction};
+    conn->run = run;
+    __u64 size = ev->captured;
+    if (size > PODSPAN_CHUNK_CAPTURE_SIZE)
+        size = PODSPAN_CHUNK_CAPTURE_SIZE;
+    emit(ev, offsetof(struct podspan_data_event, data) + size);
+    return piece < rest;
+}
+
+/* Tail-called by the exit programs with s->job filled. It handles one piece of one chunk and
+ * tail-calls itself for the next piece (HTTP/2) or the next message of sendmmsg/recvmmsg (up to
+ * PODSPAN_MAX_MMSG). The defaults stay within the kernel's 33 tail calls per syscall even for
+ * PODSPAN_MAX_MMSG messages of PODSPAN_MAX_PIECES pieces each. */
+int capture_chunk(void *ctx)
+{
+    __u32 zero = 0;
+    struct data_scratch *s = data_scratch.lookup(&zero);
+    if (!s)
+        return 0;
+    struct chunk_job *job = &s->job;
+    if (job->io.open) {
+        if (!open_unconnected(job->pid_tgid, &job->io))
+            return 0;
+        job->io.open = 0;
+    }
+    struct podspan_conn_key key = {.tgid = job->pid_tgid >> 32, .fd = job->io.fd};
+    struct podspan_conn *conn = conns.lookup(&key);
+    if (!conn)
+        return 0;
+    struct chunk_src src = {};
+    __u64 bytes = job->result;
+    __u8 shape = job->io.shape;
+    if (shape == IO_BUF) {
+        src.buf = job->io.ptr;
+    } else if (shape == IO_IOVEC) {
+        src.iov = job->io.ptr;
+        src.iovlen = job->io.count;
+    } else if (shape == IO_MSGHDR || shape == IO_MMSG) {
+        struct user_mmsghdr_abi msg = {};
+        __u64 at = job->io.ptr + (shape == IO_MMSG ? job->message * sizeof(msg) : 0);
+        if (bpf_probe_read_user(&msg, shape == IO_MMSG ? sizeof(msg) : sizeof(msg.hdr), (void *)at) != 0)
+            return 0;
+        src.iov = msg.hdr.iov;
+        src.iovlen = msg.hdr.iovlen;
+        if (shape == IO_MMSG)
+            bytes = msg.len;
+    }
+    if (on_chunk(s, conn, &src, bytes)) {
+        job->piece += 1;
+        chunk_progs.call(ctx, 0);
+        return 0;
+    }
+    if (shape != IO_MMSG)
+        return 0;
+    job->message += 1;
+    job->done = 0;
+    job->piece = 0;
+    if (job->message < job->result && job->message < PODSPAN_MAX_MMSG)
+        chunk_progs.call(ctx, 0);
+    else if (job->result > PODSPAN_MAX_MMSG)
+        count_n(PODSPAN_STAT_MMSG_SKIPPED, job->result - PODSPAN_MAX_MMSG);
+    return 0;
+}
+
+static __always_inline int io_exit(void *ctx, long ret)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     struct io_args *found = io_inflight.lookup(&pid_tgid);
@@ -297,58 +608,46 @@ static __always_inline int io_exit(long ret)
     io_inflight.delete(&pid_tgid);
     if (ret <= 0)
         return 0;
-    struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io.fd};
-    struct podspan_conn *conn = conns.lookup(&key);
-    if (!conn)
-        return 0;
     __u64 now = bpf_ktime_get_ns();
-    if (conn->run.direction == io.direction) {
-        conn->run.end_ns = now;
-        conn->run.bytes += ret;
-        conn->run.chunks += 1;
-        count(io.shape == IO_NODATA ? PODSPAN_STAT_SENDFILE : PODSPAN_STAT_CHUNKS);
-        return 0;
+    /* Fast path: most chunks continue a run and need no capture. */
+    if (!io.open && io.shape != IO_MMSG) {
+        struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io.fd};
+        struct podspan_conn *conn = conns.lookup(&key);
+        if (!conn || fold_chunk(conn, &io, ret, now))
+            return 0;
     }
-
     __u32 zero = 0;
-    struct podspan_data_event *ev = data_scratch.lookup(&zero);
-    if (!ev)
+    struct data_scratch *s = data_scratch.lookup(&zero);
+    if (!s)
         return 0;
-    fill_header(&ev->hdr, PODSPAN_EV_DATA, pid_tgid, io.fd, conn, now);
-    ev->hdr.direction = io.direction;
-    ev->chunk_bytes = ret;
-    ev->captured = 0;
-    if (io.shape != IO_NODATA) {
-        __u64 len = ret;
-        __u64 src = first_buffer(&io, &len);
-        if (len > PODSPAN_CAPTURE_SIZE)
-            len = PODSPAN_CAPTURE_SIZE;
-        if (src && len && bpf_probe_read_user(ev->data, len, (void *)src) == 0)
-            ev->captured = len;
-    }
-    struct podspan_run run = {.start_ns = now, .end_ns = now, .bytes = ret, .chunks = 1,
-                              .direction = io.direction};
-    conn->run = run;
-    __u64 size = ev->captured;
-    if (size > PODSPAN_CAPTURE_SIZE)
-        size = PODSPAN_CAPTURE_SIZE;
-    emit(ev, offsetof(struct podspan_data_event, data) + size);
-    return 0;
+    struct chunk_job job = {.io = io, .pid_tgid = pid_tgid, .result = ret, .now = now};
+    s->job = job;
+    chunk_progs.call(ctx, 0);
+    return 0; /* reached only if the tail call failed: before the loader filled chunk_progs */
 }
 
-#define IO_TRACEPOINTS(name, fd_field, ptr_field, shape, direction)                              \
+/* MAY_OPEN: whether the syscall can name a destination, so a UDP socket's first send opens a flow. */
+#define IO_TRACEPOINTS(name, SHAPE, DIRECTION, MAY_OPEN, ...)                                    \
     TRACEPOINT_PROBE(syscalls, sys_enter_##name)                                                 \
     {                                                                                            \
-        return io_enter((__s32)args->fd_field, (__u64)args->ptr_field, shape, direction);         \
+        struct io_args io = {.shape = SHAPE, .direction = DIRECTION, __VA_ARGS__};               \
+        return io_enter(&io, MAY_OPEN);                                                          \
     }                                                                                            \
-    TRACEPOINT_PROBE(syscalls, sys_exit_##name) { return io_exit(args->ret); }
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name) { return io_exit(args, args->ret); }
 
-IO_TRACEPOINTS(read, fd, buf, IO_BUF, PODSPAN_DIR_INGRESS)
-IO_TRACEPOINTS(recvfrom, fd, ubuf, IO_BUF, PODSPAN_DIR_INGRESS)
-IO_TRACEPOINTS(readv, fd, vec, IO_IOVEC, PODSPAN_DIR_INGRESS)
-IO_TRACEPOINTS(recvmsg, fd, msg, IO_MSGHDR, PODSPAN_DIR_INGRESS)
-IO_TRACEPOINTS(write, fd, buf, IO_BUF, PODSPAN_DIR_EGRESS)
-IO_TRACEPOINTS(sendto, fd, buff, IO_BUF, PODSPAN_DIR_EGRESS)
-IO_TRACEPOINTS(writev, fd, vec, IO_IOVEC, PODSPAN_DIR_EGRESS)
-IO_TRACEPOINTS(sendmsg, fd, msg, IO_MSGHDR, PODSPAN_DIR_EGRESS)
-IO_TRACEPOINTS(sendfile64, out_fd, offset, IO_NODATA, PODSPAN_DIR_EGRESS)
+IO_TRACEPOINTS(read, IO_BUF, PODSPAN_DIR_INGRESS, 0, .fd = args->fd, .ptr = (__u64)args->buf)
+IO_TRACEPOINTS(recvfrom, IO_BUF, PODSPAN_DIR_INGRESS, 0, .fd = args->fd, .ptr = (__u64)args->ubuf)
+IO_TRACEPOINTS(readv, IO_IOVEC, PODSPAN_DIR_INGRESS, 0, .fd = args->fd, .ptr = (__u64)args->vec,
+               .count = args->vlen)
+IO_TRACEPOINTS(recvmsg, IO_MSGHDR, PODSPAN_DIR_INGRESS, 0, .fd = args->fd, .ptr = (__u64)args->msg)
+IO_TRACEPOINTS(write, IO_BUF, PODSPAN_DIR_EGRESS, 0, .fd = args->fd, .ptr = (__u64)args->buf)
+IO_TRACEPOINTS(sendto, IO_BUF, PODSPAN_DIR_EGRESS, args->addr != 0, .fd = args->fd, .ptr = (__u64)args->buff,
+               .addr = (__u64)args->addr, .addr_len = args->addr_len)
+IO_TRACEPOINTS(writev, IO_IOVEC, PODSPAN_DIR_EGRESS, 0, .fd = args->fd, .ptr = (__u64)args->vec,
+               .count = args->vlen)
+IO_TRACEPOINTS(sendmsg, IO_MSGHDR, PODSPAN_DIR_EGRESS, 1, .fd = args->fd, .ptr = (__u64)args->msg)
+IO_TRACEPOINTS(sendfile64, IO_NODATA, PODSPAN_DIR_EGRESS, 0, .fd = args->out_fd, .ptr = (__u64)args->offset)
+#ifdef PODSPAN_HAVE_MMSG
+IO_TRACEPOINTS(recvmmsg, IO_MMSG, PODSPAN_DIR_INGRESS, 0, .fd = args->fd, .ptr = (__u64)args->mmsg)
+IO_TRACEPOINTS(sendmmsg, IO_MMSG, PODSPAN_DIR_EGRESS, 1, .fd = args->fd, .ptr = (__u64)args->mmsg)
+#endif

@@ -30,11 +30,20 @@ class Stat(enum.IntEnum):
     CHUNKS = 2
     CONN_FULL = 3
     SENDFILE = 4
+    MMSG_SKIPPED = 5
+
+
+class ConnFlag(enum.IntFlag):
+    DATAGRAM = 1
+    UNCONNECTED = 2
+    HTTP2 = 4
 
 
 STAT_COUNT = len(Stat)
 SOCKADDR_SIZE = 28
 DEFAULT_CAPTURE_SIZE = 512
+DEFAULT_CHUNK_CAPTURE_SIZE = 8192
+MAX_CHUNK_CAPTURE_SIZE = 8192
 
 
 class Run(ctypes.Structure):
@@ -53,7 +62,7 @@ class EventHeader(ctypes.Structure):
         ("kind", ctypes.c_uint8),
         ("role", ctypes.c_uint8),
         ("direction", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8),
+        ("flags", ctypes.c_uint8),
         ("tgid", ctypes.c_uint32),
         ("tid", ctypes.c_uint32),
         ("fd", ctypes.c_int32),
@@ -96,5 +105,6 @@ class Conn(ctypes.Structure):
         ("conn_id", ctypes.c_uint64),
         ("run", Run),
         ("role", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 7),
+        ("flags", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 6),
     )

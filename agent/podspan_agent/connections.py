@@ -47,10 +47,16 @@ class Connection:
     parser: base.Parser | None = None
     detect_attempts: int = 0
     pending: Run | None = None
+    flags: int = 0  # bpf_events.ConnFlag bits: the kernel's capture mode
     # start_ns of a request run -> (fingerprint, tid): attached to its exchange's record
     requests: collections.OrderedDict[int, tuple[int, int]] = dataclasses.field(
         default_factory=collections.OrderedDict
     )
+
+    @property
+    def datagram(self) -> bool:
+        """UDP: every message is one datagram."""
+        return bool(self.flags & bpf_events.ConnFlag.DATAGRAM)
 
     def from_client(self, direction: int) -> bool:
         # A client connection sends requests; a server connection receives them.
@@ -120,6 +126,7 @@ class ConnectionTable:
             cgroup_id=hdr.cgroup_id,
             tid=hdr.tid,
             peer=sockaddr.decode(bytes(event.peer[: event.addr_len])),
+            flags=hdr.flags,
         )
         if conn.role == bpf_events.Role.SERVER:
             conn.local = self._listen_endpoint(hdr.tgid, event.listen_fd)
@@ -130,11 +137,13 @@ class ConnectionTable:
         conn = self._conns.get(hdr.conn_id)
         if conn is None:
             # Its open event was lost or evicted: track what we can from here on.
-            conn = Connection(hdr.conn_id, hdr.tgid, hdr.fd, bpf_events.Role(hdr.role), hdr.cgroup_id)
+            conn = Connection(hdr.conn_id, hdr.tgid, hdr.fd, bpf_events.Role(hdr.role), hdr.cgroup_id,
+                              flags=hdr.flags)
             self._insert(conn)
             self.stats.unknown_connections += 1
         else:
             self._conns.move_to_end(hdr.conn_id)
+        conn.flags = hdr.flags  # the kernel switches capture mode when it sees the HTTP/2 preface
         self._finish_run(conn, hdr.prev)
         run = Run(conn.from_client(hdr.direction), data, hdr.ts_ns, hdr.tid)
         conn.pending = run
@@ -162,7 +171,8 @@ class ConnectionTable:
             if run.start_ns > idle_before_ns:
                 continue
             live = kernel_run(conn)
-            if live is None or live.end_ns > idle_before_ns:
+            # A kernel run that started later is a chunk whose event is still in the ring buffer.
+            if live is None or live.start_ns != run.start_ns or live.end_ns > idle_before_ns:
                 continue
             self._deliver(conn, run, live.bytes, live.end_ns)
             run.delivered = True
@@ -224,7 +234,7 @@ class ConnectionTable:
         self._emit(conn, records)
 
     def _detect_protocol(self, conn: Connection, data: bytes) -> bool:
-        found = self._detect(data)
+        found = self._detect(data, conn.datagram)
         if found is not None:
             conn.protocol, conn.parser = found
             return True

@@ -32,15 +32,24 @@ class ProbeError(RuntimeError):
 @dataclasses.dataclass(frozen=True, slots=True)
 class ProbeOptions:
     capture_size: int = bpf_events.DEFAULT_CAPTURE_SIZE
+    chunk_capture_size: int = bpf_events.DEFAULT_CHUNK_CAPTURE_SIZE  # every chunk of an HTTP/2 connection
     max_connections: int = 65536
     ringbuf_pages: int = 2048
     wakeup_every: int = 64
 
     def cflags(self) -> list[str]:
-        if self.capture_size < 16 or self.capture_size & (self.capture_size - 1):
-            raise ValueError(f"capture size must be a power of two >= 16, got {self.capture_size}")
+        top = bpf_events.MAX_CHUNK_CAPTURE_SIZE
+        if not 16 <= self.capture_size <= top or self.capture_size & (self.capture_size - 1):
+            raise ValueError(f"capture size must be a power of two from 16 to {top}, got {self.capture_size}")
+        chunk = self.chunk_capture_size
+        if chunk & (chunk - 1) or not self.capture_size <= chunk <= top:
+            raise ValueError(
+                f"chunk capture size must be a power of two from the capture size ({self.capture_size}) to {top}, "
+                f"got {chunk}"
+            )
         return [
             f"-DPODSPAN_CAPTURE_SIZE={self.capture_size}",
+            f"-DPODSPAN_CHUNK_CAPTURE_SIZE={chunk}",
             f"-DPODSPAN_MAX_CONNS={self.max_connections}",
             f"-DPODSPAN_RINGBUF_PAGES={self.ringbuf_pages}",
             f"-DPODSPAN_WAKEUP_EVERY={self.wakeup_every}",
@@ -54,6 +63,25 @@ def bpf_dir() -> pathlib.Path:
     if configured:
         return pathlib.Path(configured)
     return pathlib.Path(__file__).resolve().parents[2] / "bpf"
+
+
+# Optional tracepoints the program uses when the kernel has them: -D flag -> tracepoints needed.
+_OPTIONAL_TRACEPOINTS = {
+    "PODSPAN_HAVE_MMSG": ("sys_enter_sendmmsg", "sys_exit_sendmmsg", "sys_enter_recvmmsg", "sys_exit_recvmmsg"),
+}
+
+
+def kernel_features() -> frozenset[str]:
+    """The optional-tracepoint flags this kernel supports (read from tracefs)."""
+    roots = [pathlib.Path(mountpoint) for _, mountpoint in _TRACEFS_MOUNTS]
+    syscalls = next((d for d in (r / "events" / "syscalls" for r in roots) if d.is_dir()), None)
+    if syscalls is None:
+        return frozenset()
+    return frozenset(
+        flag
+        for flag, tracepoints in _OPTIONAL_TRACEPOINTS.items()
+        if all((syscalls / name).is_dir() for name in tracepoints)
+    )
 
 
 def ensure_tracefs() -> None:
@@ -71,7 +99,7 @@ def ensure_tracefs() -> None:
 EventCallback = Callable[[int, int], None]  # (address, size) of one ring-buffer record
 
 # Per-thread syscall state stashed on enter for the exit handler: stale after a detach.
-_INFLIGHT_MAPS = (b"io_inflight", b"accept_inflight", b"connect_inflight")
+_INFLIGHT_MAPS = (b"io_inflight", b"accept_inflight", b"connect_inflight", b"socket_inflight")
 
 
 class Probes:
@@ -86,18 +114,26 @@ class Probes:
         source = bpf_dir() / "podspan.bpf.c"
         if not source.exists():
             raise ProbeError(f"BPF source not found at {source} (set {BPF_DIR_ENV})")
+        self.features = kernel_features()
         started = time.monotonic()
         try:
             self._bpf: Any = bcc.BPF(
                 src_file=str(source).encode(),
-                cflags=[f"-I{bpf_dir() / 'include'}", *options.cflags()],
+                cflags=[f"-I{bpf_dir() / 'include'}", *options.cflags(), *(f"-D{f}=1" for f in sorted(self.features))],
             )
         except Exception as exc:  # bcc raises bare Exception on compile/attach failures
             raise ProbeError(f"loading {source.name} failed: {exc}") from exc
+        try:  # the exit programs tail-call the capture program through this array
+            capture = self._bpf.load_func(b"capture_chunk", bcc.BPF.TRACEPOINT)
+            self._bpf[b"chunk_progs"][ctypes.c_int(0)] = ctypes.c_int(capture.fd)
+        except Exception as exc:
+            self._bpf.cleanup()
+            raise ProbeError(f"loading capture_chunk failed: {exc}") from exc
         self.load_seconds = time.monotonic() - started
         self._cgroups = self._bpf[b"traced_cgroups"]
         self._pids = self._bpf[b"traced_pids"]
         self._conns = self._bpf[b"conns"]
+        self._dgram_socks = self._bpf[b"dgram_socks"]
         self._stats = self._bpf[b"stats"]
         # bcc attached every TRACEPOINT_PROBE while loading; remember them to re-attach after detach().
         self._tracepoints = tuple(self._bpf.tracepoint_fds)
@@ -122,7 +158,8 @@ class Probes:
         their close() or syscall exit may have been missed while detached."""
         if self.attached:
             return
-        for name in (b"conns", *_INFLIGHT_MAPS):
+        # dgram_socks too: a socket() missed while detached may have reused a UDP socket's fd.
+        for name in (b"conns", b"dgram_socks", *_INFLIGHT_MAPS):
             self._bpf[name].clear()
         for tracepoint in self._tracepoints:
             self._bpf.attach_tracepoint(tp=tracepoint, fn_name=b"tracepoint__" + tracepoint.replace(b":", b"__"))
@@ -148,11 +185,15 @@ class Probes:
             value = self._conns[bpf_events.ConnKey(tgid, fd)]
         except KeyError:
             return None
+        # A copy: a view cast from byref(value) would not keep `value` alive (use after free).
         return bpf_events.Conn.from_buffer_copy(value)
 
     def forget_connection(self, tgid: int, fd: int) -> None:
-        """Stop capturing a connection (e.g. a protocol we do not parse)."""
-        self._conns.pop(bpf_events.ConnKey(tgid, fd), None)
+        """Stop capturing a connection (e.g. a protocol we do not parse); a UDP socket also stops
+        being a candidate, else its next send would open it again."""
+        key = bpf_events.ConnKey(tgid, fd)
+        self._conns.pop(key, None)
+        self._dgram_socks.pop(key, None)
 
     # ---- events ----
     def open_events(self, callback: EventCallback) -> None:

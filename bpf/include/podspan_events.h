@@ -11,10 +11,21 @@
 #define PODSPAN_CAPTURE_SIZE 512 /* bytes copied from the first chunk of a run; power of two */
 #endif
 
+/* Bytes copied from every chunk of an HTTP/2 connection; a power of two from PODSPAN_CAPTURE_SIZE
+ * to PODSPAN_MAX_CHUNK_CAPTURE_SIZE (the per-CPU scratch holds twice this, within the 32 KiB limit
+ * of a per-CPU map value). */
+#define PODSPAN_MAX_CHUNK_CAPTURE_SIZE 8192
+#ifndef PODSPAN_CHUNK_CAPTURE_SIZE
+#define PODSPAN_CHUNK_CAPTURE_SIZE PODSPAN_MAX_CHUNK_CAPTURE_SIZE
+#endif
+#if PODSPAN_CHUNK_CAPTURE_SIZE > PODSPAN_MAX_CHUNK_CAPTURE_SIZE || PODSPAN_CHUNK_CAPTURE_SIZE < PODSPAN_CAPTURE_SIZE
+#error "PODSPAN_CHUNK_CAPTURE_SIZE must be from PODSPAN_CAPTURE_SIZE to PODSPAN_MAX_CHUNK_CAPTURE_SIZE"
+#endif
+
 #define PODSPAN_SOCKADDR_SIZE 28 /* sizeof(struct sockaddr_in6), the largest we keep */
 
 enum podspan_event_kind {
-    PODSPAN_EV_OPEN = 1,  /* accept/connect succeeded: a tracked connection starts */
+    PODSPAN_EV_OPEN = 1,  /* accept/connect (or a UDP socket's first send) succeeded: a tracked connection starts */
     PODSPAN_EV_DATA = 2,  /* a new run starts; carries its first bytes and closes the previous run */
     PODSPAN_EV_CLOSE = 3, /* close(): carries the connection's last run */
 };
@@ -28,7 +39,7 @@ enum podspan_direction {
 enum podspan_role {
     PODSPAN_ROLE_UNKNOWN = 0,
     PODSPAN_ROLE_SERVER = 1, /* the socket came from accept() */
-    PODSPAN_ROLE_CLIENT = 2, /* the socket came from connect() */
+    PODSPAN_ROLE_CLIENT = 2, /* the socket came from connect(), or is a UDP socket that sent first */
 };
 
 enum podspan_stat {
@@ -37,7 +48,16 @@ enum podspan_stat {
     PODSPAN_STAT_CHUNKS = 2,       /* continuation chunks folded into a run (no event) */
     PODSPAN_STAT_CONN_FULL = 3,    /* connection table full: connection not tracked */
     PODSPAN_STAT_SENDFILE = 4,     /* sendfile chunks accounted without data */
-    PODSPAN_STAT_MAX = 5,
+    PODSPAN_STAT_MMSG_SKIPPED = 5, /* sendmmsg/recvmmsg messages beyond the per-call limit: no event */
+    PODSPAN_STAT_MAX = 6,
+};
+
+/* Per-connection capture mode, in the conns value and in every event header. */
+enum podspan_conn_flag {
+    PODSPAN_CONN_DATAGRAM = 1,    /* UDP: each syscall moves one datagram, so every chunk is its own run */
+    PODSPAN_CONN_UNCONNECTED = 2, /* UDP without connect(): opened by its first send, whose destination is the peer */
+    PODSPAN_CONN_HTTP2 = 4,       /* a run began with the HTTP/2 client preface: every chunk is its own run (a long
+                                     one several, of PODSPAN_CHUNK_CAPTURE_SIZE), so no HEADERS frame goes unseen */
 };
 
 /* A run: bytes moved in one direction between two direction changes. */
@@ -54,7 +74,7 @@ struct podspan_event_header {
     __u8 kind;      /* enum podspan_event_kind */
     __u8 role;      /* enum podspan_role */
     __u8 direction; /* DATA: direction of the run that starts */
-    __u8 _pad;
+    __u8 flags;     /* enum podspan_conn_flag bits of the connection */
     __u32 tgid;
     __u32 tid;
     __s32 fd;
@@ -74,9 +94,9 @@ struct podspan_open_event {
 
 struct podspan_data_event {
     struct podspan_event_header hdr;
-    __u32 chunk_bytes; /* bytes moved by the syscall that started the run */
-    __u32 captured;    /* bytes valid in data */
-    __u8 data[PODSPAN_CAPTURE_SIZE];
+    __u32 chunk_bytes; /* bytes moved by the syscall (or the one message of sendmmsg/recvmmsg) that started the run */
+    __u32 captured;    /* bytes valid in data, gathered across iovecs; only these are sent */
+    __u8 data[PODSPAN_CHUNK_CAPTURE_SIZE];
 };
 
 /* Connection table: key and value. Userspace reads values to flush idle runs. */
@@ -89,7 +109,8 @@ struct podspan_conn {
     __u64 conn_id;
     struct podspan_run run; /* the run in progress */
     __u8 role;
-    __u8 _pad[7];
+    __u8 flags; /* enum podspan_conn_flag */
+    __u8 _pad[6];
 };
 
 #endif /* PODSPAN_EVENTS_H */

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections.abc
 import os
+import pathlib
 import sys
 import threading
 
@@ -86,6 +87,12 @@ def traced(probes: loader.Probes) -> collections.abc.Iterator[collections.abc.Ca
 
 
 SAMPLE_APP = [sys.executable, "-m", "podspan_demo.sample_app"]
+
+
+def gated(gate: pathlib.Path, argv: list[str]) -> list[str]:
+    """`argv`, run only once the file `gate` exists: start the pod, select it, then create the
+    gate, and the pod is traced from its first syscall (its first socket, connect, send)."""
+    return ["sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.01; done; exec "$@"', str(gate), *argv]
 
 
 free_port = servers.free_port

@@ -298,14 +298,15 @@ class DnsResponder:
     """A loopback DNS server over UDP and TCP that records each UDP datagram as a run.
 
     Names under `test.` resolve (A 192.0.2.x / AAAA 2001:db8::x); `fail.test.` answers
-    SERVFAIL and everything else NXDOMAIN.
+    SERVFAIL and everything else NXDOMAIN. `host`/`port` place it elsewhere, e.g. port 53 on a
+    test network namespace's host-side address for a resolver that reads /etc/resolv.conf.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, host: str = "127.0.0.1", port: int = 0) -> None:
         self.udp = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-        self.udp.bind(("127.0.0.1", 0))
+        self.udp.bind((host, port))
         self.port = int(self.udp.getsockname()[1])
-        self.tcp = socket.create_server(("127.0.0.1", 0))
+        self.tcp = socket.create_server((host, port))
         self.tcp_port = int(self.tcp.getsockname()[1])
         # Datagrams as the capture would see them: (from_client, timestamp ns, bytes).
         self.datagrams: list[tuple[bool, int, bytes]] = []

@@ -1,10 +1,13 @@
-"""The ctypes mirror in bpf_events.py must match bpf/include/podspan_events.h byte for byte."""
+"""The ctypes mirror in bpf_events.py must match bpf/include/podspan_events.h byte for byte,
+for every struct and constant the header defines, and under the -D variants the loader passes."""
 
 from __future__ import annotations
 
 import ctypes
+import enum
 import json
 import pathlib
+import re
 import subprocess
 
 import pytest
@@ -12,44 +15,61 @@ import pytest
 from podspan_agent import bpf_events, loader
 
 HEADER_DIR = loader.bpf_dir() / "include"
+HEADER = HEADER_DIR / "podspan_events.h"
 
 # C struct name -> ctypes mirror
 MIRRORS: dict[str, type[ctypes.Structure]] = {
     "podspan_run": bpf_events.Run,
     "podspan_event_header": bpf_events.EventHeader,
     "podspan_open_event": bpf_events.OpenEvent,
+    "podspan_data_event": bpf_events.DataEventFixed,  # the fixed part; `data` follows at DATA_OFFSET
     "podspan_conn_key": bpf_events.ConnKey,
     "podspan_conn": bpf_events.Conn,
 }
-ENUMS = {
-    "PODSPAN_EV_OPEN": bpf_events.EventKind.OPEN,
-    "PODSPAN_EV_DATA": bpf_events.EventKind.DATA,
-    "PODSPAN_EV_CLOSE": bpf_events.EventKind.CLOSE,
-    "PODSPAN_DIR_INGRESS": bpf_events.Direction.INGRESS,
-    "PODSPAN_DIR_EGRESS": bpf_events.Direction.EGRESS,
-    "PODSPAN_ROLE_SERVER": bpf_events.Role.SERVER,
-    "PODSPAN_ROLE_CLIENT": bpf_events.Role.CLIENT,
-    "PODSPAN_STAT_EVENTS": bpf_events.Stat.EVENTS,
-    "PODSPAN_STAT_EVENTS_LOST": bpf_events.Stat.EVENTS_LOST,
-    "PODSPAN_STAT_CHUNKS": bpf_events.Stat.CHUNKS,
-    "PODSPAN_STAT_CONN_FULL": bpf_events.Stat.CONN_FULL,
-    "PODSPAN_STAT_SENDFILE": bpf_events.Stat.SENDFILE,
+# C enum prefix -> Python enum: every member of one must be a member of the other.
+ENUM_PREFIXES: dict[str, type[enum.IntEnum] | type[enum.IntFlag]] = {
+    "PODSPAN_EV_": bpf_events.EventKind,
+    "PODSPAN_DIR_": bpf_events.Direction,
+    "PODSPAN_ROLE_": bpf_events.Role,
+    "PODSPAN_STAT_": bpf_events.Stat,
+    "PODSPAN_CONN_": bpf_events.ConnFlag,
+}
+CONSTANTS = {
+    **{f"{prefix}{member.name}": int(member) for prefix, kind in ENUM_PREFIXES.items() for member in kind},
     "PODSPAN_STAT_MAX": bpf_events.STAT_COUNT,
     "PODSPAN_SOCKADDR_SIZE": bpf_events.SOCKADDR_SIZE,
     "PODSPAN_CAPTURE_SIZE": bpf_events.DEFAULT_CAPTURE_SIZE,
+    "PODSPAN_CHUNK_CAPTURE_SIZE": bpf_events.DEFAULT_CHUNK_CAPTURE_SIZE,
+    "PODSPAN_MAX_CHUNK_CAPTURE_SIZE": bpf_events.MAX_CHUNK_CAPTURE_SIZE,
 }
+# -D values the loader may pass; they change capture sizes, never a layout the agent reads.
+VARIANT = {"PODSPAN_CAPTURE_SIZE": 64, "PODSPAN_CHUNK_CAPTURE_SIZE": 1024}
 
 
-def _c_layout(tmp_path: pathlib.Path) -> dict[str, int]:
-    """Compile a probe program against the real header and read its layout facts."""
+def _field_names(mirror: type[ctypes.Structure]) -> list[str]:
+    return [field[0] for field in mirror._fields_]
+
+
+def _header_names() -> tuple[set[str], set[str]]:
+    """(struct names, constant names) the header defines."""
+    text = HEADER.read_text()
+    structs = set(re.findall(r"^struct (podspan_\w+) \{", text, re.M))
+    constants = set(re.findall(r"^\s+(PODSPAN_\w+) = ", text, re.M))
+    constants |= set(re.findall(r"^#define (PODSPAN_\w+) ", text, re.M))
+    return structs, constants
+
+
+def _compile(tmp_path: pathlib.Path, cflags: list[str]) -> subprocess.CompletedProcess[str]:
+    """Compile a probe program against the real header; its output is the layout facts as JSON."""
     lines = []
     for struct, mirror in MIRRORS.items():
-        lines.append(f'P("sizeof {struct}", sizeof(struct {struct}));')
-        for name, _ in mirror._fields_:
+        if mirror is not bpf_events.DataEventFixed:
+            lines.append(f'P("sizeof {struct}", sizeof(struct {struct}));')
+        for name in _field_names(mirror):
             lines.append(f'P("{struct}.{name}", offsetof(struct {struct}, {name}));')
-    for field in ("chunk_bytes", "captured", "data"):
-        lines.append(f'P("podspan_data_event.{field}", offsetof(struct podspan_data_event, {field}));')
-    lines += [f'P("{name}", {name});' for name in ENUMS]
+    lines.append('P("podspan_data_event.data", offsetof(struct podspan_data_event, data));')
+    lines.append('P("sizeof podspan_data_event.data", sizeof(((struct podspan_data_event *)0)->data));')
+    lines += [f'P("{name}", {name});' for name in CONSTANTS]
     source = tmp_path / "layout.c"
     source.write_text(
         "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n"
@@ -59,29 +79,60 @@ def _c_layout(tmp_path: pathlib.Path) -> dict[str, int]:
         'int main(void) { printf("{"); ' + " ".join(lines) + ' printf("}\\n"); return 0; }\n'
     )
     binary = tmp_path / "layout"
-    subprocess.run(["cc", "-I", str(HEADER_DIR), "-o", str(binary), str(source)], check=True)
-    return json.loads(subprocess.run([str(binary)], check=True, capture_output=True, text=True).stdout)
+    return subprocess.run(["cc", "-I", str(HEADER_DIR), *cflags, "-o", str(binary), str(source)],
+                          capture_output=True, text=True)
+
+
+def _c_layout(tmp_path: pathlib.Path, cflags: list[str]) -> dict[str, int]:
+    compiled = _compile(tmp_path, cflags)
+    assert compiled.returncode == 0, compiled.stderr
+    run = subprocess.run([str(tmp_path / "layout")], check=True, capture_output=True, text=True)
+    facts: dict[str, int] = json.loads(run.stdout)
+    return facts
 
 
 @pytest.fixture(scope="module")
 def c_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
-    return _c_layout(tmp_path_factory.mktemp("layout"))
+    return _c_layout(tmp_path_factory.mktemp("layout"), [])
+
+
+@pytest.fixture(scope="module")
+def variant_layout(tmp_path_factory: pytest.TempPathFactory) -> dict[str, int]:
+    return _c_layout(tmp_path_factory.mktemp("variant"), [f"-D{name}={value}" for name, value in VARIANT.items()])
+
+
+def test_every_struct_and_constant_is_mirrored() -> None:
+    structs, constants = _header_names()
+    assert structs == set(MIRRORS)
+    assert constants - {"PODSPAN_EVENTS_H"} == set(CONSTANTS)
 
 
 @pytest.mark.parametrize("struct", sorted(MIRRORS))
-def test_struct_layout_matches_header(c_layout: dict[str, int], struct: str) -> None:
+def test_struct_layout_matches_header(c_layout: dict[str, int], variant_layout: dict[str, int], struct: str) -> None:
     mirror = MIRRORS[struct]
-    assert ctypes.sizeof(mirror) == c_layout[f"sizeof {struct}"]
-    for name, _ in mirror._fields_:
-        assert getattr(mirror, name).offset == c_layout[f"{struct}.{name}"], name
+    for layout in (c_layout, variant_layout):
+        if mirror is not bpf_events.DataEventFixed:
+            assert ctypes.sizeof(mirror) == layout[f"sizeof {struct}"]
+        for name in _field_names(mirror):
+            assert getattr(mirror, name).offset == layout[f"{struct}.{name}"], name
 
 
-def test_data_event_offsets(c_layout: dict[str, int]) -> None:
-    assert bpf_events.DataEventFixed.chunk_bytes.offset == c_layout["podspan_data_event.chunk_bytes"]
-    assert bpf_events.DataEventFixed.captured.offset == c_layout["podspan_data_event.captured"]
-    assert c_layout["podspan_data_event.data"] == bpf_events.DATA_OFFSET
+def test_data_follows_the_fixed_part(c_layout: dict[str, int], variant_layout: dict[str, int]) -> None:
+    # The event buffer holds the largest capture; only `captured` bytes of it are ever sent.
+    assert c_layout["podspan_data_event.data"] == variant_layout["podspan_data_event.data"] == bpf_events.DATA_OFFSET
+    assert c_layout["sizeof podspan_data_event.data"] == bpf_events.DEFAULT_CHUNK_CAPTURE_SIZE
+    assert variant_layout["sizeof podspan_data_event.data"] == VARIANT["PODSPAN_CHUNK_CAPTURE_SIZE"]
 
 
-@pytest.mark.parametrize("name", sorted(ENUMS))
-def test_constants_match_header(c_layout: dict[str, int], name: str) -> None:
-    assert int(ENUMS[name]) == c_layout[name]
+@pytest.mark.parametrize("name", sorted(CONSTANTS))
+def test_constants_match_header(c_layout: dict[str, int], variant_layout: dict[str, int], name: str) -> None:
+    assert CONSTANTS[name] == c_layout[name]
+    assert variant_layout[name] == VARIANT.get(name, CONSTANTS[name])
+
+
+@pytest.mark.parametrize(("capture", "chunk"), [(512, 16384), (1024, 512)])
+def test_header_rejects_chunk_sizes_the_loader_rejects(tmp_path: pathlib.Path, capture: int, chunk: int) -> None:
+    compiled = _compile(tmp_path, [f"-DPODSPAN_CAPTURE_SIZE={capture}", f"-DPODSPAN_CHUNK_CAPTURE_SIZE={chunk}"])
+    assert compiled.returncode != 0 and "PODSPAN_CHUNK_CAPTURE_SIZE must be" in compiled.stderr
+    with pytest.raises(ValueError, match="chunk capture size"):
+        loader.ProbeOptions(capture_size=capture, chunk_capture_size=chunk).cflags()

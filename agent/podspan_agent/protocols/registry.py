@@ -14,6 +14,7 @@ class ProtocolSpec:
     name: str  # the name used in TraceProfile spec.protocols
     module: ModuleType  # has detect(data) -> bool and Parser(settings)
     also: tuple[str, ...] = ()  # further spec.protocols names this parser serves
+    datagram: bool = False  # also spoken over UDP, one message per datagram
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -36,22 +37,23 @@ ALL: tuple[ProtocolSpec, ...] = (
     ProtocolSpec("http2", http2, also=("grpc",)),
     ProtocolSpec("kafka", kafka),
     ProtocolSpec("mongodb", mongodb),
-    ProtocolSpec("dns", dns),
+    ProtocolSpec("dns", dns, datagram=True),
 )
 
 NAMES: tuple[str, ...] = tuple(name for spec in ALL for name in spec.names)
 
 
-Detector = Callable[[bytes], tuple[str, base.Parser] | None]
+# (a connection's first client bytes, whether it is a UDP flow) -> (protocol, parser) or None
+Detector = Callable[[bytes, bool], tuple[str, base.Parser] | None]
 
 
 def detector(enabled: frozenset[str] | None, settings: base.CaptureSettings) -> Detector:
     """A function that picks and builds the parser for a connection's first client bytes."""
     specs = tuple(spec for spec in ALL if enabled is None or not enabled.isdisjoint(spec.names))
 
-    def detect(data: bytes) -> tuple[str, base.Parser] | None:
+    def detect(data: bytes, datagram: bool) -> tuple[str, base.Parser] | None:
         for spec in specs:
-            if spec.detect(data):
+            if (spec.datagram or not datagram) and spec.detect(data):
                 return spec.name, spec.new_parser(settings)
         return None
 

@@ -58,7 +58,7 @@ def _error(record: base.Record, kind: model.SpanKind) -> str | None:
 def _add_connection_attributes(
     attributes: dict[str, base.AttributeValue], conn: connections.Connection, kind: model.SpanKind
 ) -> None:
-    attributes["network.transport"] = "tcp"
+    attributes["network.transport"] = "udp" if conn.datagram else "tcp"
     peer, local = conn.peer, conn.local
     if peer is not None:
         attributes["network.type"] = peer.network_type
