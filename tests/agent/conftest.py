@@ -89,10 +89,14 @@ def traced(probes: loader.Probes) -> collections.abc.Iterator[collections.abc.Ca
 SAMPLE_APP = [sys.executable, "-m", "podspan_demo.sample_app"]
 
 
-def gated(gate: pathlib.Path, argv: list[str]) -> list[str]:
+def gated(gate: pathlib.Path, argv: list[str], stdin: pathlib.Path | None = None) -> list[str]:
     """`argv`, run only once the file `gate` exists: start the pod, select it, then create the
-    gate, and the pod is traced from its first syscall (its first socket, connect, send)."""
-    return ["sh", "-c", 'while [ ! -e "$0" ]; do sleep 0.01; done; exec "$@"', str(gate), *argv]
+    gate, and the pod is traced from its first syscall (its first socket, connect, send).
+    `stdin`: a file the command reads as its standard input."""
+    wait = 'while [ ! -e "$0" ]; do sleep 0.01; done; '
+    if stdin is None:
+        return ["sh", "-c", wait + 'exec "$@"', str(gate), *argv]
+    return ["sh", "-c", wait + 'stdin=$1; shift; exec "$@" < "$stdin"', str(gate), str(stdin), *argv]
 
 
 free_port = servers.free_port

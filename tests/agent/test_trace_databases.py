@@ -16,6 +16,7 @@ import pytest
 
 from podspan_agent import tracer
 from podspan_demo import pods
+from tests.agent import conftest
 from tests.support import db_servers, otlp_receiver
 
 SERVER, CLIENT = 2, 3  # OTLP SpanKind values
@@ -24,11 +25,6 @@ STATUS_ERROR = 2
 Spans = list[otlp_receiver.ReceivedSpan]
 Traced = collections.abc.Callable[[pods.Pod], None]
 Starter = collections.abc.Callable[[db_servers.Spawn], contextlib.AbstractContextManager[db_servers.Server]]
-
-# Runs the client only once the test has selected its cgroup (so its connect() is seen), with
-# stdin from a file: `sh -c SCRIPT GATE STDIN ARGV...`.
-_GATED = 'while [ ! -e "$0" ]; do sleep 0.01; done; stdin=$1; shift; exec "$@" < "$stdin"'
-
 
 @pytest.fixture(scope="module")
 def server_pods() -> collections.abc.Iterator[pods.PodRunner]:
@@ -80,7 +76,7 @@ def _run_client(pod_runner: pods.PodRunner, traced: Traced, tmp_path: pathlib.Pa
     """Run a client to completion in a traced pod: (pod, exit code, output)."""
     gate, stdin_file, out = (tmp_path / f"{name}.{suffix}" for suffix in ("go", "in", "out"))
     stdin_file.write_text(stdin)
-    pod = pod_runner.start(name, ["sh", "-c", _GATED, str(gate), str(stdin_file), *argv], log_path=out)
+    pod = pod_runner.start(name, conftest.gated(gate, argv, stdin_file), log_path=out)
     traced(pod)
     gate.touch()
     assert pod.process is not None
