@@ -26,7 +26,6 @@ import functools
 import glob
 import os
 import pathlib
-import platform
 import re
 import shlex
 import shutil
@@ -217,11 +216,7 @@ def report(results: dict[str, dict[str, Result]], text: dict[str, str], args: ar
             f"| {workload} | {base['rps']:.0f} ({u1['rps']:.0f} / {u2['rps']:.0f}) | {t['rps']:.0f} "
             f"| **{t['rps'] / base['rps']:.3f}** | {base['p50_ms']:.3f} → {t['p50_ms']:.3f} "
             f"| {base['p99_ms']:.3f} → {t['p99_ms']:.3f} | {t['bpf_ns'] / t['requests']:.0f} | {per_cpu} |")
-    print()
-    print("command: " + command)
-    print("agent:   " + " ".join(shlex.quote(a) for a in agent_cmd))
-    print(f"machine: {os.cpu_count()} CPUs, kernel {platform.release()}; servers, load tools, the agent and the "
-          "OTLP receiver share them")
+    harness.print_run_header(command, agent_cmd, "servers, load tools, the agent and the OTLP receiver")
     print(f"traced pods: {args.trace}; agent RSS at end {text['agent rss']} MB")
     print("agent final: " + text["done"])
     print("receiver: " + text["received"])

@@ -7,7 +7,9 @@ import contextlib
 import json
 import os
 import pathlib
+import platform
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -125,12 +127,17 @@ def cpu_steal_idle() -> tuple[int, int, int]:
     return fields[7] if len(fields) > 7 else 0, fields[3], sum(fields[:8])
 
 
-def tree_cpu_seconds(pid: int) -> float:
+def _tree(pid: int) -> list[psutil.Process]:
+    """The process and its descendants (those that exist right now)."""
     procs = [psutil.Process(pid)]
     with contextlib.suppress(psutil.Error):
         procs += procs[0].children(recursive=True)
+    return procs
+
+
+def tree_cpu_seconds(pid: int) -> float:
     total = 0.0
-    for proc in procs:
+    for proc in _tree(pid):
         with contextlib.suppress(psutil.Error):
             times = proc.cpu_times()
             total += times.user + times.system
@@ -138,14 +145,19 @@ def tree_cpu_seconds(pid: int) -> float:
 
 
 def tree_rss_bytes(pid: int) -> int:
-    procs = [psutil.Process(pid)]
-    with contextlib.suppress(psutil.Error):
-        procs += procs[0].children(recursive=True)
     total = 0
-    for proc in procs:
+    for proc in _tree(pid):
         with contextlib.suppress(psutil.Error):
             total += proc.memory_info().rss
     return total
+
+
+def print_run_header(command: str, agent_cmd: list[str], sharing: str) -> None:
+    """The lines every benchmark report starts with: how to reproduce it and what shared the CPUs."""
+    print()
+    print("command: " + command)
+    print("agent:   " + " ".join(shlex.quote(a) for a in agent_cmd))
+    print(f"machine: {os.cpu_count()} CPUs, kernel {platform.release()}; {sharing} share them")
 
 
 def stop_process(process: subprocess.Popen[str], sig: int = signal.SIGINT, timeout: float = 30) -> None:

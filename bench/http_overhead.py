@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import os
 import pathlib
-import platform
 import re
 import shlex
 import socket
@@ -261,11 +260,7 @@ def report(results: dict[str, dict[str, float]], agent: dict[str, float], text: 
         row("agent compile + attach (s)", "-",
             f"{agent['attach_s']:.1f} (process start to attached: {agent['startup_wall_s']:.1f})", "", "≤ 3"),
     ]
-    print()
-    print("command: " + command)
-    print("agent:   " + " ".join(shlex.quote(a) for a in agent_cmd))
-    print(f"machine: {os.cpu_count()} CPUs, kernel {platform.release()}; wrk, nginx, the agent, the OTLP "
-          "receiver and the latency client share them")
+    harness.print_run_header(command, agent_cmd, "wrk, nginx, the agent, the OTLP receiver and the latency client")
     print(f"agent BPF programs: {agent['programs']:.0f}; agent exit code {agent['exit']:.0f}")
     print("agent final: " + text["done"])
     spans = re.search(r"(\d+) spans ", text["done"])
