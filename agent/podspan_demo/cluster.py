@@ -12,9 +12,11 @@ import hashlib
 import json
 import os
 import pathlib
+import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 import typing
 import urllib.error
@@ -25,7 +27,7 @@ from typing import Any, TypeVar
 
 import yaml
 
-from podspan_demo import pods
+from podspan_demo import pods, sample_app, servers
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 GROUP, VERSION = "podspan.dev", "v1alpha1"
@@ -164,6 +166,7 @@ class LocalCluster:
         self.pods = pods.PodRunner()
         self.receiver_ports: tuple[int, int] | None = None
         self.api = Api("http://127.0.0.1:1")  # replaced by start_api()
+        self._scratch: list[pathlib.Path] = []  # directories outside workdir, removed by stop()
 
     # ---- lifecycle ----
     def __enter__(self) -> LocalCluster:
@@ -187,6 +190,8 @@ class LocalCluster:
             if component is not None:
                 component.stop()
         self.pods.stop_all()
+        for directory in self._scratch:
+            shutil.rmtree(directory, ignore_errors=True)
 
     def _spawn(self, name: str, argv: list[str], ready_line: bool = False) -> tuple[Component, str]:
         """Start `python -m ...`; with `ready_line`, return the first line it prints on stdout."""
@@ -339,15 +344,29 @@ class LocalCluster:
             "spec": {"selector": {"matchLabels": selector}, "template": template}})
 
     def run_shop(self, namespace: str = "shop") -> dict[str, ClusterPod]:
-        """The sample app: frontend -> backend over HTTP, and an `other` service nobody selects."""
+        """The sample app: frontend -> backend over HTTP, the backend reading users through a Redis
+        cache from PostgreSQL, and an `other` service nobody selects."""
+        redis = self.run_pod(namespace, "redis", {"app": "redis"},
+                             ["redis-server", "--port", "6379", "--bind", "0.0.0.0", "--protected-mode", "no",
+                              "--save", "", "--appendonly", "no"], 6379)
+        self._scratch.append(pathlib.Path(tempfile.mkdtemp(prefix="podspan-postgres-")))
+        postgres = self.run_pod(namespace, "postgres", {"app": "postgres"},
+                                servers.postgresql_trust_cluster(self._scratch[-1], f"{self.pods.host_ip}/24"), 5432)
+        # The port opens before the server accepts sessions ("the database system is starting up").
+        wait_for(lambda: _accepts_queries((postgres.ip, postgres.port)), "PostgreSQL to accept queries")
+        sample_app.postgres_query((postgres.ip, postgres.port),
+                                  "CREATE TABLE users (id int PRIMARY KEY, name text); "
+                                  "INSERT INTO users SELECT i, 'user-' || i FROM generate_series(1, 1000) i")
         backend = self.run_pod(namespace, "backend", {"app": "backend"},
-                               [*SAMPLE_APP, "backend", "--bind", "0.0.0.0", "--port", "8081"], 8081)
+                               [*SAMPLE_APP, "backend", "--bind", "0.0.0.0", "--port", "8081",
+                                "--redis", f"{redis.ip}:{redis.port}", "--postgres", f"{postgres.ip}:{postgres.port}"],
+                               8081)
         frontend = self.run_pod(namespace, "frontend", {"app": "frontend"},
                                 [*SAMPLE_APP, "frontend", "--bind", "0.0.0.0", "--port", "8080",
                                  "--backend", backend.url], 8080)
         other = self.run_pod(namespace, "other", {"app": "other"},
                              [*SAMPLE_APP, "backend", "--bind", "0.0.0.0", "--port", "8081"], 8081)
-        return {"frontend": frontend, "backend": backend, "other": other}
+        return {"frontend": frontend, "backend": backend, "other": other, "redis": redis, "postgres": postgres}
 
     # ---- what the receiver got ----
     def spans(self) -> list[dict[str, Any]]:
@@ -356,6 +375,13 @@ class LocalCluster:
             return []
         lines = self.spans_file.read_text(encoding="utf-8").splitlines()
         return [json.loads(line) for line in lines if line.endswith("}")]
+
+
+def _accepts_queries(address: tuple[str, int]) -> bool:
+    try:
+        return sample_app.postgres_query(address, "SELECT 1") == [["1"]]
+    except (OSError, RuntimeError):
+        return False
 
 
 def profile(name: str, namespace: str, endpoint: str, apps: list[str], **spec: Any) -> dict[str, Any]:

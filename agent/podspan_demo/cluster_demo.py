@@ -84,9 +84,10 @@ def run(requests: int) -> int:
                 _say(f"GET {url_path} -> {cluster.http_get(shop['frontend'].url + url_path)}")
             _say(f"GET {shop['other'].url}/users/9 -> {cluster.http_get(shop['other'].url + '/users/9')}   "
                  "# the unselected pod: no spans")
-            # Frontend server + client + backend server per request.
-            cluster.wait_for(lambda: len(installation.spans()) >= 3 * len(paths), "the traces at the receiver",
-                             timeout=60)
+            # Frontend server + client + backend server per request, plus the backend's cache miss
+            # (Redis GET, PostgreSQL SELECT, Redis SET) for each user.
+            cluster.wait_for(lambda: len(installation.spans()) >= 3 * len(paths) + 3 * requests,
+                             "the traces at the receiver", timeout=60)
             spans = installation.spans()
             traces: dict[int, list[model.SpanRecord]] = collections.defaultdict(list)
             for span in map(to_record, spans):

@@ -1,10 +1,12 @@
-"""Local servers for the demo, tests and benchmarks: nginx configs and free loopback ports."""
+"""Local servers for the demo, tests and benchmarks: nginx configs, PostgreSQL clusters, free ports."""
 
 from __future__ import annotations
 
+import glob
 import pathlib
 import shutil
 import socket
+import subprocess
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -48,3 +50,33 @@ http {{
 """
     )
     return conf
+
+
+# setpriv execs (no fork), so a spawned PID stays the server's own; PostgreSQL refuses to run as root.
+AS_POSTGRES = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+
+
+def postgresql_bin() -> pathlib.Path | None:
+    """Debian keeps the server binaries (initdb, postgres) off PATH, per major version."""
+    found = [pathlib.Path(path).parent for path in glob.glob("/usr/lib/postgresql/*/bin/postgres")]
+    versions = [bindir for bindir in found if bindir.parent.name.isdigit()]
+    return max(versions, key=lambda bindir: int(bindir.parent.name)) if versions else None
+
+
+def postgresql_trust_cluster(root: pathlib.Path, network: str) -> list[str]:
+    """initdb a cluster under `root` (a new directory outside private temp dirs: the `postgres` user must
+    reach it) that trusts every client from `network` (CIDR; a network of the test's or demo's own), and
+    return the argv that serves it on port 5432."""
+    bindir = postgresql_bin()
+    if bindir is None:
+        raise FileNotFoundError("no /usr/lib/postgresql/*/bin/postgres (apt: postgresql; scripts/setup.sh)")
+    shutil.chown(root, "postgres", "postgres")
+    data = root / "data"
+    done = subprocess.run([*AS_POSTGRES, str(bindir / "initdb"), "-D", str(data), "-U", "postgres", "--auth=trust",
+                           "--no-sync"], capture_output=True, text=True, timeout=120)
+    if done.returncode != 0:
+        raise RuntimeError(f"initdb failed: {done.stderr.strip()[-500:]}")
+    with open(data / "pg_hba.conf", "a") as hba:
+        hba.write(f"host all all {network} trust\n")
+    return [*AS_POSTGRES, str(bindir / "postgres"), "-D", str(data), "-p", "5432", "-k", str(root),
+            "-c", "listen_addresses=*", "-c", "fsync=off", "-c", "synchronous_commit=off"]

@@ -11,7 +11,6 @@ from __future__ import annotations
 import collections.abc
 import contextlib
 import dataclasses
-import glob
 import os
 import pathlib
 import shutil
@@ -80,12 +79,10 @@ def _require(*tools: str) -> None:
 
 
 def postgresql_bin() -> pathlib.Path:
-    """Debian keeps the server binaries (initdb, postgres) off PATH, per major version."""
-    found = [pathlib.Path(path).parent for path in glob.glob("/usr/lib/postgresql/*/bin/postgres")]
-    versions = [bindir for bindir in found if bindir.parent.name.isdigit()]
-    if not versions:
+    bindir = servers.postgresql_bin()
+    if bindir is None:
         raise Unavailable("not installed: /usr/lib/postgresql/*/bin/postgres (apt: postgresql)")
-    return max(versions, key=lambda bindir: int(bindir.parent.name))
+    return bindir
 
 
 def _stop(process: subprocess.Popen[bytes], sig: int) -> None:
@@ -159,8 +156,7 @@ def postgresql(spawn: Spawn = spawn_plain) -> collections.abc.Iterator[Server]:
     with tempfile.TemporaryDirectory(prefix="podspan-postgresql-") as tmp:
         workdir = pathlib.Path(tmp)
         shutil.chown(workdir, "postgres", "postgres")
-        # setpriv execs (no fork), so the spawned PID stays the postmaster's own.
-        as_postgres = ["setpriv", "--reuid=postgres", "--regid=postgres", "--init-groups", "--"]
+        as_postgres = servers.AS_POSTGRES
         pwfile = workdir / "pwfile"
         pwfile.write_text(PASSWORD + "\n")
         shutil.chown(pwfile, "postgres", "postgres")

@@ -19,8 +19,10 @@ def test_cluster_demo_shows_status_and_traces() -> None:
     out = done.stdout
     assert re.search(r"^NAME\s+MATCHED\s+TRACED\s+NODES READY\s+READY\s+AGE$", out, re.MULTILINE), out
     assert re.search(r"^web\s+2\s+2\s+1\s+True\s+\d+s$", out, re.MULTILINE), out
-    # Two requests and the 404 path, each a frontend -> backend trace of three spans.
-    assert len(re.findall(r"^trace [0-9a-f]{32}  3 spans", out, re.MULTILINE)) == 3, out
+    # Two users (frontend -> backend -> Redis miss, PostgreSQL, Redis set) and the 404 path.
+    assert len(re.findall(r"^trace [0-9a-f]{32}  6 spans", out, re.MULTILINE)) == 2, out
+    assert len(re.findall(r"^trace [0-9a-f]{32}  3 spans", out, re.MULTILINE)) == 1, out
     assert "GET /users/{id}  SERVER  backend/backend-" in out
+    assert "CLIENT  backend/backend-" in out and "db.system.name=postgresql" in out
     assert "the unselected pod: no spans" in out and "other-" not in out.split("OTLP receiver got")[1]
     assert "Ready=True (Tracing)" in out

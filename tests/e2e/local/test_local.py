@@ -125,6 +125,19 @@ def test_2_traffic_becomes_one_trace_with_kubernetes_attributes(
         assert resource["container.id"] == pod.local.container_id
         assert resource["k8s.node.name"] == installation.node
     assert fe_client["attributes"]["server.address"] == backend.ip
+    # The backend's cache miss: Redis GET, PostgreSQL SELECT, Redis SET, each a child of its server span.
+    calls = cluster.wait_for(lambda: (lambda got: got if len(got) >= 3 else None)(
+        [s for s in installation.spans() if s["parent_span_id"] == be_server["span_id"]]), "the backend's DB calls")
+    assert sorted((s["attributes"]["db.system.name"], s["attributes"]["db.operation.name"]) for s in calls) == [
+        ("postgresql", "SELECT"), ("redis", "GET"), ("redis", "SET")]
+    for call in calls:
+        assert call["kind"] == CLIENT and call["trace_id"] == be_server["trace_id"]
+        assert call["resource"]["k8s.pod.name"] == backend.name
+        peer = shop["postgres"] if call["attributes"]["db.system.name"] == "postgresql" else shop["redis"]
+        assert (call["attributes"]["server.address"], call["attributes"]["server.port"]) == (peer.ip, peer.port)
+    select = next(s for s in calls if s["attributes"]["db.system.name"] == "postgresql")
+    assert select["attributes"]["db.query.text"] == "SELECT name FROM users WHERE id = ?"
+    assert not {shop["redis"].name, shop["postgres"].name} & _pod_names(installation.spans())  # not selected
     # A later request's spans arrived, so the untraced pod's would have too.
     _request_and_wait(installation, frontend, "/users/202", 3)
     assert other.name not in _pod_names(installation.spans())
