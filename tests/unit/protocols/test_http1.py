@@ -361,3 +361,9 @@ def test_bare_lf_sender() -> None:
     (record,) = parse(runs)[0]
     assert record.attributes["server.address"] == "h"
     assert record.attributes["http.response.body.size"] == 2
+
+
+def test_status_code_below_100_is_not_a_status_line() -> None:
+    assert not http1._is_status_line(b"HTTP/1.1 000 OK\r\n", 0)
+    assert not http1._is_status_line(b"HTTP/1.1 099 OK\r\n", 0)
+    assert http1._is_status_line(b"HTTP/1.1 100 Continue\r\n", 0)
