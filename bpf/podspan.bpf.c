@@ -3,13 +3,19 @@
  * Tracks TCP connections from accept/connect to close, and UDP flows from
  * connect() or the first send with a destination, and turns their traffic into
  * one event per run (bytes in one direction between direction changes), so
- * userspace sees messages, not syscall chunks. Datagram flows and HTTP/2
- * connections get one event per chunk instead (see enum podspan_conn_flag).
+ * userspace sees messages, not syscall chunks; a run whose first chunk was short
+ * gets CONTINUATION events for its next chunks until its capture is full.
+ * Datagram flows and HTTP/2 connections get one event per chunk instead (see
+ * enum podspan_conn_flag).
  *
  * Compile-time options (-D): PODSPAN_CAPTURE_SIZE, PODSPAN_CHUNK_CAPTURE_SIZE,
  * PODSPAN_MAX_CONNS, PODSPAN_RINGBUF_PAGES, PODSPAN_WAKEUP_EVERY, PODSPAN_SELF_TGID,
- * PODSPAN_MAX_IOV, PODSPAN_GATHER_ENOUGH, PODSPAN_MAX_MMSG, PODSPAN_MAX_PIECES, and PODSPAN_HAVE_MMSG (the
- * loader sets it when the kernel has the sendmmsg/recvmmsg tracepoints).
+ * PODSPAN_MAX_IOV, PODSPAN_GATHER_ENOUGH, PODSPAN_MAX_MMSG, PODSPAN_MAX_PIECES,
+ * PODSPAN_MAX_CONTINUATIONS, and the kernel features the loader detects: PODSPAN_HAVE_MMSG
+ * (sendmmsg/recvmmsg tracepoints), PODSPAN_HAVE_EXIT (sched_process_exit),
+ * PODSPAN_HAVE_EXIT_GROUP_DEAD (its group_dead field), PODSPAN_HAVE_FORK (sched_process_fork,
+ * sched_process_exec, sys_exit_clone), PODSPAN_HAVE_CLONE3 and PODSPAN_HAVE_SYS_FORK (the
+ * fork/vfork syscalls, absent on arm64).
  */
 #include <linux/socket.h>
 #include "podspan_events.h"
@@ -40,6 +46,11 @@
 #endif
 #ifndef PODSPAN_MAX_PIECES
 #define PODSPAN_MAX_PIECES 8 /* HTTP/2: events per syscall, each PODSPAN_CHUNK_CAPTURE_SIZE bytes */
+#endif
+#ifndef PODSPAN_MAX_CONTINUATIONS
+/* CONTINUATION events per run: a length-prefixed message read as header then payload takes one; a
+ * reader taking a run in many small pieces costs at most this many events more. */
+#define PODSPAN_MAX_CONTINUATIONS 4
 #endif
 
 #define PODSPAN_EINPROGRESS 115
@@ -80,6 +91,24 @@ struct connect_args {
     __u8 addr[PODSPAN_SOCKADDR_SIZE];
     __u32 addr_len;
     __s32 fd;
+};
+
+/* A server connection a forked child may inherit: the one its parent accepted last. */
+struct inheritable {
+    __u64 conn_id; /* the parent's connection (still open at the fork: same conn_id in `conns`) */
+    __s32 fd;
+    __u32 addr_len;
+    __u8 peer[PODSPAN_SOCKADDR_SIZE];
+    struct podspan_conn_key listener; /* the parent and its listening socket */
+    __u8 flags; /* the connection's enum podspan_conn_flag bits at the fork */
+    __u8 _pad[3];
+};
+
+/* The connection a child process got from its parent at fork: closed when the child execs. */
+struct inherited {
+    __u64 conn_id;
+    __s32 fd;
+    __u32 _pad;
 };
 
 /* Userspace ABI layouts (stable, unlike kernel-internal structs). */
@@ -145,6 +174,12 @@ BPF_HASH(io_inflight, __u64, struct io_args, 16384);
 BPF_HASH(accept_inflight, __u64, struct accept_args, 4096);
 BPF_HASH(connect_inflight, __u64, struct connect_args, 4096);
 BPF_HASH(socket_inflight, __u64, __u8, 4096);
+/* Accept-then-fork servers (PostgreSQL): per tgid, the connection accepted last; per child pid, what
+ * its fork handed over until the child first runs; per tgid, the connection a child inherited. LRU:
+ * their owners exit without telling. */
+BPF_TABLE("lru_hash", __u32, struct inheritable, last_accepted, 16384);
+BPF_TABLE("lru_hash", __u32, struct inheritable, forks_inflight, 4096);
+BPF_TABLE("lru_hash", __u32, struct inherited, inherited, 16384);
 BPF_ARRAY(conn_id_counter, __u64, 1);
 BPF_PERCPU_ARRAY(stats, __u64, PODSPAN_STAT_MAX);
 BPF_PERCPU_ARRAY(wakeup_counter, __u64, 1);
@@ -233,15 +268,16 @@ static __always_inline __u32 read_inet_addr(__u8 *out, __u64 addr, __u32 addr_le
 }
 
 /* A new connection replaces whatever the (tgid, fd) slot held: fd reuse without a seen
- * close(), or a UDP socket connected again, must not merge two connections. `peer` is a
- * kernel-side copy of the peer's address. */
-static __always_inline void open_conn(__u64 pid_tgid, __s32 fd, __u8 role, __u8 flags, __s32 listen_fd,
-                                      const __u8 *peer, __u32 addr_len)
+ * close(), or a UDP socket connected again, must not merge two connections. `listener`: the
+ * process and listening socket that accepted it (NULL for clients); `peer` is a kernel-side copy
+ * of the peer's address. Returns the new conn_id, 0 if it is not tracked. */
+static __always_inline __u64 open_conn(__u64 pid_tgid, __s32 fd, __u8 role, __u8 flags,
+                                       const struct podspan_conn_key *listener, const __u8 *peer, __u32 addr_len)
 {
     __u32 zero = 0;
     __u64 *counter = conn_id_counter.lookup(&zero);
     if (!counter)
-        return;
+        return 0;
     struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
     struct podspan_conn *old = conns.lookup(&key);
     if (old)
@@ -252,11 +288,12 @@ static __always_inline void open_conn(__u64 pid_tgid, __s32 fd, __u8 role, __u8 
     conn.flags = flags;
     if (conns.update(&key, &conn) != 0) {
         count(PODSPAN_STAT_CONN_FULL);
-        return;
+        return 0;
     }
     struct podspan_open_event ev = {};
     fill_header(&ev.hdr, PODSPAN_EV_OPEN, pid_tgid, fd, &conn, bpf_ktime_get_ns());
-    ev.listen_fd = listen_fd;
+    ev.listen_fd = listener ? listener->fd : -1;
+    ev.listen_tgid = listener ? listener->tgid : 0;
     if (addr_len > PODSPAN_SOCKADDR_SIZE)
         addr_len = PODSPAN_SOCKADDR_SIZE;
     if (addr_len) {
@@ -264,6 +301,7 @@ static __always_inline void open_conn(__u64 pid_tgid, __s32 fd, __u8 role, __u8 
         ev.addr_len = addr_len;
     }
     emit(&ev, sizeof(ev));
+    return conn.conn_id;
 }
 
 /* ---- socket / accept / connect / close ---- */
@@ -337,9 +375,14 @@ static __always_inline int accept_exit(long ret)
     __u32 addr_len = 0;
     if (args.addr && args.addr_len)
         bpf_probe_read_user(&addr_len, sizeof(addr_len), (void *)args.addr_len);
-    __u8 peer[PODSPAN_SOCKADDR_SIZE] = {};
-    addr_len = read_inet_addr(peer, args.addr, addr_len);
-    open_conn(pid_tgid, (__s32)ret, PODSPAN_ROLE_SERVER, 0, args.listen_fd, peer, addr_len);
+    __u32 tgid = pid_tgid >> 32;
+    struct inheritable last = {.fd = (__s32)ret, .listener = {.tgid = tgid, .fd = args.listen_fd}};
+    last.addr_len = read_inet_addr(last.peer, args.addr, addr_len);
+    last.conn_id = open_conn(pid_tgid, last.fd, PODSPAN_ROLE_SERVER, 0, &last.listener, last.peer, last.addr_len);
+#ifdef PODSPAN_HAVE_FORK
+    if (last.conn_id) /* a child forked from here may serve it */
+        last_accepted.update(&tgid, &last);
+#endif
     return 0;
 }
 
@@ -376,7 +419,7 @@ TRACEPOINT_PROBE(syscalls, sys_exit_connect)
     if (args->ret == 0 || args->ret == -PODSPAN_EINPROGRESS) {
         struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = ca->fd};
         __u8 flags = dgram_socks.lookup(&key) ? PODSPAN_CONN_DATAGRAM : 0;
-        open_conn(pid_tgid, ca->fd, PODSPAN_ROLE_CLIENT, flags, -1, ca->addr, ca->addr_len);
+        open_conn(pid_tgid, ca->fd, PODSPAN_ROLE_CLIENT, flags, NULL, ca->addr, ca->addr_len);
     }
     connect_inflight.delete(&pid_tgid);
     return 0;
@@ -395,6 +438,106 @@ TRACEPOINT_PROBE(syscalls, sys_enter_close)
     conns.delete(&key);
     return 0;
 }
+
+#ifdef PODSPAN_HAVE_EXIT
+/* A process that exits or is killed closes its sockets without close(): the EXIT event lets userspace
+ * finish its connections (their last runs are still in `conns`) and delete their entries, which would
+ * otherwise stay until the table is full. */
+TRACEPOINT_PROBE(sched, sched_process_exit)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+#ifdef PODSPAN_HAVE_EXIT_GROUP_DEAD
+    /* The process's last thread: no sibling can move bytes on its connections afterwards. */
+    if (!args->group_dead)
+        return 0;
+#else
+    /* The group leader stands for the process (a sibling finishing a syscall may still follow). */
+    if ((__u32)args->pid != pid_tgid >> 32)
+        return 0;
+#endif
+    if (!is_traced(pid_tgid))
+        return 0;
+    struct podspan_conn none = {};
+    struct podspan_event_header ev = {};
+    fill_header(&ev, PODSPAN_EV_EXIT, pid_tgid, -1, &none, bpf_ktime_get_ns());
+    emit(&ev, sizeof(ev));
+    return 0;
+}
+#endif
+
+#ifdef PODSPAN_HAVE_FORK
+/* Accept-then-fork servers: the parent accepts, forks a child that serves the socket, and closes its
+ * copy. Connections are keyed by (tgid, fd), so the child gets a connection of its own on the same
+ * fd: the connection its parent accepted last, if the parent still holds it at the fork. */
+TRACEPOINT_PROBE(sched, sched_process_fork)
+{
+    __u32 tgid = bpf_get_current_pid_tgid() >> 32;
+    struct inheritable *last = last_accepted.lookup(&tgid);
+    if (!last)
+        return 0;
+    struct podspan_conn_key key = {.tgid = tgid, .fd = last->fd};
+    struct podspan_conn *conn = conns.lookup(&key);
+    if (!conn || conn->conn_id != last->conn_id)
+        return 0; /* closed or replaced since */
+    struct inheritable handed = *last;
+    handed.flags = conn->flags;
+    __u32 child = args->child_pid;
+    forks_inflight.update(&child, &handed);
+    return 0;
+}
+
+/* The child's first return to user space (clone/fork returning 0), before any syscall of its own. The
+ * fork tracepoint cannot tell a thread from a process; here pid == tgid can: a thread shares its
+ * process's connections already. */
+static __always_inline int child_starts(long ret)
+{
+    if (ret != 0)
+        return 0;
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    __u32 pid = (__u32)pid_tgid;
+    struct inheritable *found = forks_inflight.lookup(&pid);
+    if (!found)
+        return 0;
+    struct inheritable handed = *found;
+    forks_inflight.delete(&pid);
+    if (pid != pid_tgid >> 32 || !is_traced(pid_tgid))
+        return 0;
+    struct inherited child = {.fd = handed.fd};
+    child.conn_id = open_conn(pid_tgid, handed.fd, PODSPAN_ROLE_SERVER, handed.flags, &handed.listener, handed.peer,
+                              handed.addr_len);
+    if (child.conn_id)
+        inherited.update(&pid, &child);
+    return 0;
+}
+
+TRACEPOINT_PROBE(syscalls, sys_exit_clone) { return child_starts(args->ret); }
+#ifdef PODSPAN_HAVE_CLONE3
+TRACEPOINT_PROBE(syscalls, sys_exit_clone3) { return child_starts(args->ret); }
+#endif
+#ifdef PODSPAN_HAVE_SYS_FORK
+TRACEPOINT_PROBE(syscalls, sys_exit_fork) { return child_starts(args->ret); }
+TRACEPOINT_PROBE(syscalls, sys_exit_vfork) { return child_starts(args->ret); }
+#endif
+
+/* A child that execs (a spawned helper) usually had the socket close-on-exec: the fd is gone without
+ * close(), and a file opened later under its number must not be captured as that connection. */
+TRACEPOINT_PROBE(sched, sched_process_exec)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    __u32 tgid = pid_tgid >> 32;
+    struct inherited *child = inherited.lookup(&tgid);
+    if (!child)
+        return 0;
+    struct podspan_conn_key key = {.tgid = tgid, .fd = child->fd};
+    struct podspan_conn *conn = conns.lookup(&key);
+    if (conn && conn->conn_id == child->conn_id) {
+        close_event(pid_tgid, key.fd, conn);
+        conns.delete(&key);
+    }
+    inherited.delete(&tgid);
+    return 0;
+}
+#endif
 
 /* ---- data: read/write families ---- */
 
@@ -433,20 +576,42 @@ static __always_inline int open_unconnected(__u64 pid_tgid, const struct io_args
     /* The selection may have changed since socket(): check it once, here. */
     if (!addr_len || !is_traced(pid_tgid))
         return 0;
-    open_conn(pid_tgid, io->fd, PODSPAN_ROLE_CLIENT, PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_UNCONNECTED, -1, peer,
+    open_conn(pid_tgid, io->fd, PODSPAN_ROLE_CLIENT, PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_UNCONNECTED, NULL, peer,
               addr_len);
     return 1;
 }
 
-/* A chunk that continues the current run is only counted, unless every chunk needs an event.
- * Returns whether it was folded. */
-static __always_inline int fold_chunk(struct podspan_conn *conn, const struct io_args *io, __u64 bytes, __u64 now)
+/* Whether a chunk belongs to the run in progress: same direction, on a connection whose chunks are
+ * not each a run of their own. */
+static __always_inline int continues_run(const struct podspan_conn *conn, const struct io_args *io)
 {
-    if (conn->run.direction != io->direction || (conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2)))
-        return 0;
+    return conn->run.direction == io->direction && !(conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2));
+}
+
+/* Whether a chunk continuing the run is copied too: everything the run moved so far was captured
+ * and the capture is not full. Readers that take a length header and then the payload, and writers
+ * that send two messages in two syscalls, need it; a message moved by one syscall (HTTP/1's common
+ * case) either fills the capture or is followed by the other direction, and never gets here. */
+static __always_inline int wants_continuation(const struct podspan_conn *conn, const struct io_args *io)
+{
+    return io->shape != IO_NODATA && conn->captured < PODSPAN_CAPTURE_SIZE && conn->captured == conn->run.bytes &&
+           conn->continuations < PODSPAN_MAX_CONTINUATIONS;
+}
+
+static __always_inline void extend_run(struct podspan_conn *conn, __u64 bytes, __u64 now)
+{
     conn->run.end_ns = now;
     conn->run.bytes += bytes;
     conn->run.chunks += 1;
+}
+
+/* A chunk that continues the current run and needs no copy is only counted. Returns whether it was
+ * folded. */
+static __always_inline int fold_chunk(struct podspan_conn *conn, const struct io_args *io, __u64 bytes, __u64 now)
+{
+    if (!continues_run(conn, io) || wants_continuation(conn, io))
+        return 0;
+    extend_run(conn, bytes, now);
     count(io->shape == IO_NODATA ? PODSPAN_STAT_SENDFILE : PODSPAN_STAT_CHUNKS);
     return 1;
 }
@@ -501,41 +666,65 @@ static __always_inline __u32 capture(struct data_scratch *s, const struct chunk_
     return *gathered;
 }
 
+/* Bytes of the capture a chunk may fill: a CONTINUATION gets what the run's capture still misses, a
+ * new run the capture size (an HTTP/2 chunk the larger per-chunk one). */
+static __always_inline __u32 capture_limit(const struct podspan_conn *conn, int continuation)
+{
+    if (!continuation)
+        return (conn->flags & PODSPAN_CONN_HTTP2) ? PODSPAN_CHUNK_CAPTURE_SIZE : PODSPAN_CAPTURE_SIZE;
+    __u32 have = conn->captured;
+    /* Another thread on the same socket may have filled the capture since the check. */
+    return have < PODSPAN_CAPTURE_SIZE ? PODSPAN_CAPTURE_SIZE - have : 0;
+}
+
 /* One chunk (a syscall, or one message of sendmmsg/recvmmsg) moved `bytes` bytes: fold it into the
- * current run, or start a run with an event. On an HTTP/2 connection a chunk longer than the capture
- * size is sent as several pieces (runs), so frames past the first PODSPAN_CHUNK_CAPTURE_SIZE bytes
- * are not lost; returns whether another piece of this chunk follows. */
+ * current run, send it as a CONTINUATION of the run (whose capture is short), or start a run with an
+ * event. On an HTTP/2 connection a chunk longer than the capture size is sent as several pieces
+ * (runs), so frames past the first PODSPAN_CHUNK_CAPTURE_SIZE bytes are not lost; returns whether
+ * another piece of this chunk follows. */
 static __always_inline int on_chunk(struct data_scratch *s, struct podspan_conn *conn, const struct chunk_src *src,
                                     __u64 bytes)
 {
     struct chunk_job *job = &s->job;
     if (fold_chunk(conn, &job->io, bytes, job->now))
         return 0;
+    int continuation = continues_run(conn, &job->io); /* not folded: wants_continuation() held */
     __u64 rest = bytes - job->done;
     int every_chunk = conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2);
-    __u32 limit = (conn->flags & PODSPAN_CONN_HTTP2) ? PODSPAN_CHUNK_CAPTURE_SIZE : PODSPAN_CAPTURE_SIZE;
+    __u32 limit = capture_limit(conn, continuation);
     if (rest < limit)
         limit = rest;
     struct podspan_data_event *ev = &s->ev;
-    fill_header(&ev->hdr, PODSPAN_EV_DATA, job->pid_tgid, job->io.fd, conn, job->now);
+    fill_header(&ev->hdr, continuation ? PODSPAN_EV_CONTINUATION : PODSPAN_EV_DATA, job->pid_tgid, job->io.fd, conn,
+                job->now);
     ev->hdr.direction = job->io.direction;
     ev->captured = 0;
+    /* One call site: the gathering loop is verified once. */
     if (job->io.shape != IO_NODATA)
         ev->captured = capture(s, src, limit, every_chunk ? limit : PODSPAN_GATHER_ENOUGH);
-    /* HTTP/2 multiplexes streams within a run and HPACK needs every HEADERS frame, so from the
-     * client preface on (prior knowledge, or after an h2c upgrade) every chunk is captured. */
-    if (!every_chunk && ev->captured >= sizeof(__u64) && *(__u64 *)ev->data == PODSPAN_H2_PREFACE_HEAD) {
-        conn->flags |= PODSPAN_CONN_HTTP2;
-        ev->hdr.flags = conn->flags;
-    }
     __u64 piece = rest;
-    if ((conn->flags & PODSPAN_CONN_HTTP2) && rest > limit && job->piece + 1 < PODSPAN_MAX_PIECES)
-        piece = limit;
+    if (continuation) {
+        extend_run(conn, bytes, job->now);
+        conn->captured += ev->captured;
+        conn->continuations += 1;
+        count(PODSPAN_STAT_CONTINUATIONS);
+    } else {
+        /* HTTP/2 multiplexes streams within a run and HPACK needs every HEADERS frame, so from the
+         * client preface on (prior knowledge, or after an h2c upgrade) every chunk is captured. */
+        if (!every_chunk && ev->captured >= sizeof(__u64) && *(__u64 *)ev->data == PODSPAN_H2_PREFACE_HEAD) {
+            conn->flags |= PODSPAN_CONN_HTTP2;
+            ev->hdr.flags = conn->flags;
+        }
+        if ((conn->flags & PODSPAN_CONN_HTTP2) && rest > limit && job->piece + 1 < PODSPAN_MAX_PIECES)
+            piece = limit;
+        job->done += piece;
+        struct podspan_run run = {.start_ns = job->now, .end_ns = job->now, .bytes = piece, .chunks = 1,
+                                  .direction = job->io.direction};
+        conn->run = run;
+        conn->captured = ev->captured;
+        conn->continuations = 0;
+    }
     ev->chunk_bytes = piece;
-    job->done += piece;
-    struct podspan_run run = {.start_ns = job->now, .end_ns = job->now, .bytes = piece, .chunks = 1,
-                              .direction = job->io.direction};
-    conn->run = run;
     __u64 size = ev->captured;
     if (size > PODSPAN_CHUNK_CAPTURE_SIZE)
         size = PODSPAN_CHUNK_CAPTURE_SIZE;

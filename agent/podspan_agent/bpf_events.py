@@ -10,6 +10,8 @@ class EventKind(enum.IntEnum):
     OPEN = 1
     DATA = 2
     CLOSE = 3
+    CONTINUATION = 4
+    EXIT = 5
 
 
 class Direction(enum.IntEnum):
@@ -31,6 +33,7 @@ class Stat(enum.IntEnum):
     CONN_FULL = 3
     SENDFILE = 4
     MMSG_SKIPPED = 5
+    CONTINUATIONS = 6
 
 
 class ConnFlag(enum.IntFlag):
@@ -79,7 +82,7 @@ class OpenEvent(ctypes.Structure):
         ("listen_fd", ctypes.c_int32),
         ("addr_len", ctypes.c_uint32),
         ("peer", ctypes.c_uint8 * SOCKADDR_SIZE),
-        ("_pad", ctypes.c_uint32),
+        ("listen_tgid", ctypes.c_uint32),
     )
 
 
@@ -106,5 +109,7 @@ class Conn(ctypes.Structure):
         ("run", Run),
         ("role", ctypes.c_uint8),
         ("flags", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8 * 6),
+        ("captured", ctypes.c_uint16),
+        ("continuations", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 3),
     )

@@ -84,6 +84,9 @@ class TableStats:
     undetected: int = 0
     records: int = 0
     parser_errors: int = 0
+    continuations_dropped: int = 0
+    ended_by_exit: int = 0  # connections their process left open when it exited or was killed
+    replaced: int = 0  # connections still tracked when their fd was opened again (their close event was lost)
 
 
 class ConnectionTable:
@@ -93,14 +96,15 @@ class ConnectionTable:
         self,
         detect: registry.Detector,
         on_exchange: Callable[[Exchange], None],
-        forget: Callable[[int, int], None],
+        forget: Callable[[int, int, int], None],
         max_connections: int = 65536,
     ) -> None:
         self._detect = detect
         self._on_exchange = on_exchange
-        self._forget = forget
+        self._forget = forget  # (tgid, fd, conn_id): drop the kernel's entry if it still holds that connection
         self._max = max_connections
         self._conns: collections.OrderedDict[int, Connection] = collections.OrderedDict()
+        self._by_process: dict[int, dict[int, int]] = {}  # tgid -> fd -> conn_id
         self._listen_cache: dict[tuple[int, int], sockaddr.Endpoint | None] = {}
         self.stats = TableStats()
 
@@ -129,7 +133,8 @@ class ConnectionTable:
             flags=hdr.flags,
         )
         if conn.role == bpf_events.Role.SERVER:
-            conn.local = self._listen_endpoint(hdr.tgid, event.listen_fd)
+            # The listener lives in the accepting process: for a socket a forked child inherited, its parent.
+            conn.local = self._listen_endpoint(event.listen_tgid, event.listen_fd)
         self._insert(conn)
         self.stats.opened += 1
 
@@ -151,11 +156,39 @@ class ConnectionTable:
         if run.from_client:
             self._note_request(conn, run)
 
-    def on_close(self, hdr: bpf_events.EventHeader) -> None:
-        conn = self._conns.pop(hdr.conn_id, None)
-        if conn is None:
+    def on_continuation(self, hdr: bpf_events.EventHeader, data: bytes) -> None:
+        """More bytes of the pending run: a later chunk the kernel copied because the run's first
+        chunks were short (a length header read on its own, a second message in a second write)."""
+        conn = self._conns.get(hdr.conn_id)
+        # No run to extend: its DATA event was lost, or the run went out already as idle.
+        if conn is None or conn.pending is None or conn.pending.delivered:
+            self.stats.continuations_dropped += 1
             return
-        self._finish_run(conn, hdr.prev)
+        run = conn.pending
+        had = len(run.data)
+        run.data += data
+        if run.from_client and had < _FINGERPRINT_BYTES:
+            self._note_request(conn, run)  # the fingerprint covers the request's first bytes, wherever they came from
+
+    def on_close(self, hdr: bpf_events.EventHeader) -> None:
+        conn = self._conns.get(hdr.conn_id)
+        if conn is not None:
+            self.finish(conn, hdr.prev)
+
+    def on_exit(self, tgid: int, kernel_run: Callable[[Connection], bpf_events.Run | None]) -> None:
+        """Process `tgid` is gone (exit, kill) with connections it never closed: each ends where the
+        kernel last saw its run, and its kernel entry goes."""
+        for conn_id in list(self._by_process.get(tgid, {}).values()):
+            conn = self._conns[conn_id]
+            self.finish(conn, kernel_run(conn))
+            self._forget(conn.tgid, conn.fd, conn.conn_id)
+            self.stats.ended_by_exit += 1
+
+    def finish(self, conn: Connection, last: bpf_events.Run | None) -> None:
+        """End a connection: its pending run ends as `last` says (undelivered if unknown), and its
+        parser gives up what it still holds."""
+        self._remove(conn)
+        self._finish_run(conn, last)
         self._flush_parser(conn)
         self.stats.closed += 1
 
@@ -192,12 +225,29 @@ class ConnectionTable:
 
     # ---- internals ----
     def _insert(self, conn: Connection) -> None:
+        stale = self._by_process.get(conn.tgid, {}).get(conn.fd)
+        if stale is not None:
+            # The kernel sends a CLOSE before reusing a slot (a second connect() on one fd, as hiredis
+            # does, or an fd reused): one still here means that event was lost.
+            self.finish(self._conns[stale], None)
+            self.stats.replaced += 1
         self._conns[conn.conn_id] = conn
+        self._by_process.setdefault(conn.tgid, {})[conn.fd] = conn.conn_id
         while len(self._conns) > self._max:
-            _, old = self._conns.popitem(last=False)
+            old = next(iter(self._conns.values()))
+            self._remove(old)
             self._flush_parser(old)
-            self._forget(old.tgid, old.fd)
+            self._forget(old.tgid, old.fd, old.conn_id)
             self.stats.evicted += 1
+
+    def _remove(self, conn: Connection) -> None:
+        # Twice for one connection when finishing it delivers a run that fails detection for good.
+        if self._conns.pop(conn.conn_id, None) is None:
+            return
+        fds = self._by_process[conn.tgid]
+        del fds[conn.fd]
+        if not fds:
+            del self._by_process[conn.tgid]
 
     def _listen_endpoint(self, tgid: int, listen_fd: int) -> sockaddr.Endpoint | None:
         key = (tgid, listen_fd)
@@ -212,10 +262,10 @@ class ConnectionTable:
         while len(conn.requests) > _MAX_OPEN_REQUESTS:
             conn.requests.popitem(last=False)
 
-    def _finish_run(self, conn: Connection, prev: bpf_events.Run) -> None:
+    def _finish_run(self, conn: Connection, prev: bpf_events.Run | None) -> None:
         run = conn.pending
         conn.pending = None
-        if run is None or run.delivered or prev.direction == bpf_events.Direction.NONE:
+        if run is None or run.delivered or prev is None or prev.direction == bpf_events.Direction.NONE:
             return
         self._deliver(conn, run, prev.bytes, prev.end_ns)
 
@@ -241,8 +291,8 @@ class ConnectionTable:
         conn.detect_attempts += 1
         if conn.detect_attempts >= _DETECT_ATTEMPTS:
             # Nothing we parse: stop the kernel from capturing it at all.
-            self._forget(conn.tgid, conn.fd)
-            self._conns.pop(conn.conn_id, None)
+            self._forget(conn.tgid, conn.fd, conn.conn_id)
+            self._remove(conn)
             self.stats.undetected += 1
         return False
 

@@ -12,6 +12,7 @@ import dataclasses
 import logging
 import os
 import pathlib
+import re
 import subprocess
 import time
 from collections.abc import Callable
@@ -65,22 +66,38 @@ def bpf_dir() -> pathlib.Path:
     return pathlib.Path(__file__).resolve().parents[2] / "bpf"
 
 
-# Optional tracepoints the program uses when the kernel has them: -D flag -> tracepoints needed.
-_OPTIONAL_TRACEPOINTS = {
-    "PODSPAN_HAVE_MMSG": ("sys_enter_sendmmsg", "sys_exit_sendmmsg", "sys_enter_recvmmsg", "sys_exit_recvmmsg"),
+# What the program uses when the kernel has it: -D flag -> the tracepoints it needs, each with the
+# fields it reads that older kernels lack.
+_OPTIONAL_TRACEPOINTS: dict[str, dict[str, tuple[str, ...]]] = {
+    "PODSPAN_HAVE_MMSG": {f"syscalls/sys_{side}_{name}": () for side in ("enter", "exit")
+                          for name in ("sendmmsg", "recvmmsg")},
+    "PODSPAN_HAVE_EXIT": {"sched/sched_process_exit": ()},
+    "PODSPAN_HAVE_EXIT_GROUP_DEAD": {"sched/sched_process_exit": ("group_dead",)},
+    "PODSPAN_HAVE_FORK": {"sched/sched_process_fork": ("child_pid",), "sched/sched_process_exec": (),
+                          "syscalls/sys_exit_clone": ()},
+    "PODSPAN_HAVE_CLONE3": {"syscalls/sys_exit_clone3": ()},
+    "PODSPAN_HAVE_SYS_FORK": {"syscalls/sys_exit_fork": (), "syscalls/sys_exit_vfork": ()},
 }
 
 
+def _has_tracepoint(events: pathlib.Path, name: str, fields: tuple[str, ...]) -> bool:
+    try:
+        text = (events / name / "format").read_text()
+    except OSError:
+        return False
+    return all(re.search(rf"field:[^;]*\b{field};", text) for field in fields)
+
+
 def kernel_features() -> frozenset[str]:
-    """The optional-tracepoint flags this kernel supports (read from tracefs)."""
-    roots = [pathlib.Path(mountpoint) for _, mountpoint in _TRACEFS_MOUNTS]
-    syscalls = next((d for d in (r / "events" / "syscalls" for r in roots) if d.is_dir()), None)
-    if syscalls is None:
+    """The optional flags this kernel supports (its tracepoints and their fields, read from tracefs)."""
+    roots = [pathlib.Path(mountpoint) / "events" for _, mountpoint in _TRACEFS_MOUNTS]
+    events = next((root for root in roots if (root / "syscalls").is_dir()), None)
+    if events is None:
         return frozenset()
     return frozenset(
         flag
         for flag, tracepoints in _OPTIONAL_TRACEPOINTS.items()
-        if all((syscalls / name).is_dir() for name in tracepoints)
+        if all(_has_tracepoint(events, name, fields) for name, fields in tracepoints.items())
     )
 
 
@@ -98,8 +115,9 @@ def ensure_tracefs() -> None:
 
 EventCallback = Callable[[int, int], None]  # (address, size) of one ring-buffer record
 
-# Per-thread syscall state stashed on enter for the exit handler: stale after a detach.
-_INFLIGHT_MAPS = (b"io_inflight", b"accept_inflight", b"connect_inflight", b"socket_inflight")
+# Per-thread syscall state stashed on enter for the exit handler, and what a fork hands to its child
+# when the child first runs: stale after a detach.
+_INFLIGHT_MAPS = (b"io_inflight", b"accept_inflight", b"connect_inflight", b"socket_inflight", b"forks_inflight")
 
 
 class Probes:
@@ -188,12 +206,21 @@ class Probes:
         # A copy: a view cast from byref(value) would not keep `value` alive (use after free).
         return bpf_events.Conn.from_buffer_copy(value)
 
-    def forget_connection(self, tgid: int, fd: int) -> None:
-        """Stop capturing a connection (e.g. a protocol we do not parse); a UDP socket also stops
-        being a candidate, else its next send would open it again."""
+    def forget_connection(self, tgid: int, fd: int, conn_id: int) -> None:
+        """Stop capturing connection `conn_id` (a protocol we do not parse, an evicted one, one whose
+        process exited); a UDP socket also stops being a candidate, else its next send would open it
+        again. A slot that holds another connection by now (fd or pid reused) is left alone."""
+        live = self.connection(tgid, fd)
+        if live is None or live.conn_id != conn_id:
+            return
         key = bpf_events.ConnKey(tgid, fd)
         self._conns.pop(key, None)
         self._dgram_socks.pop(key, None)
+
+    def connection_count(self, tgid: int) -> int:
+        """How many connections of process `tgid` the kernel tracks (walks the whole table: for tests
+        and diagnostics, not the event path)."""
+        return sum(1 for key in self._conns if key.tgid == tgid)
 
     # ---- events ----
     def open_events(self, callback: EventCallback) -> None:

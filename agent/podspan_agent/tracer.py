@@ -20,6 +20,7 @@ from podspan_agent.spans import builder, correlation, model
 _POLL_MS = 50
 _HOUSEKEEPING_NS = 100_000_000
 _IDLE_RUN_NS = 200_000_000  # a response run quiet this long is taken as complete
+_DATA_KINDS = (bpf_events.EventKind.DATA, bpf_events.EventKind.CONTINUATION)  # struct podspan_data_event
 
 
 class SpanSink(Protocol):
@@ -68,12 +69,18 @@ class Tracer:
     def _on_event(self, address: int, size: int) -> None:
         hdr = bpf_events.EventHeader.from_address(address)
         kind = hdr.kind
-        if kind == bpf_events.EventKind.DATA and size >= bpf_events.DATA_OFFSET:
+        if kind in _DATA_KINDS and size >= bpf_events.DATA_OFFSET:
             fixed = bpf_events.DataEventFixed.from_address(address)
             captured = min(fixed.captured, size - bpf_events.DATA_OFFSET)
-            self.table.on_data(hdr, ctypes.string_at(address + bpf_events.DATA_OFFSET, captured))
+            data = ctypes.string_at(address + bpf_events.DATA_OFFSET, captured)
+            if kind == bpf_events.EventKind.DATA:
+                self.table.on_data(hdr, data)
+            else:
+                self.table.on_continuation(hdr, data)
         elif kind == bpf_events.EventKind.CLOSE:
             self.table.on_close(hdr)
+        elif kind == bpf_events.EventKind.EXIT:
+            self.table.on_exit(hdr.tgid, self._kernel_run)
         elif kind == bpf_events.EventKind.OPEN and size >= ctypes.sizeof(bpf_events.OpenEvent):
             self.table.on_open(bpf_events.OpenEvent.from_address(address))
         else:
@@ -118,11 +125,7 @@ class Tracer:
         self.table.flush_idle(now, self._kernel_run)
         for conn in self.table.connections():
             # Connections still open: their last run ends where the kernel last saw it.
-            hdr = bpf_events.EventHeader(kind=bpf_events.EventKind.CLOSE, conn_id=conn.conn_id)
-            live = self._kernel_run(conn)
-            if live is not None:
-                hdr.prev = live
-            self.table.on_close(hdr)
+            self.table.finish(conn, self._kernel_run(conn))
         self.correlator.tick(now, flush=True)
 
     def stats(self) -> dict[str, int]:

@@ -20,9 +20,11 @@ def nginx_binary() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def nginx_config(root: pathlib.Path, host: str, port: int) -> pathlib.Path:
+def nginx_config(root: pathlib.Path, host: str, port: int, upstream: int | None = None) -> pathlib.Path:
     """One worker as root (temp dirs are private), no access log, a static file at / and
-    a `return 200` at /api/; every path nginx writes stays under `root`."""
+    a `return 200` at /api/ (and with `upstream`, /upstream/ proxied to that port on `host`); every
+    path nginx writes stays under `root`."""
+    proxied = f"location /upstream/ {{ proxy_pass http://{host}:{upstream}; }}" if upstream else ""
     (root / "html").mkdir(exist_ok=True)
     (root / "html" / "index.html").write_text("<h1>podspan</h1>\n")
     conf = root / "nginx.conf"
@@ -45,6 +47,7 @@ http {{
         listen {host}:{port};
         root {root}/html;
         location /api/ {{ return 200 '{{"ok":true}}'; }}
+        {proxied}
     }}
 }}
 """

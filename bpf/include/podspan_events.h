@@ -8,7 +8,7 @@
 #define PODSPAN_EVENTS_H
 
 #ifndef PODSPAN_CAPTURE_SIZE
-#define PODSPAN_CAPTURE_SIZE 512 /* bytes copied from the first chunk of a run; power of two */
+#define PODSPAN_CAPTURE_SIZE 512 /* bytes copied from the start of a run, across its chunks; power of two */
 #endif
 
 /* Bytes copied from every chunk of an HTTP/2 connection; a power of two from PODSPAN_CAPTURE_SIZE
@@ -25,9 +25,14 @@
 #define PODSPAN_SOCKADDR_SIZE 28 /* sizeof(struct sockaddr_in6), the largest we keep */
 
 enum podspan_event_kind {
-    PODSPAN_EV_OPEN = 1,  /* accept/connect (or a UDP socket's first send) succeeded: a tracked connection starts */
+    PODSPAN_EV_OPEN = 1,  /* accept/connect (or a UDP socket's first send, or a fork handing an accepted
+                             connection to the child) succeeded: a tracked connection starts */
     PODSPAN_EV_DATA = 2,  /* a new run starts; carries its first bytes and closes the previous run */
     PODSPAN_EV_CLOSE = 3, /* close(): carries the connection's last run */
+    PODSPAN_EV_CONTINUATION = 4, /* a later chunk of the run in progress, while the run's capture is short: its
+                                    bytes (struct podspan_data_event) follow the run's captured bytes */
+    PODSPAN_EV_EXIT = 5, /* a traced process is gone (exit, kill): its sockets closed without close(); the header
+                            only (tgid; conn_id 0, fd -1) */
 };
 
 enum podspan_direction {
@@ -38,7 +43,7 @@ enum podspan_direction {
 
 enum podspan_role {
     PODSPAN_ROLE_UNKNOWN = 0,
-    PODSPAN_ROLE_SERVER = 1, /* the socket came from accept() */
+    PODSPAN_ROLE_SERVER = 1, /* the socket came from accept() (here or, before a fork, in the parent) */
     PODSPAN_ROLE_CLIENT = 2, /* the socket came from connect(), or is a UDP socket that sent first */
 };
 
@@ -49,7 +54,8 @@ enum podspan_stat {
     PODSPAN_STAT_CONN_FULL = 3,    /* connection table full: connection not tracked */
     PODSPAN_STAT_SENDFILE = 4,     /* sendfile chunks accounted without data */
     PODSPAN_STAT_MMSG_SKIPPED = 5, /* sendmmsg/recvmmsg messages beyond the per-call limit: no event */
-    PODSPAN_STAT_MAX = 6,
+    PODSPAN_STAT_CONTINUATIONS = 6, /* later chunks of a run captured with a CONTINUATION event */
+    PODSPAN_STAT_MAX = 7,
 };
 
 /* Per-connection capture mode, in the conns value and in every event header. */
@@ -86,15 +92,16 @@ struct podspan_event_header {
 
 struct podspan_open_event {
     struct podspan_event_header hdr;
-    __s32 listen_fd; /* accept: the listening socket, -1 for connect */
+    __s32 listen_fd; /* accept: the listening socket (in process listen_tgid), -1 for connect */
     __u32 addr_len;  /* bytes valid in peer (0 when the caller passed no address) */
     __u8 peer[PODSPAN_SOCKADDR_SIZE]; /* raw struct sockaddr_in / sockaddr_in6 of the peer */
-    __u32 _pad;
+    __u32 listen_tgid; /* the process that accepted: this one, or the parent of a child that inherited the socket */
 };
 
 struct podspan_data_event {
     struct podspan_event_header hdr;
-    __u32 chunk_bytes; /* bytes moved by the syscall (or the one message of sendmmsg/recvmmsg) that started the run */
+    __u32 chunk_bytes; /* bytes moved by the syscall (or the one message of sendmmsg/recvmmsg) that started the run,
+                          or (CONTINUATION) that continued it */
     __u32 captured;    /* bytes valid in data, gathered across iovecs; only these are sent */
     __u8 data[PODSPAN_CHUNK_CAPTURE_SIZE];
 };
@@ -109,8 +116,10 @@ struct podspan_conn {
     __u64 conn_id;
     struct podspan_run run; /* the run in progress */
     __u8 role;
-    __u8 flags; /* enum podspan_conn_flag */
-    __u8 _pad[6];
+    __u8 flags;         /* enum podspan_conn_flag */
+    __u16 captured;     /* bytes of the run in progress sent to userspace, from its start without a gap */
+    __u8 continuations; /* CONTINUATION events sent for the run in progress */
+    __u8 _pad[3];
 };
 
 #endif /* PODSPAN_EVENTS_H */

@@ -117,7 +117,7 @@ def _assert_client_spans(spans: Spans, server: db_servers.Server, system: str) -
 
 
 def _errors(spans: Spans) -> list[tuple[str, object]]:
-    return [(s.attributes["db.operation.name"], s.attributes.get("db.response.status_code"))
+    return [(s.attributes.get("db.operation.name"), s.attributes.get("db.response.status_code"))
             for s in spans if s.status_code == STATUS_ERROR]
 
 
@@ -132,8 +132,8 @@ def test_redis_commands_and_error_replies(
     agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: Traced,
     redis_server: db_servers.Server, tmp_path: pathlib.Path,
 ) -> None:
-    # The last reply has no later event on its connection (redis-cli exits without close()):
-    # only the tracer's idle flush, reading the run's end from the kernel, can report it.
+    # The last reply has no later event on its connection (redis-cli exits without close()): the
+    # tracer's idle flush or the process's EXIT ends it, reading the run's end from the kernel.
     commands = "SET user:1 alice\nGET user:1\nLPUSH user:1 x\nNOSUCHCOMMAND a\n"
     pod, code, out = _run_client(pod_runner, traced, tmp_path, "redis-cli", _redis_cli(redis_server), commands)
     assert code == 0 and "WRONGTYPE" in out, out
@@ -159,12 +159,12 @@ def test_redis_pipeline(
                                  "".join(_resp(*line.split()) for line in commands))
     assert code == 1 and "errors: 1, replies: 11" in out, out  # exit code 1: a reply was an error
 
-    spans = _spans_of(receiver, pod.pid, 11)
+    spans = _spans_of(receiver, pod.pid, 12)
     _assert_client_spans(spans, redis_server, "redis")
     # redis-cli then sends an ECHO of its own in a second write() of the same run, before reading:
-    # the kernel captures only a run's first write, so that ECHO is not seen (and its reply is
-    # counted as lost by the parser).
-    assert [s.attributes["db.operation.name"] for s in spans] == ["SET"] * 5 + ["GET"] * 5 + ["INCR"]
+    # the kernel copies that write too (a CONTINUATION of the run, whose capture was not full).
+    assert [s.attributes["db.operation.name"] for s in spans] == ["SET"] * 5 + ["GET"] * 5 + ["INCR", "ECHO"]
+    assert spans[11].attributes["db.query.text"] == "ECHO ?"
     assert _errors(spans) == [("INCR", "ERR")]
     assert spans[10].status_message == "ERR value is not an integer or out of range"
     # One run carried the commands and one the replies: the spans share their start and end.
@@ -334,35 +334,37 @@ def test_mariadb_prepared_statements(
     pod, code, out = _run_client(pod_runner, traced, tmp_path, "mysql-client", argv)
     assert code == 0, out
 
-    spans = _spans_of(receiver, pod.pid, 9)
+    spans = _spans_of(receiver, pod.pid, 10)
     _assert_client_spans(spans, mariadb_server, "mariadb")
     select = "SELECT id, name, email FROM users WHERE id = ?"
-    # Not reported: the COM_STMT_EXECUTE of the closed statement. The client writes it right after
-    # COM_STMT_CLOSE (which has no reply), in a second write() of the same run, and the kernel
-    # captures only a run's first write.
+    # The client writes the COM_STMT_EXECUTE of the closed statement right after COM_STMT_CLOSE
+    # (which has no reply), in a second write() of the same run: the kernel copies it as a
+    # CONTINUATION. The parser forgot the statement's text with its close, so the span has none.
     assert [s.attributes.get("db.query.text") for s in spans] == [
         "SELECT id, name FROM users WHERE id = ?", select, select, select,
         "UPDATE users SET name = ? WHERE id = ?",
         "SELECT * FROM nosuchtable WHERE id = ?",  # the failed COM_STMT_PREPARE
+        None,  # COM_STMT_EXECUTE of the closed statement
         None, None, "SELECT DATABASE()",  # COM_PING, COM_INIT_DB
     ]
-    assert [s.attributes.get("db.operation.name") for s in spans[6:8]] == ["PING", "USE"]
+    assert [s.attributes.get("db.operation.name") for s in spans[6:9]] == [None, "PING", "USE"]
     assert all(s.attributes["db.response.returned_rows"] == 1 for s in spans[1:4])
-    assert _errors(spans) == [("SELECT", "1146")]
+    assert _errors(spans) == [("SELECT", "1146"), (None, "1243")]
     assert spans[5].status_message == "Table 'shop.nosuchtable' doesn't exist"
-    assert [s.attributes["db.namespace"] for s in spans] == ["shop"] * 7 + ["other"] * 2
+    assert spans[6].status_message.startswith("Unknown prepared statement handler")
+    assert [s.attributes["db.namespace"] for s in spans] == ["shop"] * 8 + ["other"] * 2
 
 
 # ---------------------------------------------------------------- server side of SQL servers
 
 
 @pytest.mark.parametrize("system", [
-    pytest.param("mariadb", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "mariadbd reads each packet's 4-byte header and then its payload in two recv() calls, and the "
-        "kernel captures only a run's first chunk: the server never sees a whole command"))),
-    pytest.param("postgresql", marks=pytest.mark.xfail(strict=True, raises=AssertionError, reason=(
-        "the postmaster accepts and closes the socket, a forked backend serves it: connections are "
-        "tracked per (tgid, fd) from accept(), so the backend's reads and writes are not captured"))),
+    # mariadbd reads each packet's 4-byte header and then its payload in two recv() calls: the
+    # payload reaches the parser as a CONTINUATION of the run.
+    "mariadb",
+    # The postmaster accepts, forks a backend that serves the socket, and closes its copy: the kernel
+    # opens the connection again for the backend, on the same fd.
+    "postgresql",
 ])
 def test_sql_server_spans(
     agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: Traced,
@@ -381,3 +383,5 @@ def test_sql_server_spans(
     assert len(children) == 1, "no server span"
     assert children[0].name == client.name == "SELECT users"
     assert children[0].attributes["server.port"] == server.port
+    # mariadbd serves in its own process, PostgreSQL in a backend the postmaster forked.
+    assert (children[0].resource["process.pid"] == server.process.pid) == (system == "mariadb")

@@ -185,3 +185,4 @@ def test_detached_probes_see_nothing_and_reattach(
     assert _get(port, "/users/62") == 200
     spans = receiver.wait_for(_with_path("/users/62", 1), timeout=20)
     assert not any(s.attributes.get("url.path") == "/users/61" for s in spans)
+

@@ -28,7 +28,7 @@ def _header(kind: bpf_events.EventKind, ts: int, direction: int = 0,
 def test_datagrams_of_one_direction_stay_separate_messages() -> None:
     exchanges: list[connections.Exchange] = []
     table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), exchanges.append,
-                                        lambda _tgid, _fd: None)
+                                        lambda _tgid, _fd, _conn_id: None)
     opened = bpf_events.OpenEvent(hdr=_header(bpf_events.EventKind.OPEN, 100), listen_fd=-1, addr_len=16)
     opened.peer[:16] = PEER
     table.on_open(opened)

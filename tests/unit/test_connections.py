@@ -1,0 +1,108 @@
+"""Connection tracking in userspace, from hand-made kernel events: CONTINUATION events extend the
+pending run, a process's exit ends its connections, and a slot opened again ends the connection a
+lost CLOSE left behind (the kernel side is tests/agent)."""
+
+from __future__ import annotations
+
+import socket
+import struct
+
+from podspan_agent import bpf_events, connections
+from podspan_agent.protocols import base, registry
+
+PEER = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 8080) + socket.inet_aton("10.0.0.20") + bytes(8)
+OUT, IN = bpf_events.Direction.EGRESS, bpf_events.Direction.INGRESS
+REQUEST = b"GET /users/7 HTTP/1.1\r\nHost: svc\r\n\r\n"
+RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+
+
+class Recorder:
+    """The table's callbacks: exchanges it reports and kernel entries it drops."""
+
+    def __init__(self) -> None:
+        self.exchanges: list[connections.Exchange] = []
+        self.forgotten: list[tuple[int, int, int]] = []
+        self.table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()),
+                                                 self.exchanges.append, self._forget)
+
+    def _forget(self, tgid: int, fd: int, conn_id: int) -> None:
+        self.forgotten.append((tgid, fd, conn_id))
+
+    def open(self, conn_id: int, tgid: int = 10, fd: int = 3) -> None:
+        event = bpf_events.OpenEvent(hdr=_header(bpf_events.EventKind.OPEN, conn_id, tgid, fd, 0), listen_fd=-1,
+                                     addr_len=16)
+        event.peer[:16] = PEER
+        self.table.on_open(event)
+
+    def data(self, conn_id: int, ts: int, direction: int, data: bytes, prev: bpf_events.Run | None = None,
+             tgid: int = 10, fd: int = 3, kind: bpf_events.EventKind = bpf_events.EventKind.DATA) -> None:
+        hdr = _header(kind, conn_id, tgid, fd, ts, direction)
+        if prev is not None:
+            hdr.prev = prev
+        if kind == bpf_events.EventKind.DATA:
+            self.table.on_data(hdr, data)
+        else:
+            self.table.on_continuation(hdr, data)
+
+    def paths(self) -> list[tuple[object, object]]:
+        return [(e.record.attributes.get("url.path"), e.record.attributes.get("http.response.status_code"))
+                for e in self.exchanges]
+
+
+def _header(kind: bpf_events.EventKind, conn_id: int, tgid: int, fd: int, ts: int,
+            direction: int = 0) -> bpf_events.EventHeader:
+    return bpf_events.EventHeader(kind=kind, role=bpf_events.Role.CLIENT, direction=direction, tgid=tgid, tid=tgid,
+                                  fd=fd, conn_id=conn_id, ts_ns=ts)
+
+
+def _run(direction: int, start: int, end: int, size: int) -> bpf_events.Run:
+    return bpf_events.Run(start_ns=start, end_ns=end, bytes=size, chunks=2, direction=direction)
+
+
+def test_continuations_complete_the_run_before_the_parser_sees_it() -> None:
+    seen = Recorder()
+    seen.open(1)
+    # A request line split across two writes: its first chunk alone is not even detectable.
+    seen.data(1, 100, OUT, REQUEST[:2])
+    seen.data(1, 110, OUT, REQUEST[2:], kind=bpf_events.EventKind.CONTINUATION)
+    seen.data(1, 200, IN, RESPONSE[:16], prev=_run(OUT, 100, 110, len(REQUEST)))
+    seen.data(1, 210, IN, RESPONSE[16:], kind=bpf_events.EventKind.CONTINUATION)
+    close = _header(bpf_events.EventKind.CLOSE, 1, 10, 3, 300)
+    close.prev = _run(IN, 200, 210, len(RESPONSE))
+    seen.table.on_close(close)
+    assert seen.paths() == [("/users/7", 200)]
+    assert seen.table.stats.continuations_dropped == 0
+
+
+def test_a_continuation_without_its_run_is_counted() -> None:
+    seen = Recorder()
+    seen.open(1)
+    seen.data(1, 110, OUT, REQUEST, kind=bpf_events.EventKind.CONTINUATION)
+    assert seen.table.stats.continuations_dropped == 1 and not seen.exchanges
+
+
+def test_exit_ends_every_connection_of_the_process() -> None:
+    seen = Recorder()
+    for conn_id, tgid, fd in ((1, 10, 3), (2, 10, 4), (3, 11, 3)):
+        seen.open(conn_id, tgid, fd)
+        seen.data(conn_id, 100, OUT, REQUEST, tgid=tgid, fd=fd)
+        seen.data(conn_id, 200, IN, RESPONSE, prev=_run(OUT, 100, 150, len(REQUEST)), tgid=tgid, fd=fd)
+    # The last runs end where the kernel saw them; connection 2's slot holds another connection by now.
+    live = {1: _run(IN, 200, 250, len(RESPONSE))}
+    seen.table.on_exit(10, lambda conn: live.get(conn.conn_id))
+    # Connection 1's response was delivered; connection 2's was not, so its request has no response.
+    assert sorted(seen.paths(), key=str) == [("/users/7", 200), ("/users/7", None)]
+    assert seen.forgotten == [(10, 3, 1), (10, 4, 2)]
+    assert [c.conn_id for c in seen.table.connections()] == [3]
+    assert seen.table.stats.ended_by_exit == 2
+
+
+def test_reopening_a_tracked_slot_ends_the_old_connection() -> None:
+    seen = Recorder()
+    seen.open(1)
+    seen.data(1, 100, OUT, REQUEST)
+    seen.data(1, 200, IN, RESPONSE, prev=_run(OUT, 100, 150, len(REQUEST)))
+    seen.open(2)  # connect() again on fd 3, and the CLOSE the kernel sent first was lost
+    assert seen.paths() == [("/users/7", None)]
+    assert [c.conn_id for c in seen.table.connections()] == [2]
+    assert seen.table.stats.replaced == 1
