@@ -72,7 +72,7 @@ class Correlator:
         server_busy: Callable[[int, int], bool],
         hold_ns: int = 1_000_000_000,
         max_entries: int = 50_000,
-        max_recent: int = 50_000,
+        max_recent: int = 10_000,
     ) -> None:
         self._release = release
         self._server_busy = server_busy
