@@ -123,6 +123,14 @@ def sampled(trace_id: int, ratio: float) -> bool:
     return ratio >= 1.0 or (trace_id & 0xFFFFFFFFFFFFFFFF) < int(ratio * 2**64)
 
 
+def keep(span: model.SpanRecord, sampling: models.Sampling) -> bool:
+    """A profile's head sampling: the caller's decision when the trace came with one and the profile
+    is parent-based, else the trace-id ratio."""
+    if sampling.parent_based and span.sampled is not None:
+        return span.sampled
+    return sampled(span.trace_id, sampling.ratio)
+
+
 class Router:
     """The tracer's only sink in Kubernetes mode: one OTLP exporter per profile."""
 
@@ -162,7 +170,7 @@ class Router:
             if profile is None or span.protocol not in profile.protocols:
                 continue
             seen = profile_view.apply(self._views[key], span)
-            if seen is not None and sampled(span.trace_id, profile.sampling.ratio):
+            if seen is not None and keep(span, profile.sampling):
                 self._exporters[key].export(seen)
 
     def counters(self, events_lost: int) -> list[models.ProfileCounters]:

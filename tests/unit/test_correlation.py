@@ -72,3 +72,16 @@ def test_memory_is_bounded_by_count_as_well_as_time() -> None:
         run.correlator.tick(int((i + 0.5) * MS))
     assert len(run.released) == 1000
     assert (run.correlator.stats.held, run.correlator.stats.recent) == (0, 50)
+
+
+def test_the_callers_sampling_decision_reaches_the_whole_trace() -> None:
+    run = Collect()
+    incoming = exchange(SERVER, 0, 10, tgid=1, tid=1, headers={
+        "traceparent": "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-00"})
+    call = exchange(CLIENT, 2, 8, tgid=1, tid=1, fingerprint=99)
+    served = exchange(SERVER, 3, 7, tgid=2, tid=2, fingerprint=99)
+    alone = exchange(SERVER, 20, 21, tgid=3, tid=3, fingerprint=5)
+    front, client, back, other = run.add(incoming, call, served, alone)
+    run.correlator.tick(0, flush=True)
+    assert (front.sampled, client.sampled, back.sampled) == (False, False, False)
+    assert other.sampled is None  # a new trace: the profile's ratio decides

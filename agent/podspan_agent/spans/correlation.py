@@ -147,11 +147,12 @@ class Correlator:
         if entry.remote is not None:
             span.trace_id, span.parent_span_id = entry.remote.trace_id, entry.remote.span_id
             span.parent_is_remote, span.trace_state = True, entry.remote.trace_state
+            span.sampled = entry.remote.sampled
             self.stats.linked_remote += 1
         elif parent is not None:
             self._resolve(parent)
             span.trace_id, span.parent_span_id = parent.span.trace_id, parent.span.span_id
-            span.trace_state = parent.span.trace_state
+            span.trace_state, span.sampled = parent.span.trace_state, parent.span.sampled
         if not span.trace_id:
             span.trace_id = random.getrandbits(128) or 1
             span.parent_span_id = None

@@ -37,6 +37,7 @@ class SpanRecord:
     error: str | None = None
     parent_is_remote: bool = False
     trace_state: str = ""
+    sampled: bool | None = None  # the trace's sampling decision from an incoming context, if it had one
 
     @property
     def is_error(self) -> bool:
