@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from podspan_agent import cgroups, kernel_headers, loader, process_info, tracer
-from podspan_agent.export import sinks
+from podspan_agent.export import otlp, sinks
 from podspan_agent.protocols import base, registry
 
 EXIT_USAGE = 2
@@ -65,7 +65,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="Kubernetes mode: follow this node's NodeTraceConfig")
     run.add_argument("--node", default=os.environ.get("NODE_NAME"), help="node name (default $NODE_NAME)")
-    run.add_argument("--export-queue", type=int, default=8192, metavar="SPANS",
+    run.add_argument("--export-queue", type=int, default=otlp.DEFAULT_MAX_QUEUE_SIZE, metavar="SPANS",
                      help="spans each profile's exporter holds while its endpoint is slow or down; beyond it "
                           "new spans are dropped and counted (bounds memory)")
     run.add_argument("--probe-retry", type=float, default=60.0, metavar="SECONDS",

@@ -134,7 +134,7 @@ def keep(span: model.SpanRecord, sampling: models.Sampling) -> bool:
 class Router:
     """The tracer's only sink in Kubernetes mode: one OTLP exporter per profile."""
 
-    def __init__(self, export_queue: int = 8192) -> None:
+    def __init__(self, export_queue: int) -> None:
         self._export_queue = export_queue
         self._profiles: dict[str, models.ResolvedProfile] = {}
         self._views: dict[str, profile_view.View] = {}
@@ -255,7 +255,7 @@ def api_client() -> k8s.ApiClient:
 
 class NodeAgent:
     def __init__(self, node: str, custom: k8s.CustomObjectsApi, probes: loader.Probes,
-                 headers: kernel_headers.HeaderSource, export_queue: int = 8192) -> None:
+                 headers: kernel_headers.HeaderSource, export_queue: int) -> None:
         self.node, self._custom, self._probes, self._headers = node, custom, probes, headers
         self._mount = cgroups.cgroup2_mount()
         self._watcher = ConfigWatcher(custom, node)
@@ -371,7 +371,7 @@ def load_probes(custom: k8s.CustomObjectsApi, node: str, stop: threading.Event,
     return None
 
 
-def run(node: str, export_queue: int = 8192, probe_retry_s: float = 60.0) -> int:
+def run(node: str, export_queue: int, probe_retry_s: float) -> int:
     custom = k8s.CustomObjectsApi(api_client())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import http.client
 import json
 import os
 import pathlib
@@ -37,11 +38,13 @@ SAMPLE_APP = [sys.executable, "-m", "podspan_demo.sample_app"]
 T = TypeVar("T")
 
 
-def wait_for(probe: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.2) -> T:
-    """Poll until `probe()` is truthy and return it; raise TimeoutError naming `what` otherwise."""
+def wait_for(probe: Callable[[], T], what: str, timeout: float = 30.0, interval: float = 0.2,
+             until: Callable[[T], object] = bool) -> T:
+    """Poll `probe()` until `until(value)` holds (by default: the value is truthy) and return the value;
+    raise TimeoutError naming `what` otherwise."""
     deadline = time.monotonic() + timeout
     value = probe()
-    while not value:
+    while not until(value):
         if time.monotonic() > deadline:
             raise TimeoutError(f"timed out after {timeout:g}s waiting for {what}; last value: {value!r}")
         time.sleep(interval)
@@ -396,8 +399,6 @@ def profile(name: str, namespace: str, endpoint: str, apps: list[str], **spec: A
 
 def http_get(url: str, timeout: float = 10.0) -> int:
     """GET `url` and return the status code (error statuses included)."""
-    import http.client
-
     parts = urllib.parse.urlsplit(url)
     conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
     try:

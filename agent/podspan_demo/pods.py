@@ -51,8 +51,9 @@ class PodRunner:
     def __init__(self) -> None:
         self.mount = cgroups.cgroup2_mount()
         self.pods: list[Pod] = []
-        self._tag = f"{os.getpid() % 100000}x{next(_runners)}"
-        self._subnet = f"10.231.{(os.getpid() + next(_runners)) % 250 + 1}"
+        runner = next(_runners)
+        self._tag = f"{os.getpid() % 100000}x{runner}"
+        self._subnet = f"10.231.{(os.getpid() + runner) % 250 + 1}"
         self._bridge: str | None = None
         self._addresses = itertools.count(2)
 

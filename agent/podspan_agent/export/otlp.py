@@ -491,6 +491,9 @@ class ExportStats:
         return self.dropped_queue_full + self.dropped_export_failed + self.dropped_shutdown
 
 
+DEFAULT_MAX_QUEUE_SIZE = 8192  # spans held while the endpoint is slow or down
+
+
 class OtlpExporter:
     """Batches spans on a background thread and exports them over OTLP.
 
@@ -515,7 +518,7 @@ class OtlpExporter:
         insecure: bool | None = None,
         compression: str | None = None,
         resource: Mapping[str, base.AttributeValue] | None = None,
-        max_queue_size: int = 8192,
+        max_queue_size: int = DEFAULT_MAX_QUEUE_SIZE,
         max_batch_size: int = 512,
         schedule_delay: float = 0.5,
         retry_timeout: float = 10.0,

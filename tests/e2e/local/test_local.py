@@ -76,8 +76,8 @@ def _request_and_wait(installation: cluster.LocalCluster, pod: cluster.ClusterPo
                       spans: int) -> list[dict[str, Any]]:
     """GET `url_path` from `pod` and wait until the receiver holds `spans` spans for it."""
     assert cluster.http_get(pod.url + url_path) == 200
-    return cluster.wait_for(lambda: (lambda got: got if len(got) >= spans else None)(
-        _spans_for(installation, url_path)), f"{spans} spans for {url_path}")
+    return cluster.wait_for(lambda: _spans_for(installation, url_path), f"{spans} spans for {url_path}",
+                            until=lambda got: len(got) >= spans)
 
 
 def _pod_names(spans: list[dict[str, Any]]) -> set[str]:
@@ -126,8 +126,8 @@ def test_2_traffic_becomes_one_trace_with_kubernetes_attributes(
         assert resource["k8s.node.name"] == installation.node
     assert fe_client["attributes"]["server.address"] == backend.ip
     # The backend's cache miss: Redis GET, PostgreSQL SELECT, Redis SET, each a child of its server span.
-    calls = cluster.wait_for(lambda: (lambda got: got if len(got) >= 3 else None)(
-        [s for s in installation.spans() if s["parent_span_id"] == be_server["span_id"]]), "the backend's DB calls")
+    calls = cluster.wait_for(lambda: [s for s in installation.spans() if s["parent_span_id"] == be_server["span_id"]],
+                             "the backend's DB calls", until=lambda got: len(got) >= 3)
     assert sorted((s["attributes"]["db.system.name"], s["attributes"]["db.operation.name"]) for s in calls) == [
         ("postgresql", "SELECT"), ("redis", "GET"), ("redis", "SET")]
     for call in calls:
@@ -202,14 +202,13 @@ def test_5_receiver_outage_is_bounded_counted_and_reported(
                                  range(requests)))
     assert statuses == [200] * requests
     counters = cluster.wait_for(
-        lambda: (lambda c: c if c.get("spansDropped", 0) - dropped_before >= requests * 3 - 3 * EXPORT_QUEUE
-                 and c.get("exportError") else None)(_profile_counters(installation)),
-        "drops counted in the node status", timeout=60)
+        lambda: _profile_counters(installation), "drops counted in the node status", timeout=60,
+        until=lambda c: c.get("spansDropped", 0) - dropped_before >= requests * 3 - 3 * EXPORT_QUEUE
+        and bool(c.get("exportError")))
     # The queue is bounded: memory does not follow the traffic (a generous margin for allocator noise).
     assert agent.memory_info().rss - rss_before < 64 * 2**20
-    _, reason = cluster.wait_for(
-        lambda: (lambda c: c if c[0] == "True" else None)(installation.condition(NS, PROFILE, "Degraded")),
-        "Degraded=True", timeout=60)
+    _, reason = cluster.wait_for(lambda: installation.condition(NS, PROFILE, "Degraded"), "Degraded=True",
+                                 timeout=60, until=lambda c: c[0] == "True")
     assert reason == "ExportFailing"
     [degraded] = [c for c in installation.profile_status(NS, PROFILE)["conditions"] if c["type"] == "Degraded"]
     assert installation.node in degraded["message"] and "spans dropped" in degraded["message"]
@@ -235,9 +234,9 @@ def test_6_agent_and_operator_survive_sigkill(
     cluster.wait_for(lambda: not attached & bpftool.program_ids(), "the killed agent's programs unloaded")
     installation.start_agent(*installation.agent_args)
     restarted = installation.components["agent"]
-    cluster.wait_for(lambda: (lambda status: status["heartbeatTime"] != heartbeat
-                              and {t["state"] for t in status["targets"]} == {"attached"})(
-        installation.node_config()["status"]), "the restarted agent reports its targets attached", timeout=60)
+    cluster.wait_for(lambda: installation.node_config()["status"], "the restarted agent reports its targets attached",
+                     timeout=60, until=lambda status: status["heartbeatTime"] != heartbeat
+                     and {t["state"] for t in status["targets"]} == {"attached"})
     assert bpftool.attached_programs(restarted.pid)
     _request_and_wait(installation, shop["frontend"], "/users/601", 3)
 
