@@ -133,9 +133,8 @@ def _ready_and_degraded(profile: render.Profile, matched: int, t: _Tally,
         degraded = (True, PROBE_ERRORS, f"probes failed on {_names(list(t.probe_errors))}; "
                                         f"{_first_error(t.probe_errors)}")
     elif t.export_errors:
-        node, error = sorted(t.export_errors.items())[0]
         degraded = (True, EXPORT_FAILING, f"OTLP export failing on {_names(list(t.export_errors))} "
-                                          f"({t.dropped} spans dropped so far); {node}: {error}")
+                                          f"({t.dropped} spans dropped so far); {_first_error(t.export_errors)}")
     elif t.lost:
         degraded = (True, EVENTS_LOST, f"{t.lost} kernel events lost since the agents started")
     else:
