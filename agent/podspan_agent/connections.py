@@ -20,6 +20,10 @@ _DETECT_ATTEMPTS = 3
 _FINGERPRINT_BYTES = 128
 # Request fingerprints kept per connection while their exchange is open (pipelining depth).
 _MAX_OPEN_REQUESTS = 64
+# Plain ints on the per-event path: an IntFlag operation builds a new enum member each time.
+_DATAGRAM = int(bpf_events.ConnFlag.DATAGRAM)
+_CLIENT, _SERVER = int(bpf_events.Role.CLIENT), int(bpf_events.Role.SERVER)
+_INGRESS, _EGRESS = int(bpf_events.Direction.INGRESS), int(bpf_events.Direction.EGRESS)
 
 
 @dataclasses.dataclass(slots=True)
@@ -56,13 +60,11 @@ class Connection:
     @property
     def datagram(self) -> bool:
         """UDP: every message is one datagram."""
-        return bool(self.flags & bpf_events.ConnFlag.DATAGRAM)
+        return bool(self.flags & _DATAGRAM)
 
     def from_client(self, direction: int) -> bool:
         # A client connection sends requests; a server connection receives them.
-        if self.role == bpf_events.Role.CLIENT:
-            return direction == bpf_events.Direction.EGRESS
-        return direction == bpf_events.Direction.INGRESS
+        return direction == (_EGRESS if self.role == _CLIENT else _INGRESS)
 
 
 @dataclasses.dataclass(slots=True)
@@ -210,18 +212,13 @@ class ConnectionTable:
             self._deliver(conn, run, live.bytes, live.end_ns)
             run.delivered = True
 
-    def server_busy(self, tgid: int, tid: int) -> bool:
-        """Whether a thread has received a request it has not yet answered."""
-        for conn in reversed(self._conns.values()):
-            if (
-                conn.tgid == tgid
-                and conn.tid == tid
-                and conn.role == bpf_events.Role.SERVER
-                and conn.pending is not None
-                and conn.pending.from_client
-            ):
-                return True
-        return False
+    def busy_threads(self) -> set[tuple[int, int]]:
+        """(tgid, tid) of every thread that has received a request it has not yet answered."""
+        return {
+            (conn.tgid, conn.tid)
+            for conn in self._conns.values()
+            if conn.role == _SERVER and conn.pending is not None and conn.pending.from_client
+        }
 
     # ---- internals ----
     def _insert(self, conn: Connection) -> None:

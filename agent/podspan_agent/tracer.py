@@ -56,7 +56,7 @@ class Tracer:
             probes.forget_connection,
             settings.max_connections,
         )
-        self.correlator = correlation.Correlator(self._release, self.table.server_busy, settings.hold_ns)
+        self.correlator = correlation.Correlator(self._release, self.table.busy_threads, settings.hold_ns)
         self.spans_released = 0
         self.malformed_events = 0
         probes.open_events(self._on_event)

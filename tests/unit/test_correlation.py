@@ -25,9 +25,10 @@ def exchange(kind: model.SpanKind, start_ms: float, end_ms: float, *, tgid: int 
 
 
 class Collect:
-    def __init__(self, busy: bool = False, **options: int) -> None:
+    def __init__(self, **options: int) -> None:
         self.released: list[model.SpanRecord] = []
-        self.correlator = correlation.Correlator(self.released.append, lambda _tgid, _tid: busy, **options)
+        self.busy: set[tuple[int, int]] = set()  # threads serving a request, as the connection table says
+        self.correlator = correlation.Correlator(self.released.append, lambda: self.busy, **options)
 
     def add(self, *pairs: tuple[connections.Exchange, model.SpanRecord]) -> list[model.SpanRecord]:
         for ex, span in pairs:
@@ -85,3 +86,28 @@ def test_the_callers_sampling_decision_reaches_the_whole_trace() -> None:
     run.correlator.tick(0, flush=True)
     assert (front.sampled, client.sampled, back.sampled) == (False, False, False)
     assert other.sampled is None  # a new trace: the profile's ratio decides
+
+
+def test_a_client_span_waiting_for_its_busy_thread_does_not_hold_back_later_spans() -> None:
+    run = Collect(hold_ns=100 * MS)
+    run.busy = {(1, 1)}  # thread 1/1 received a request and is still answering it
+    call, = run.add(exchange(CLIENT, 0, 5, tgid=1, tid=1))
+    later = run.add(*(exchange(SERVER, 10 + i, 11 + i, tgid=2, tid=2, fingerprint=i + 100) for i in range(3)))
+    run.correlator.tick(200 * MS)
+    assert run.released == later  # released at their own deadline, not after the waiting call
+    assert run.correlator.stats.held == 1
+    served, = run.add(exchange(SERVER, -1, 20, tgid=1, tid=1, fingerprint=55))
+    run.busy = set()  # the thread answered: its server span arrived
+    run.correlator.tick(400 * MS)
+    assert run.released[3:] == [call, served]
+    assert (call.trace_id, call.parent_span_id) == (served.trace_id, served.span_id)
+
+
+def test_a_client_span_waits_for_a_busy_thread_at_most_ten_seconds() -> None:
+    run = Collect(hold_ns=100 * MS)
+    run.busy = {(1, 1)}
+    call, = run.add(exchange(CLIENT, 0, 5, tgid=1, tid=1))
+    run.correlator.tick(9_000 * MS)
+    assert run.released == []
+    run.correlator.tick(10_006 * MS)
+    assert run.released == [call] and call.parent_span_id is None and call.trace_id

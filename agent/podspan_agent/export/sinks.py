@@ -41,7 +41,8 @@ class Standalone:
 
     def summary(self, tracer_stats: dict[str, int], final: bool = False) -> None:
         """Print the live summary: in place on a terminal, every few seconds otherwise."""
-        dropped = tracer_stats.get("corr_dropped_overflow", 0)
+        # Spans released early by a full correlation buffer are still exported: not counted here.
+        dropped = 0
         if self.otlp is not None:
             dropped += self.otlp.stats().spans_dropped
         if self.console is not None:

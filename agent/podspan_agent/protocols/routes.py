@@ -33,8 +33,12 @@ _EXTENSION_RE = re.compile(r"(.+)(\.[A-Za-z]{1,5})")
 _PLACEHOLDER_RE = re.compile(r"\\\{[^/{}]+\\\}")
 
 
+@functools.lru_cache(maxsize=4096)
 def template(path: str, patterns: tuple[str, ...] = ()) -> str:
-    """Return the low-cardinality route for `path` (see the module docstring for the rules)."""
+    """Return the low-cardinality route for `path` (see the module docstring for the rules).
+
+    Cached: a service answers the same few paths over and over (pure function, bounded cache).
+    """
     for cut in ("?", "#"):
         if cut in path:
             path = path.partition(cut)[0]

@@ -10,20 +10,30 @@ from podspan_agent.protocols import base
 from podspan_agent.spans import model
 
 ResourceLookup = Callable[[connections.Connection], dict[str, base.AttributeValue]]
+Attributes = dict[str, base.AttributeValue]
+# Connections whose attributes are kept ready (cleared when full: a connection costs one rebuild).
+_MAX_CACHED_CONNECTIONS = 65536
 
 
 class SpanBuilder:
-    """Stateless apart from the clock offset: monotonic kernel times -> Unix epoch."""
+    """Stateless apart from the clock offset (monotonic kernel times -> Unix epoch) and a cache of
+    each connection's attributes, which every exchange on it shares."""
 
     def __init__(self, resource_for: ResourceLookup, epoch_offset_ns: int) -> None:
         self._resource_for = resource_for
         self._epoch_offset_ns = epoch_offset_ns
+        self._by_connection: dict[int, tuple[Attributes, Attributes]] = {}
 
     def build(self, exchange: connections.Exchange) -> model.SpanRecord:
         record, conn = exchange.record, exchange.connection
         kind = model.SpanKind.CLIENT if conn.role == bpf_events.Role.CLIENT else model.SpanKind.SERVER
-        attributes = dict(record.attributes)
-        _add_connection_attributes(attributes, conn, kind)
+        cached = self._by_connection.get(conn.conn_id)
+        if cached is None:
+            if len(self._by_connection) >= _MAX_CACHED_CONNECTIONS:
+                self._by_connection.clear()
+            cached = self._by_connection[conn.conn_id] = _connection_attributes(conn, kind)
+        defaults, forced = cached
+        attributes = {**defaults, **record.attributes, **forced}
         error = _error(record, kind)
         status = attributes.get("http.response.status_code")
         if error is not None and isinstance(status, int) and status >= 400:
@@ -55,22 +65,24 @@ def _error(record: base.Record, kind: model.SpanKind) -> str | None:
     return None
 
 
-def _add_connection_attributes(
-    attributes: dict[str, base.AttributeValue], conn: connections.Connection, kind: model.SpanKind
-) -> None:
-    attributes["network.transport"] = "udp" if conn.datagram else "tcp"
+def _connection_attributes(conn: connections.Connection, kind: model.SpanKind) -> tuple[Attributes, Attributes]:
+    """What a connection adds to its spans: (defaults a record's own attributes override, attributes that
+    override the record's)."""
+    defaults: Attributes = {}
+    forced: Attributes = {"network.transport": "udp" if conn.datagram else "tcp"}
     peer, local = conn.peer, conn.local
     if peer is not None:
-        attributes["network.type"] = peer.network_type
-        attributes["network.peer.address"] = peer.address
-        attributes["network.peer.port"] = peer.port
+        forced["network.type"] = peer.network_type
+        forced["network.peer.address"] = peer.address
+        forced["network.peer.port"] = peer.port
         if kind == model.SpanKind.CLIENT:
-            attributes.setdefault("server.address", peer.address)
-            attributes.setdefault("server.port", peer.port)
+            defaults["server.address"] = peer.address
+            defaults["server.port"] = peer.port
         else:
-            attributes["client.address"] = peer.address
-            attributes["client.port"] = peer.port
+            forced["client.address"] = peer.address
+            forced["client.port"] = peer.port
     if local is not None and kind == model.SpanKind.SERVER:
-        attributes["network.local.address"] = local.address
-        attributes["network.local.port"] = local.port
-        attributes.setdefault("server.port", local.port)
+        forced["network.local.address"] = local.address
+        forced["network.local.port"] = local.port
+        defaults["server.port"] = local.port
+    return defaults, forced

@@ -8,7 +8,9 @@ Rules, first match wins:
    span's child;
 4. anything else starts a new trace.
 Spans are held briefly so parents that finish later (a server span ends after
-the client calls it made) can still be found. Lookups scan an index bucket from
+the client calls it made) can still be found; each is released at its own deadline: a
+client span whose thread is still serving a request waits aside (up to 10 s) without
+holding back the spans that arrived after it. Lookups scan an index bucket from
 its newest entry and stop at the first one that ended before the span began, so
 a burst of identical requests costs what overlaps it, not what the bucket holds.
 """
@@ -58,7 +60,7 @@ class CorrelationStats:
     held: int = 0
     recent: int = 0  # released spans still findable as parents
     released: int = 0
-    dropped_overflow: int = 0
+    released_early: int = 0  # the hold buffer was full: released before its parents could be found (not lost)
     linked_remote: int = 0
     linked_client_server: int = 0
     linked_thread: int = 0
@@ -69,17 +71,19 @@ class Correlator:
     def __init__(
         self,
         release: Callable[[model.SpanRecord], None],
-        server_busy: Callable[[int, int], bool],
+        busy_threads: Callable[[], set[tuple[int, int]]],
         hold_ns: int = 1_000_000_000,
         max_entries: int = 50_000,
         max_recent: int = 10_000,
     ) -> None:
         self._release = release
-        self._server_busy = server_busy
+        self._busy_threads = busy_threads
         self._hold_ns = hold_ns
         self._max_entries = max_entries
         self._max_recent = max_recent
-        self._held: collections.deque[_Entry] = collections.deque()
+        self._held: collections.deque[_Entry] = collections.deque()  # in arrival order: deadline order
+        # Client spans past their hold whose thread still serves a request (their parent may end later).
+        self._waiting: collections.deque[_Entry] = collections.deque()
         self._recent: collections.deque[_Entry] = collections.deque()
         self._clients_by_fingerprint: dict[int, collections.deque[_Entry]] = collections.defaultdict(
             collections.deque)
@@ -88,10 +92,10 @@ class Correlator:
         self.stats = CorrelationStats()
 
     def add(self, exchange: connections.Exchange, span: model.SpanRecord, now_ns: int) -> None:
-        if len(self._held) >= self._max_entries:
+        if len(self._held) + len(self._waiting) >= self._max_entries:
             # Bounded: release the oldest unresolved as its own trace rather than grow.
-            self._release_entry(self._held.popleft())
-            self.stats.dropped_overflow += 1
+            self._release_entry((self._waiting or self._held).popleft())
+            self.stats.released_early += 1
         remote = None
         if span.kind == model.SpanKind.SERVER:
             remote = propagation.extract(exchange.record.context_headers)
@@ -102,28 +106,32 @@ class Correlator:
                 self._clients_by_fingerprint[entry.fingerprint].append(entry)
         else:
             self._servers_by_thread[(entry.tgid, entry.tid)].append(entry)
-        self.stats.held = len(self._held)
+        self.stats.held = len(self._held) + len(self._waiting)
 
     def tick(self, now_ns: int, flush: bool = False) -> None:
         """Release every span whose hold time is over (all of them when flushing)."""
-        while self._held:
-            entry = self._held[0]
-            if not flush and not self._ripe(entry, now_ns):
-                break
-            self._held.popleft()
+        held, waiting = self._held, self._waiting
+        due = list(waiting)
+        waiting.clear()
+        hold_until = now_ns - self._hold_ns
+        while held and (flush or held[0].arrived_ns <= hold_until):
+            due.append(held.popleft())
+        busy: set[tuple[int, int]] | None = None  # threads serving a request: looked up once per tick
+        for entry in due:
+            span = entry.span
+            if (not flush and span.kind == model.SpanKind.CLIENT and span.parent_span_id is None
+                    and now_ns - entry.arrived_ns < _MAX_HOLD_NS):
+                if busy is None:
+                    busy = self._busy_threads()
+                if (entry.tgid, entry.tid) in busy:
+                    # Its thread still serves a request: that server span, its parent, ends later.
+                    waiting.append(entry)
+                    continue
             self._release_entry(entry)
         while self._recent and (flush or len(self._recent) > self._max_recent
                                 or now_ns - self._recent[0].arrived_ns > _RECENT_NS):
             self._forget(self._recent.popleft())
-        self.stats.held, self.stats.recent = len(self._held), len(self._recent)
-
-    def _ripe(self, entry: _Entry, now_ns: int) -> bool:
-        age = now_ns - entry.arrived_ns
-        if age < self._hold_ns:
-            return False
-        if entry.span.kind == model.SpanKind.CLIENT and entry.span.parent_span_id is None:
-            return age >= _MAX_HOLD_NS or not self._server_busy(entry.tgid, entry.tid)
-        return True
+        self.stats.held, self.stats.recent = len(held) + len(waiting), len(self._recent)
 
     def _release_entry(self, entry: _Entry) -> None:
         self._resolve(entry)

@@ -20,6 +20,8 @@ class RemoteContext:
 
 def extract(headers: dict[str, str]) -> RemoteContext | None:
     """The caller's context from lower-cased request headers; W3C wins over B3."""
+    if not headers:  # most requests carry none
+        return None
     return _w3c(headers) or _b3_single(headers) or _b3_multi(headers)
 
 
