@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 
 from podspan_agent.export import console
@@ -127,3 +128,6 @@ def test_summary_line() -> None:
         "1000.0 spans/s" in line and "900 traces" in line and "7 dropped" in line and "5 events lost" in line
     )
     assert "250.0 spans/s" in console.summary_line(now)
+    assert "exported" not in line  # printed spans: nothing is exported
+    otlp = dataclasses.replace(now, spans_exported=2990)
+    assert "3000 spans  900 traces  2990 exported  7 dropped" in console.summary_line(otlp)

@@ -244,6 +244,7 @@ class LiveStats:
     traces: int
     spans_dropped: int
     events_lost: int
+    spans_exported: int | None = None  # OTLP: delivered to the endpoint (spans = exported + dropped + queued)
 
 
 def summary_line(current: LiveStats, previous: LiveStats | None = None) -> str:
@@ -254,5 +255,6 @@ def summary_line(current: LiveStats, previous: LiveStats | None = None) -> str:
         rate = current.spans / current.elapsed_s if current.elapsed_s > 0 else 0.0
     return (
         f"{current.elapsed_s:7.1f}s  {rate:9.1f} spans/s  {current.spans} spans  {current.traces} traces  "
-        f"{current.spans_dropped} dropped  {current.events_lost} events lost"
+        + (f"{current.spans_exported} exported  " if current.spans_exported is not None else "")
+        + f"{current.spans_dropped} dropped  {current.events_lost} events lost"
     )

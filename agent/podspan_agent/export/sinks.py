@@ -43,8 +43,11 @@ class Standalone:
         """Print the live summary: in place on a terminal, every few seconds otherwise."""
         # Spans released early by a full correlation buffer are still exported: not counted here.
         dropped = 0
+        exported = None
         if self.otlp is not None:
-            dropped += self.otlp.stats().spans_dropped
+            otlp_stats = self.otlp.stats()
+            dropped += otlp_stats.spans_dropped
+            exported = otlp_stats.spans_exported
         if self.console is not None:
             dropped += self.console.stats().spans_dropped
         current = console.LiveStats(
@@ -53,6 +56,7 @@ class Standalone:
             traces=tracer_stats.get("corr_new_traces", 0) + tracer_stats.get("corr_linked_remote", 0),
             spans_dropped=dropped,
             events_lost=tracer_stats.get("kernel_events_lost", 0),
+            spans_exported=exported,
         )
         line = console.summary_line(current, self._previous)
         self._previous = current
