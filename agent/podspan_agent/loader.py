@@ -114,6 +114,34 @@ def ensure_tracefs() -> None:
             log.warning("could not mount %s at %s", fstype, mountpoint)
 
 
+_LOCAL_INCLUDE = re.compile(r'^[ \t]*#[ \t]*include[ \t]+"([^"]+)"[^\n]*$', re.M)
+
+
+def program_text(source: pathlib.Path, include_dir: pathlib.Path) -> str:
+    """The capture program as one text: bcc rewrites map calls (`conns.lookup(...)`) and tracepoint
+    `args` only in the file it compiles, not in included files, so the program's own headers (found next
+    to the including file or in `include_dir`) are inlined, each once, with #line markers so compiler
+    messages name the real file and line. System headers (<...>) are left to the compiler."""
+    done: set[pathlib.Path] = set()
+
+    def expand(path: pathlib.Path) -> str:
+        def include(match: re.Match[str]) -> str:
+            found = next((c for c in (path.parent / match[1], include_dir / match[1]) if c.is_file()), None)
+            if found is None:
+                return match[0]
+            found = found.resolve()
+            if found in done:
+                return ""
+            done.add(found)
+            line = text.count("\n", 0, match.end()) + 2  # of the line after the #include
+            return f'#line 1 "{found}"\n{expand(found)}\n#line {line} "{path}"'
+
+        text = path.read_text()
+        return _LOCAL_INCLUDE.sub(include, text)
+
+    return expand(source.resolve())
+
+
 def _release_compiler_memory() -> None:
     """Hand the heap clang/LLVM used for compiling back to the OS (glibc keeps freed memory otherwise:
     ~30 MB of the agent's resident size)."""
@@ -144,7 +172,7 @@ class Probes:
         started = time.monotonic()
         try:
             self._bpf: Any = bcc.BPF(
-                src_file=str(source).encode(),
+                text=program_text(source, bpf_dir() / "include").encode(),
                 cflags=[f"-I{bpf_dir() / 'include'}", *options.cflags(), *(f"-D{f}=1" for f in sorted(self.features))],
             )
         except Exception as exc:  # bcc raises bare Exception on compile/attach failures

@@ -1,0 +1,257 @@
+/* SPDX-License-Identifier: Apache-2.0
+ * The data path: read/write-family syscalls on tracked connections. A chunk that continues a run is
+ * folded into the connection's entry; one that starts a run (or continues one whose capture is short)
+ * is copied, across iovecs, by capture_chunk, which the exit programs tail-call.
+ */
+#ifndef PODSPAN_CAPTURE_H
+#define PODSPAN_CAPTURE_H
+
+#include "podspan_udp.h"
+#include "podspan_http2.h"
+
+/* `may_open`: the syscall can carry a destination (sendto with an address, sendmsg, sendmmsg). */
+static __always_inline int io_enter(struct io_args *io, int may_open)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io->fd};
+    /* The connection lookup comes first: it also filters files, pipes and
+     * untraced processes, whose connections are never in the table. */
+    if (!conns.lookup(&key)) {
+        if (!may_open || !dgram_socks.lookup(&key))
+            return 0;
+        io->open = 1;
+    }
+    io_inflight.update(&pid_tgid, io);
+    return 0;
+}
+
+/* Whether a chunk belongs to the run in progress: same direction, on a connection whose chunks are
+ * not each a run of their own. */
+static __always_inline int continues_run(const struct podspan_conn *conn, const struct io_args *io)
+{
+    return conn->run.direction == io->direction && !(conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2));
+}
+
+/* Whether a chunk continuing the run is copied too: everything the run moved so far was captured
+ * and the capture is not full. Readers that take a length header and then the payload, and writers
+ * that send two messages in two syscalls, need it; a message moved by one syscall (HTTP/1's common
+ * case) either fills the capture or is followed by the other direction, and never gets here. */
+static __always_inline int wants_continuation(const struct podspan_conn *conn, const struct io_args *io)
+{
+    return io->shape != IO_NODATA && conn->captured < PODSPAN_CAPTURE_SIZE && conn->captured == conn->run.bytes &&
+           conn->continuations < PODSPAN_MAX_CONTINUATIONS;
+}
+
+static __always_inline void extend_run(struct podspan_conn *conn, __u64 bytes, __u64 now)
+{
+    conn->run.end_ns = now;
+    conn->run.bytes += bytes;
+    conn->run.chunks += 1;
+}
+
+/* A chunk that continues the current run and needs no copy is only counted. Returns whether it was
+ * folded. */
+static __always_inline int fold_chunk(struct podspan_conn *conn, const struct io_args *io, __u64 bytes, __u64 now)
+{
+    if (!continues_run(conn, io) || wants_continuation(conn, io))
+        return 0;
+    extend_run(conn, bytes, now);
+    count(io->shape == IO_NODATA ? PODSPAN_STAT_SENDFILE : PODSPAN_STAT_CHUNKS);
+    return 1;
+}
+
+/* Copy up to `len` bytes from user memory to data[off]; returns the bytes copied.
+ * Callers keep off < PODSPAN_CHUNK_CAPTURE_SIZE; the masks make that visible to the verifier. */
+static __always_inline __u32 copy_at(struct data_scratch *s, __u32 off, __u64 src, __u64 len)
+{
+    off &= PODSPAN_CHUNK_CAPTURE_SIZE - 1;
+    if (len > PODSPAN_CHUNK_CAPTURE_SIZE)
+        len = PODSPAN_CHUNK_CAPTURE_SIZE;
+    if (!len || bpf_probe_read_user(s->ev.data + off, len, (void *)src) != 0)
+        return 0;
+    return len;
+}
+
+/* Gather up to `limit` bytes of a chunk into the scratch event, starting `job.done` bytes in;
+ * stop at an iovec boundary once `enough` bytes are in. */
+static __always_inline __u32 capture(struct data_scratch *s, const struct chunk_src *src, __u32 limit,
+                                     __u32 enough)
+{
+    if (src->buf)
+        return copy_at(s, 0, src->buf + s->job.done, limit);
+    /* The running offsets live in the map value, where the verifier does not track them: every
+     * iteration then starts from the same state and checking the loop stays linear in its length
+     * (kept in registers, each iteration's branches multiply the states to check). */
+    volatile __u32 *gathered = &s->job.gathered;
+    volatile __u64 *skip = &s->job.skip;
+    *gathered = 0;
+    *skip = s->job.done;
+    for (int i = 0; i < PODSPAN_MAX_IOV; i++) {
+        __u32 off = *gathered;
+        if (i >= src->iovlen || off >= limit || off >= enough)
+            break;
+        struct user_iovec iov = {};
+        if (bpf_probe_read_user(&iov, sizeof(iov), (void *)(src->iov + i * sizeof(iov))) != 0)
+            break;
+        __u64 pass = *skip;
+        if (pass >= iov.len) {
+            *skip = pass - iov.len;
+            continue;
+        }
+        *skip = 0;
+        __u64 len = iov.len - pass;
+        if (len > limit - off)
+            len = limit - off; /* also cuts receive buffers to the bytes actually received */
+        __u32 copied = copy_at(s, off, iov.base + pass, len);
+        *gathered = off + copied;
+        if (copied != len)
+            break;
+    }
+    return *gathered;
+}
+
+/* Bytes of the capture a chunk may fill: a CONTINUATION gets what the run's capture still misses, a
+ * new run the capture size (an HTTP/2 chunk the larger per-chunk one). */
+static __always_inline __u32 capture_limit(const struct podspan_conn *conn, int continuation)
+{
+    if (!continuation)
+        return (conn->flags & PODSPAN_CONN_HTTP2) ? PODSPAN_CHUNK_CAPTURE_SIZE : PODSPAN_CAPTURE_SIZE;
+    __u32 have = conn->captured;
+    /* Another thread on the same socket may have filled the capture since the check. */
+    return have < PODSPAN_CAPTURE_SIZE ? PODSPAN_CAPTURE_SIZE - have : 0;
+}
+
+/* One chunk (a syscall, or one message of sendmmsg/recvmmsg) moved `bytes` bytes: fold it into the
+ * current run, send it as a CONTINUATION of the run (whose capture is short), or start a run with an
+ * event. On an HTTP/2 connection a chunk longer than the capture size is sent as several pieces
+ * (runs), so frames past the first PODSPAN_CHUNK_CAPTURE_SIZE bytes are not lost; returns whether
+ * another piece of this chunk follows. */
+static __always_inline int on_chunk(struct data_scratch *s, struct podspan_conn *conn, const struct chunk_src *src,
+                                    __u64 bytes)
+{
+    struct chunk_job *job = &s->job;
+    if (fold_chunk(conn, &job->io, bytes, job->now))
+        return 0;
+    int continuation = continues_run(conn, &job->io); /* not folded: wants_continuation() held */
+    __u64 rest = bytes - job->done;
+    int every_chunk = conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2);
+    __u32 limit = capture_limit(conn, continuation);
+    if (rest < limit)
+        limit = rest;
+    struct podspan_data_event *ev = &s->ev;
+    fill_header(&ev->hdr, continuation ? PODSPAN_EV_CONTINUATION : PODSPAN_EV_DATA, job->pid_tgid, job->io.fd, conn,
+                job->now);
+    ev->hdr.direction = job->io.direction;
+    ev->captured = 0;
+    /* One call site: the gathering loop is verified once. */
+    if (job->io.shape != IO_NODATA)
+        ev->captured = capture(s, src, limit, every_chunk ? limit : PODSPAN_GATHER_ENOUGH);
+    __u64 piece = rest;
+    if (continuation) {
+        extend_run(conn, bytes, job->now);
+        conn->captured += ev->captured;
+        conn->continuations += 1;
+        count(PODSPAN_STAT_CONTINUATIONS);
+    } else {
+        if (!every_chunk)
+            detect_http2(conn, ev);
+        piece = http2_piece(conn, job, rest, limit);
+        job->done += piece;
+        struct podspan_run run = {.start_ns = job->now, .end_ns = job->now, .bytes = piece, .chunks = 1,
+                                  .direction = job->io.direction};
+        conn->run = run;
+        conn->captured = ev->captured;
+        conn->continuations = 0;
+    }
+    ev->chunk_bytes = piece;
+    __u64 size = ev->captured;
+    if (size > PODSPAN_CHUNK_CAPTURE_SIZE)
+        size = PODSPAN_CHUNK_CAPTURE_SIZE;
+    emit(ev, offsetof(struct podspan_data_event, data) + size);
+    return piece < rest;
+}
+
+/* capture_chunk, tail-called by the exit programs with s->job filled. It handles one piece of one chunk and
+ * tail-calls itself for the next piece (HTTP/2) or the next message of sendmmsg/recvmmsg (up to
+ * PODSPAN_MAX_MMSG). The defaults stay within the kernel's 33 tail calls per syscall even for
+ * PODSPAN_MAX_MMSG messages of PODSPAN_MAX_PIECES pieces each. */
+static __always_inline int capture_job(void *ctx)
+{
+    __u32 zero = 0;
+    struct data_scratch *s = data_scratch.lookup(&zero);
+    if (!s)
+        return 0;
+    struct chunk_job *job = &s->job;
+    if (job->io.open) {
+        if (!open_unconnected(job->pid_tgid, &job->io))
+            return 0;
+        job->io.open = 0;
+    }
+    struct podspan_conn_key key = {.tgid = job->pid_tgid >> 32, .fd = job->io.fd};
+    struct podspan_conn *conn = conns.lookup(&key);
+    if (!conn)
+        return 0;
+    struct chunk_src src = {};
+    __u64 bytes = job->result;
+    __u8 shape = job->io.shape;
+    if (shape == IO_BUF) {
+        src.buf = job->io.ptr;
+    } else if (shape == IO_IOVEC) {
+        src.iov = job->io.ptr;
+        src.iovlen = job->io.count;
+    } else if (shape == IO_MSGHDR || shape == IO_MMSG) {
+        struct user_mmsghdr_abi msg = {};
+        __u64 at = job->io.ptr + (shape == IO_MMSG ? job->message * sizeof(msg) : 0);
+        if (bpf_probe_read_user(&msg, shape == IO_MMSG ? sizeof(msg) : sizeof(msg.hdr), (void *)at) != 0)
+            return 0;
+        src.iov = msg.hdr.iov;
+        src.iovlen = msg.hdr.iovlen;
+        if (shape == IO_MMSG)
+            bytes = msg.len;
+    }
+    if (on_chunk(s, conn, &src, bytes)) {
+        job->piece += 1;
+        chunk_progs.call(ctx, 0);
+        return 0;
+    }
+    if (shape != IO_MMSG)
+        return 0;
+    job->message += 1;
+    job->done = 0;
+    job->piece = 0;
+    if (job->message < job->result && job->message < PODSPAN_MAX_MMSG)
+        chunk_progs.call(ctx, 0);
+    else if (job->result > PODSPAN_MAX_MMSG)
+        count_n(PODSPAN_STAT_MMSG_SKIPPED, job->result - PODSPAN_MAX_MMSG);
+    return 0;
+}
+
+static __always_inline int io_exit(void *ctx, long ret)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct io_args *found = io_inflight.lookup(&pid_tgid);
+    if (!found)
+        return 0;
+    struct io_args io = *found;
+    io_inflight.delete(&pid_tgid);
+    if (ret <= 0)
+        return 0;
+    __u64 now = bpf_ktime_get_ns();
+    /* Fast path: most chunks continue a run and need no capture. */
+    if (!io.open && io.shape != IO_MMSG) {
+        struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io.fd};
+        struct podspan_conn *conn = conns.lookup(&key);
+        if (!conn || fold_chunk(conn, &io, ret, now))
+            return 0;
+    }
+    __u32 zero = 0;
+    struct data_scratch *s = data_scratch.lookup(&zero);
+    if (!s)
+        return 0;
+    struct chunk_job job = {.io = io, .pid_tgid = pid_tgid, .result = ret, .now = now};
+    s->job = job;
+    chunk_progs.call(ctx, 0);
+    return 0; /* reached only if the tail call failed: before the loader filled chunk_progs */
+}
+
+#endif /* PODSPAN_CAPTURE_H */

@@ -1,0 +1,43 @@
+/* SPDX-License-Identifier: Apache-2.0
+ * Compile-time options of the capture program (each settable with -D) and the kernel ABI values it
+ * needs without the headers that define them.
+ */
+#ifndef PODSPAN_CONFIG_H
+#define PODSPAN_CONFIG_H
+
+#ifndef PODSPAN_MAX_CONNS
+#define PODSPAN_MAX_CONNS 65536
+#endif
+#ifndef PODSPAN_RINGBUF_PAGES
+#define PODSPAN_RINGBUF_PAGES 2048 /* 8 MiB with 4 KiB pages */
+#endif
+#ifndef PODSPAN_WAKEUP_EVERY
+#define PODSPAN_WAKEUP_EVERY 64 /* per CPU: wake the consumer once per this many events */
+#endif
+#ifndef PODSPAN_SELF_TGID
+#define PODSPAN_SELF_TGID 0
+#endif
+#ifndef PODSPAN_MAX_IOV
+#define PODSPAN_MAX_IOV 64 /* iovecs gathered per chunk; gRPC writes one per HPACK string */
+#endif
+#ifndef PODSPAN_MAX_MMSG
+#define PODSPAN_MAX_MMSG 4 /* messages of one sendmmsg/recvmmsg turned into events; glibc sends 2 */
+#endif
+#ifndef PODSPAN_GATHER_ENOUGH
+/* Run mode: later iovecs are gathered only while fewer bytes than this are in, i.e. when the first
+ * iovec held just a length prefix or frame header; headers that fill it need no more (and each
+ * further iovec costs two user-memory reads). */
+#define PODSPAN_GATHER_ENOUGH 64
+#endif
+#ifndef PODSPAN_MAX_PIECES
+#define PODSPAN_MAX_PIECES 8 /* HTTP/2: events per syscall, each PODSPAN_CHUNK_CAPTURE_SIZE bytes */
+#endif
+#ifndef PODSPAN_MAX_CONTINUATIONS
+/* CONTINUATION events per run: a length-prefixed message read as header then payload takes one; a
+ * reader taking a run in many small pieces costs at most this many events more. */
+#define PODSPAN_MAX_CONTINUATIONS 4
+#endif
+
+#define PODSPAN_EINPROGRESS 115
+
+#endif /* PODSPAN_CONFIG_H */
