@@ -14,9 +14,12 @@ if [ "$(id -u)" -ne 0 ]; then
     exit 2
 fi
 
-# Packages: bcc + headers fallback + the real servers and load tools the tests use.
+# Packages: bcc + headers fallback + the real servers and load tools the tests use, and a C
+# toolchain: `cc` with libc headers (tests compile against bpf/include) and Python's headers for
+# building C extensions (gcc-12 alone, pulled in by bcc, gives neither `cc` nor libc6-dev).
 APT_PACKAGES=(
-    python3 python3-venv python3-bpfcc bpfcc-tools libbpfcc bpftool linux-headers-amd64
+    python3 python3-venv python3-dev gcc libc6-dev
+    python3-bpfcc bpfcc-tools libbpfcc bpftool linux-headers-amd64
     iproute2 procps nginx-light wrk
     redis-server postgresql mariadb-server
 )

@@ -8,12 +8,14 @@ import collections
 import collections.abc
 import os
 import pathlib
+import struct
 import sys
 
+import bson
 import pytest
 
 from podspan_agent import tracer
-from podspan_agent.protocols import kafka
+from podspan_agent.protocols import base, kafka, mongodb, registry
 from podspan_demo import pods
 from tests.support import otlp_receiver, wire_clients, wire_responders
 
@@ -112,6 +114,25 @@ def test_kafka_producer_and_consumer(
     housekeeping = [s for s in spans if s.name in ("ApiVersions", "Metadata")]
     assert housekeeping and not [s for s in housekeeping if "messaging.operation.type" in s.attributes]
     assert "messaging.destination.name" not in housekeeping[0].attributes
+
+
+def test_mongodb_handshakes_of_any_length_are_detected_as_mongodb() -> None:
+    """pymongo's first message carries the machine (kernel release, Python version, a container
+    runtime if it sees one), so its length differs between machines; at no length may it read as
+    another protocol: 326 bytes, say, begins with the bytes 46 01 00 00, a PostgreSQL FunctionCall ("F")
+    of 16 MiB (on a machine without /.dockerenv, pymongo's handshake here was 326 bytes)."""
+    detect = registry.detector(None, base.CaptureSettings())
+
+    def hello(name: str) -> bytes:
+        return bson.encode({"hello": 1, "client": {"application": {"name": name}}, "$db": "admin"})
+    header = struct.calcsize("<iiiiIB")
+    for length in range(header + len(hello("")), 4096):
+        document = hello("x" * (length - header - len(hello(""))))
+        for request_id in range(1, 1 << 31, 0x0F0F0F0F):
+            frame = struct.pack("<iiiiIB", length, request_id, 0, mongodb.OP_MSG, 0, 0) + document
+            assert len(frame) == length
+            found = detect(frame, False)
+            assert found is not None and found[0] == "mongodb", (length, request_id, found and found[0])
 
 
 def _mongodb_session(pod_runner: pods.PodRunner, traced: Select, tmp_path: pathlib.Path,

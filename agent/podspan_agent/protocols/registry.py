@@ -28,15 +28,17 @@ class ProtocolSpec:
         return parser
 
 
-# Order matters: cheaper and more specific detectors first.
+# Order matters: cheaper and more specific detectors first. MongoDB (an exact opcode at bytes
+# 12-15) goes before PostgreSQL and MySQL, whose mid-stream detectors also accept a MongoDB
+# message whose little-endian length happens to start with, e.g., b"F" (326 bytes) or b"X".
 ALL: tuple[ProtocolSpec, ...] = (
     ProtocolSpec("http", http1),
     ProtocolSpec("redis", redis),
+    ProtocolSpec("mongodb", mongodb),
     ProtocolSpec("postgresql", postgresql),
     ProtocolSpec("mysql", mysql),
     ProtocolSpec("http2", http2, also=("grpc",)),
     ProtocolSpec("kafka", kafka),
-    ProtocolSpec("mongodb", mongodb),
     ProtocolSpec("dns", dns, datagram=True),
 )
 
