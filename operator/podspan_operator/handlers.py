@@ -89,38 +89,42 @@ def node_configs(body: kopf.Body, **_: Any) -> dict[str, render.NodeConfig]:
 
 
 # -- events: mark dirty ------------------------------------------------------------------------------------
+# Every event and timer handler is `async def`: kopf runs a plain `def` handler in an executor thread, and these
+# mutate the reconciler's dirty sets and set its asyncio.Event, which only the event loop may touch. They do no
+# I/O, so running them on the loop costs nothing. (The index handlers above may stay plain functions: they only
+# build a view from the body and return it; kopf stores the result into the index on the loop.)
 
 
 @kopf.on.event("v1", "pods", registry=registry)
-def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler.pod_changed(body["metadata"]["namespace"], body.get("spec", {}).get("nodeName") or "")
 
 
 @kopf.on.event(*TP, registry=registry)
 @kopf.on.event(*CTP, registry=registry)
-def profile_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def profile_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler.profile_changed(_key(body))
 
 
 @kopf.timer(*TP, interval=RESYNC_INTERVAL, initial_delay=RESYNC_INTERVAL, registry=registry)
 @kopf.timer(*CTP, interval=RESYNC_INTERVAL, initial_delay=RESYNC_INTERVAL, registry=registry)
-def profile_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def profile_resync(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
     # A kopf timer, not a loop of our own: it pauses with the operator when another replica is active.
     memo.reconciler.profile_changed(_key(body))
 
 
 @kopf.on.event("v1", "namespaces", registry=registry)
-def namespace_event(name: str, memo: kopf.Memo, **_: Any) -> None:
+async def namespace_event(name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler.namespace_changed(name)
 
 
 @kopf.on.event("v1", "nodes", registry=registry)
-def node_event(name: str, memo: kopf.Memo, **_: Any) -> None:
+async def node_event(name: str, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler.node_changed(name)
 
 
 @kopf.on.event(*NTC, registry=registry)
-def node_config_event(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+async def node_config_event(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
     memo.reconciler.node_config_changed(name, deleted=type == "DELETED")
 
 
