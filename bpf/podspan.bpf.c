@@ -15,7 +15,8 @@
  * (sendmmsg/recvmmsg tracepoints), PODSPAN_HAVE_EXIT (sched_process_exit),
  * PODSPAN_HAVE_EXIT_GROUP_DEAD (its group_dead field), PODSPAN_HAVE_FORK (sched_process_fork,
  * sched_process_exec, sys_exit_clone), PODSPAN_HAVE_CLONE3 and PODSPAN_HAVE_SYS_FORK (the
- * fork/vfork syscalls, absent on arm64).
+ * fork/vfork syscalls, absent on arm64), PODSPAN_HAVE_TASK_PT_REGS (kernel BTF and bpf_task_pt_regs:
+ * the read/write families need no enter programs, see PODSPAN_ARGS_AT_EXIT).
  */
 #include <linux/socket.h>
 /* One header per concern, each including what it needs: podspan_events.h (the contract with
@@ -91,7 +92,22 @@ TRACEPOINT_PROBE(sched, sched_process_exec) { return process_exec(); }
  * verifier checks its loops once, not once per syscall exit tracepoint. */
 int capture_chunk(void *ctx) { return capture_job(ctx); }
 
-/* MAY_OPEN: whether the syscall can name a destination, so a UDP socket's first send opens a flow. */
+/* MAY_OPEN: whether the syscall can name a destination, so a UDP socket's first send opens a flow.
+ * ARG(field, n): the syscall's argument n, named `field` in its tracepoint. */
+#ifdef PODSPAN_ARGS_AT_EXIT
+#define ARG(field, n) PODSPAN_SYSCALL_ARG##n(regs)
+#define IO_TRACEPOINTS(name, SHAPE, DIRECTION, MAY_OPEN, ...)                                    \
+    TRACEPOINT_PROBE(syscalls, sys_exit_##name)                                                  \
+    {                                                                                            \
+        long ret = args->ret;                                                                    \
+        if (ret <= 0)                                                                            \
+            return 0;                                                                            \
+        struct pt_regs *regs = syscall_regs();                                                   \
+        struct io_args io = {.shape = SHAPE, .direction = DIRECTION, __VA_ARGS__};               \
+        return io_exit(args, ret, &io, MAY_OPEN);                                                \
+    }
+#else
+#define ARG(field, n) ((__u64)args->field)
 #define IO_TRACEPOINTS(name, SHAPE, DIRECTION, MAY_OPEN, ...)                                    \
     TRACEPOINT_PROBE(syscalls, sys_enter_##name)                                                 \
     {                                                                                            \
@@ -99,20 +115,19 @@ int capture_chunk(void *ctx) { return capture_job(ctx); }
         return io_enter(&io, MAY_OPEN);                                                          \
     }                                                                                            \
     TRACEPOINT_PROBE(syscalls, sys_exit_##name) { return io_exit(args, args->ret); }
+#endif
 
-IO_TRACEPOINTS(read, IO_BUF, PODSPAN_DIR_INGRESS, 0, .fd = args->fd, .ptr = (__u64)args->buf)
-IO_TRACEPOINTS(recvfrom, IO_BUF, PODSPAN_DIR_INGRESS, 0, .fd = args->fd, .ptr = (__u64)args->ubuf)
-IO_TRACEPOINTS(readv, IO_IOVEC, PODSPAN_DIR_INGRESS, 0, .fd = args->fd, .ptr = (__u64)args->vec,
-               .count = args->vlen)
-IO_TRACEPOINTS(recvmsg, IO_MSGHDR, PODSPAN_DIR_INGRESS, 0, .fd = args->fd, .ptr = (__u64)args->msg)
-IO_TRACEPOINTS(write, IO_BUF, PODSPAN_DIR_EGRESS, 0, .fd = args->fd, .ptr = (__u64)args->buf)
-IO_TRACEPOINTS(sendto, IO_BUF, PODSPAN_DIR_EGRESS, args->addr != 0, .fd = args->fd, .ptr = (__u64)args->buff,
-               .addr = (__u64)args->addr, .addr_len = args->addr_len)
-IO_TRACEPOINTS(writev, IO_IOVEC, PODSPAN_DIR_EGRESS, 0, .fd = args->fd, .ptr = (__u64)args->vec,
-               .count = args->vlen)
-IO_TRACEPOINTS(sendmsg, IO_MSGHDR, PODSPAN_DIR_EGRESS, 1, .fd = args->fd, .ptr = (__u64)args->msg)
-IO_TRACEPOINTS(sendfile64, IO_NODATA, PODSPAN_DIR_EGRESS, 0, .fd = args->out_fd, .ptr = (__u64)args->offset)
+IO_TRACEPOINTS(read, IO_BUF, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(buf, 2))
+IO_TRACEPOINTS(recvfrom, IO_BUF, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(ubuf, 2))
+IO_TRACEPOINTS(readv, IO_IOVEC, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(vec, 2), .count = ARG(vlen, 3))
+IO_TRACEPOINTS(recvmsg, IO_MSGHDR, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(msg, 2))
+IO_TRACEPOINTS(write, IO_BUF, PODSPAN_DIR_EGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(buf, 2))
+IO_TRACEPOINTS(sendto, IO_BUF, PODSPAN_DIR_EGRESS, ARG(addr, 5) != 0, .fd = ARG(fd, 1), .ptr = ARG(buff, 2),
+               .addr = ARG(addr, 5), .addr_len = ARG(addr_len, 6))
+IO_TRACEPOINTS(writev, IO_IOVEC, PODSPAN_DIR_EGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(vec, 2), .count = ARG(vlen, 3))
+IO_TRACEPOINTS(sendmsg, IO_MSGHDR, PODSPAN_DIR_EGRESS, 1, .fd = ARG(fd, 1), .ptr = ARG(msg, 2))
+IO_TRACEPOINTS(sendfile64, IO_NODATA, PODSPAN_DIR_EGRESS, 0, .fd = ARG(out_fd, 1))
 #ifdef PODSPAN_HAVE_MMSG
-IO_TRACEPOINTS(recvmmsg, IO_MMSG, PODSPAN_DIR_INGRESS, 0, .fd = args->fd, .ptr = (__u64)args->mmsg)
-IO_TRACEPOINTS(sendmmsg, IO_MMSG, PODSPAN_DIR_EGRESS, 1, .fd = args->fd, .ptr = (__u64)args->mmsg)
+IO_TRACEPOINTS(recvmmsg, IO_MMSG, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(mmsg, 2))
+IO_TRACEPOINTS(sendmmsg, IO_MMSG, PODSPAN_DIR_EGRESS, 1, .fd = ARG(fd, 1), .ptr = ARG(mmsg, 2))
 #endif

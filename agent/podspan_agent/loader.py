@@ -89,17 +89,33 @@ def _has_tracepoint(events: pathlib.Path, name: str, fields: tuple[str, ...]) ->
     return all(re.search(rf"field:[^;]*\b{field};", text) for field in fields)
 
 
+def _has_task_pt_regs() -> bool:
+    """Kernel BTF and the bpf_task_pt_regs helper (5.15): the exit programs can read a syscall's
+    arguments from the registers it was entered with, so no enter program is needed."""
+    if not os.path.exists("/sys/kernel/btf/vmlinux"):
+        return False
+    try:
+        with open("/proc/kallsyms", "rb") as symbols:
+            return any(line.endswith(b" bpf_task_pt_regs\n") for line in symbols)
+    except OSError:
+        return False
+
+
 def kernel_features() -> frozenset[str]:
-    """The optional flags this kernel supports (its tracepoints and their fields, read from tracefs)."""
+    """The optional flags this kernel supports (its tracepoints and their fields, read from tracefs;
+    PODSPAN_HAVE_TASK_PT_REGS from BTF and kallsyms)."""
     roots = [pathlib.Path(mountpoint) / "events" for _, mountpoint in _TRACEFS_MOUNTS]
     events = next((root for root in roots if (root / "syscalls").is_dir()), None)
     if events is None:
         return frozenset()
-    return frozenset(
+    flags = {
         flag
         for flag, tracepoints in _OPTIONAL_TRACEPOINTS.items()
         if all(_has_tracepoint(events, name, fields) for name, fields in tracepoints.items())
-    )
+    }
+    if _has_task_pt_regs():
+        flags.add("PODSPAN_HAVE_TASK_PT_REGS")
+    return frozenset(flags)
 
 
 def ensure_tracefs() -> None:
@@ -215,7 +231,8 @@ class Probes:
             return
         # dgram_socks too: a socket() missed while detached may have reused a UDP socket's fd.
         for name in (b"conns", b"dgram_socks", *_INFLIGHT_MAPS):
-            self._bpf[name].clear()
+            with contextlib.suppress(KeyError):  # io_inflight exists only without PODSPAN_HAVE_TASK_PT_REGS
+                self._bpf[name].clear()
         for tracepoint in self._tracepoints:
             self._bpf.attach_tracepoint(tp=tracepoint, fn_name=b"tracepoint__" + tracepoint.replace(b":", b"__"))
         log.info("capture programs attached to %d tracepoints", len(self._tracepoints))

@@ -9,6 +9,28 @@
 #include "podspan_udp.h"
 #include "podspan_http2.h"
 
+#ifdef PODSPAN_ARGS_AT_EXIT
+#include <asm/ptrace.h>
+/* The syscall's arguments in the registers it was entered with (see PODSPAN_ARGS_AT_EXIT). */
+#if defined(bpf_target_x86)
+#define PODSPAN_SYSCALL_ARG1(regs) ((regs)->di)
+#define PODSPAN_SYSCALL_ARG2(regs) ((regs)->si)
+#define PODSPAN_SYSCALL_ARG3(regs) ((regs)->dx)
+#define PODSPAN_SYSCALL_ARG5(regs) ((regs)->r8)
+#define PODSPAN_SYSCALL_ARG6(regs) ((regs)->r9)
+#else
+#define PODSPAN_SYSCALL_ARG1(regs) ((regs)->orig_x0)
+#define PODSPAN_SYSCALL_ARG2(regs) ((regs)->regs[1])
+#define PODSPAN_SYSCALL_ARG3(regs) ((regs)->regs[2])
+#define PODSPAN_SYSCALL_ARG5(regs) ((regs)->regs[4])
+#define PODSPAN_SYSCALL_ARG6(regs) ((regs)->regs[5])
+#endif
+
+static __always_inline struct pt_regs *syscall_regs(void)
+{
+    return (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+}
+#else
 /* `may_open`: the syscall can carry a destination (sendto with an address, sendmsg, sendmmsg). */
 static __always_inline int io_enter(struct io_args *io, int may_open)
 {
@@ -24,6 +46,7 @@ static __always_inline int io_enter(struct io_args *io, int may_open)
     io_inflight.update(&pid_tgid, io);
     return 0;
 }
+#endif
 
 /* Whether a chunk belongs to the run in progress: same direction, on a connection whose chunks are
  * not each a run of their own. */
@@ -226,6 +249,43 @@ static __always_inline int capture_job(void *ctx)
     return 0;
 }
 
+/* A read/write-family syscall moved `ret` > 0 bytes on a tracked connection (`conn`), or (io->open, conn
+ * NULL) sent on a UDP socket that may open a flow. */
+static __always_inline int on_io(void *ctx, __u64 pid_tgid, long ret, const struct io_args *io,
+                                 struct podspan_conn *conn)
+{
+    __u64 now = bpf_ktime_get_ns();
+    /* Fast path: most chunks continue a run and need no capture. */
+    if (conn && io->shape != IO_MMSG && fold_chunk(conn, io, ret, now))
+        return 0;
+    __u32 zero = 0;
+    struct data_scratch *s = data_scratch.lookup(&zero);
+    if (!s)
+        return 0;
+    struct chunk_job job = {.io = *io, .pid_tgid = pid_tgid, .result = ret, .now = now};
+    s->job = job;
+    chunk_progs.call(ctx, 0);
+    return 0; /* reached only if the tail call failed: before the loader filled chunk_progs */
+}
+
+#ifdef PODSPAN_ARGS_AT_EXIT
+/* The exit program of a read/write-family syscall, `io` filled from its registers. `may_open`: the
+ * syscall can carry a destination (sendto with an address, sendmsg, sendmmsg). The connection lookup
+ * comes first: it also filters files, pipes and untraced processes, whose connections are never in
+ * the table. */
+static __always_inline int io_exit(void *ctx, long ret, struct io_args *io, int may_open)
+{
+    __u64 pid_tgid = bpf_get_current_pid_tgid();
+    struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io->fd};
+    struct podspan_conn *conn = conns.lookup(&key);
+    if (!conn) {
+        if (!may_open || !dgram_socks.lookup(&key))
+            return 0;
+        io->open = 1;
+    }
+    return on_io(ctx, pid_tgid, ret, io, conn);
+}
+#else
 static __always_inline int io_exit(void *ctx, long ret)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -236,22 +296,15 @@ static __always_inline int io_exit(void *ctx, long ret)
     io_inflight.delete(&pid_tgid);
     if (ret <= 0)
         return 0;
-    __u64 now = bpf_ktime_get_ns();
-    /* Fast path: most chunks continue a run and need no capture. */
-    if (!io.open && io.shape != IO_MMSG) {
+    struct podspan_conn *conn = NULL;
+    if (!io.open) {
         struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io.fd};
-        struct podspan_conn *conn = conns.lookup(&key);
-        if (!conn || fold_chunk(conn, &io, ret, now))
+        conn = conns.lookup(&key);
+        if (!conn)
             return 0;
     }
-    __u32 zero = 0;
-    struct data_scratch *s = data_scratch.lookup(&zero);
-    if (!s)
-        return 0;
-    struct chunk_job job = {.io = io, .pid_tgid = pid_tgid, .result = ret, .now = now};
-    s->job = job;
-    chunk_progs.call(ctx, 0);
-    return 0; /* reached only if the tail call failed: before the loader filled chunk_progs */
+    return on_io(ctx, pid_tgid, ret, &io, conn);
 }
+#endif
 
 #endif /* PODSPAN_CAPTURE_H */

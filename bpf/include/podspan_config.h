@@ -40,4 +40,13 @@
 
 #define PODSPAN_EINPROGRESS 115
 
+/* Where the data path gets a syscall's arguments. With kernel BTF and bpf_task_pt_regs (5.15;
+ * PODSPAN_HAVE_TASK_PT_REGS, set by the loader), the exit program reads them from the registers the task
+ * entered the kernel with, which a syscall leaves as they were except the return value's (x86-64: rax;
+ * arm64: x0, whose entry value stays in orig_x0): read/write-family syscalls then take one program run
+ * and no map stash. Otherwise their enter programs stash the arguments in io_inflight. */
+#if defined(PODSPAN_HAVE_TASK_PT_REGS) && (defined(bpf_target_x86) || defined(bpf_target_arm64))
+#define PODSPAN_ARGS_AT_EXIT 1
+#endif
+
 #endif /* PODSPAN_CONFIG_H */

@@ -119,7 +119,9 @@ BPF_HASH(conns, struct podspan_conn_key, struct podspan_conn, PODSPAN_MAX_CONNS)
 /* UDP sockets of traced processes, from socket(): only they may become flows at a send.
  * LRU because a socket closed before any traffic leaves its entry behind. */
 BPF_TABLE("lru_hash", struct podspan_conn_key, __u8, dgram_socks, PODSPAN_MAX_CONNS);
+#ifndef PODSPAN_ARGS_AT_EXIT
 BPF_HASH(io_inflight, __u64, struct io_args, 16384);
+#endif
 BPF_HASH(accept_inflight, __u64, struct accept_args, 4096);
 BPF_HASH(connect_inflight, __u64, struct connect_args, 4096);
 BPF_HASH(socket_inflight, __u64, __u8, 4096);
