@@ -82,7 +82,7 @@ def measure(bpf_dir: pathlib.Path, cgroup_id: int, port: int, duration: int, uns
     try:
         ids = set(harness.bpf_programs()) - ids_before
         names = program_names(probes)
-        probes.open_events(lambda _address, _size: None)
+        probes.open_events(lambda _records: None)
         stop = threading.Event()
 
         def drain() -> None:

@@ -16,11 +16,10 @@ Run: `.venv/bin/python bench/pipeline_bench.py [--requests 200000] [--connection
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import time
 from collections.abc import Callable
 
-from podspan_agent import bpf_events, connections
+from podspan_agent import _ringbuf, bpf_events, connections
 from podspan_agent.export import otlp
 from podspan_agent.protocols import base, registry
 from podspan_agent.spans import builder, correlation, model
@@ -33,61 +32,40 @@ TGID, TID, CGROUP = 4242, 4242, 77
 PEER = bytes([2, 0, 0x9C, 0x40, 127, 0, 0, 1]) + bytes(8)  # sockaddr_in 127.0.0.1:40000
 
 
-@dataclasses.dataclass(slots=True)
-class _Run:
-    start_ns: int = 0
-    end_ns: int = 0
-    bytes: int = 0
-    chunks: int = 0
-    direction: int = bpf_events.Direction.NONE
+def _header(kind: int, direction: int, conn_id: int, ts_ns: int, prev: bpf_events.Run) -> bpf_events.EventHeader:
+    return bpf_events.EventHeader(kind=kind, role=bpf_events.Role.SERVER, direction=direction, tgid=TGID, tid=TID,
+                                  fd=10 + conn_id, conn_id=conn_id, cgroup_id=CGROUP, ts_ns=ts_ns, prev=prev)
 
 
-@dataclasses.dataclass(slots=True)
-class _Header:
-    """The fields of `struct podspan_event_header` the table reads."""
-
-    kind: int
-    role: int
-    direction: int
-    flags: int
-    tgid: int
-    tid: int
-    fd: int
-    conn_id: int
-    cgroup_id: int
-    ts_ns: int
-    prev: _Run
-
-
-@dataclasses.dataclass(slots=True)
-class _Open:
-    hdr: _Header
-    listen_fd: int
-    addr_len: int
-    peer: bytes
-    listen_tgid: int
-
-
-def events(requests: int, conns: int) -> list[tuple[_Header, bytes]]:
-    """DATA events of `requests` exchanges spread round-robin over `conns` server connections."""
-    out: list[tuple[_Header, bytes]] = []
-    last: dict[int, _Run] = {}
+def events(requests: int, conns: int) -> list[tuple[_ringbuf.Event, bytes]]:
+    """DATA events of `requests` exchanges spread round-robin over `conns` server connections, as the
+    ring-buffer consumer delivers them (kernel-layout bytes decoded by _ringbuf)."""
+    out: list[tuple[_ringbuf.Event, bytes]] = []
+    last: dict[int, bpf_events.Run] = {}
     now = 1_000_000_000
     for i in range(requests):
         conn_id = 1 + i % conns
         for direction, data in ((bpf_events.Direction.INGRESS, REQUEST), (bpf_events.Direction.EGRESS, RESPONSE)):
             now += 5_000
-            prev = last.get(conn_id, _Run())
-            out.append((_Header(bpf_events.EventKind.DATA, bpf_events.Role.SERVER, direction, 0, TGID, TID,
-                                10 + conn_id, conn_id, CGROUP, now, prev), data))
+            hdr = _header(bpf_events.EventKind.DATA, direction, conn_id, now, last.get(conn_id, bpf_events.Run()))
+            record = _ringbuf.decode(bytes(bpf_events.DataEventFixed(hdr, len(data), len(data))) + data)
+            assert isinstance(record, _ringbuf.Event)
+            out.append((record, record.data))
             size = len(data) + (200 if direction == bpf_events.Direction.EGRESS else 0)
-            last[conn_id] = _Run(now, now + 2_000, size, 1, direction)
+            last[conn_id] = bpf_events.Run(start_ns=now, end_ns=now + 2_000, bytes=size, chunks=1, direction=direction)
     return out
 
 
-def opens(conns: int) -> list[_Open]:
-    return [_Open(_Header(bpf_events.EventKind.OPEN, bpf_events.Role.SERVER, 0, 0, TGID, TID, 10 + c, c, CGROUP,
-                          0, _Run()), 3, len(PEER), PEER, TGID) for c in range(1, conns + 1)]
+def opens(conns: int) -> list[_ringbuf.OpenEvent]:
+    out = []
+    for c in range(1, conns + 1):
+        event = bpf_events.OpenEvent(hdr=_header(bpf_events.EventKind.OPEN, 0, c, 0, bpf_events.Run()), listen_fd=3,
+                                     addr_len=len(PEER), listen_tgid=TGID)
+        event.peer[: len(PEER)] = PEER
+        record = _ringbuf.decode(bytes(event))
+        assert isinstance(record, _ringbuf.OpenEvent)
+        out.append(record)
+    return out
 
 
 class _Encoder:
@@ -108,7 +86,8 @@ class _Encoder:
             self.batch.clear()
 
 
-def run_stage(stage: str, stream: list[tuple[_Header, bytes]], open_events: list[_Open]) -> tuple[float, int]:
+def run_stage(stage: str, stream: list[tuple[_ringbuf.Event, bytes]], open_events: list[_ringbuf.OpenEvent]
+              ) -> tuple[float, int]:
     """CPU seconds and spans produced for the pipeline up to `stage`."""
     resource: dict[str, base.AttributeValue] = {"service.name": "nginx", "process.pid": TGID}
     span_builder = builder.SpanBuilder(lambda _conn: resource, 0)
@@ -139,10 +118,10 @@ def run_stage(stage: str, stream: list[tuple[_Header, bytes]], open_events: list
     table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), on_exchange,
                                         lambda _tgid, _fd, _conn_id: None)
     for event in open_events:
-        table.on_open(event)  # type: ignore[arg-type]
+        table.on_open(event)
     started = time.process_time()
     for count, (hdr, data) in enumerate(stream):
-        table.on_data(hdr, data)  # type: ignore[arg-type]
+        table.on_data(hdr, data)
         if count % 4096 == 0 and stage in ("correlate", "encode"):
             correlator.tick(1)
     correlator.tick(1, flush=True)

@@ -60,7 +60,12 @@ SITE=$("$VENV/bin/python" -c 'import sysconfig; print(sysconfig.get_paths()["pur
 echo "$SHIM" > "$SITE/podspan-bcc.pth"
 
 STAMP="$VENV/.podspan-installed"
-if [ ! -f "$STAMP" ] || [ pyproject.toml -nt "$STAMP" ]; then
+# Reinstall when the project's metadata or a C extension's sources changed (the install builds them in place).
+changed=""
+if [ -f "$STAMP" ]; then
+    changed=$(find pyproject.toml agent/podspan_agent/*.c bpf/include/*.h -newer "$STAMP" -print -quit 2>/dev/null)
+fi
+if [ ! -f "$STAMP" ] || [ -n "$changed" ]; then
     step "pip install -e .[test]"
     "$VENV/bin/python" -m pip install -q --upgrade pip
     "$VENV/bin/python" -m pip install -q -e ".[test]"

@@ -1,4 +1,8 @@
-"""Python mirror of bpf/include/podspan_events.h (ctypes), checked against the C header by a test."""
+"""Python mirror of bpf/include/podspan_events.h (ctypes), checked against the C header by a test.
+
+The agent reads map values with it (`ConnKey`, `Conn`, `Run`: loader.Probes.connection). Events are
+decoded by the C extension `_ringbuf`, compiled against the header itself; the event structs here
+serve the tests, which build kernel-layout records with them."""
 
 from __future__ import annotations
 

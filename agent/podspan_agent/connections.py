@@ -9,7 +9,7 @@ import logging
 import zlib
 from collections.abc import Callable
 
-from podspan_agent import bpf_events, sockaddr
+from podspan_agent import _ringbuf, bpf_events, sockaddr
 from podspan_agent.protocols import base, registry
 
 log = logging.getLogger(__name__)
@@ -122,17 +122,16 @@ class ConnectionTable:
         return list(self._conns.values())
 
     # ---- events ----
-    def on_open(self, event: bpf_events.OpenEvent) -> None:
-        hdr = event.hdr
+    def on_open(self, event: _ringbuf.OpenEvent) -> None:
         conn = Connection(
-            conn_id=hdr.conn_id,
-            tgid=hdr.tgid,
-            fd=hdr.fd,
-            role=bpf_events.Role(hdr.role),
-            cgroup_id=hdr.cgroup_id,
-            tid=hdr.tid,
-            peer=sockaddr.decode(bytes(event.peer[: event.addr_len])),
-            flags=hdr.flags,
+            conn_id=event.conn_id,
+            tgid=event.tgid,
+            fd=event.fd,
+            role=bpf_events.Role(event.role),
+            cgroup_id=event.cgroup_id,
+            tid=event.tid,
+            peer=sockaddr.decode(event.peer),
+            flags=event.flags,
         )
         if conn.role == bpf_events.Role.SERVER:
             # The listener lives in the accepting process: for a socket a forked child inherited, its parent.
@@ -140,7 +139,7 @@ class ConnectionTable:
         self._insert(conn)
         self.stats.opened += 1
 
-    def on_data(self, hdr: bpf_events.EventHeader, data: bytes) -> None:
+    def on_data(self, hdr: _ringbuf.Event, data: bytes) -> None:
         conn = self._conns.get(hdr.conn_id)
         if conn is None:
             # Its open event was lost or evicted: track what we can from here on.
@@ -158,7 +157,7 @@ class ConnectionTable:
         if run.from_client:
             self._note_request(conn, run)
 
-    def on_continuation(self, hdr: bpf_events.EventHeader, data: bytes) -> None:
+    def on_continuation(self, hdr: _ringbuf.Event, data: bytes) -> None:
         """More bytes of the pending run: a later chunk the kernel copied because the run's first
         chunks were short (a length header read on its own, a second message in a second write)."""
         conn = self._conns.get(hdr.conn_id)
@@ -172,12 +171,12 @@ class ConnectionTable:
         if run.from_client and had < _FINGERPRINT_BYTES:
             self._note_request(conn, run)  # the fingerprint covers the request's first bytes, wherever they came from
 
-    def on_close(self, hdr: bpf_events.EventHeader) -> None:
+    def on_close(self, hdr: _ringbuf.Event) -> None:
         conn = self._conns.get(hdr.conn_id)
         if conn is not None:
             self.finish(conn, hdr.prev)
 
-    def on_exit(self, tgid: int, kernel_run: Callable[[Connection], bpf_events.Run | None]) -> None:
+    def on_exit(self, tgid: int, kernel_run: Callable[[Connection], _ringbuf.Run | None]) -> None:
         """Process `tgid` is gone (exit, kill) with connections it never closed: each ends where the
         kernel last saw its run, and its kernel entry goes."""
         for conn_id in list(self._by_process.get(tgid, {}).values()):
@@ -186,7 +185,7 @@ class ConnectionTable:
             self._forget(conn.tgid, conn.fd, conn.conn_id)
             self.stats.ended_by_exit += 1
 
-    def finish(self, conn: Connection, last: bpf_events.Run | None) -> None:
+    def finish(self, conn: Connection, last: _ringbuf.Run | None) -> None:
         """End a connection: its pending run ends as `last` says (undelivered if unknown), and its
         parser gives up what it still holds."""
         self._remove(conn)
@@ -195,7 +194,7 @@ class ConnectionTable:
         self.stats.closed += 1
 
     def flush_idle(
-        self, idle_before_ns: int, kernel_run: Callable[[Connection], bpf_events.Run | None]
+        self, idle_before_ns: int, kernel_run: Callable[[Connection], _ringbuf.Run | None]
     ) -> None:
         """Deliver server-side runs that went quiet (the last response on a keep-alive
         connection has no following event to end it)."""
@@ -259,7 +258,7 @@ class ConnectionTable:
         while len(conn.requests) > _MAX_OPEN_REQUESTS:
             conn.requests.popitem(last=False)
 
-    def _finish_run(self, conn: Connection, prev: bpf_events.Run | None) -> None:
+    def _finish_run(self, conn: Connection, prev: _ringbuf.Run | None) -> None:
         run = conn.pending
         conn.pending = None
         if run is None or run.delivered or prev is None or prev.direction == bpf_events.Direction.NONE:

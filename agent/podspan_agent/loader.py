@@ -1,8 +1,8 @@
 """Compile, load and attach the BPF capture program with bcc; the only module that imports bcc.
 
 Owns the kernel objects: the cgroup/pid allow maps, the connection table, the
-ring buffer and the per-CPU stats. Everything else talks to the kernel through
-`Probes`.
+ring buffer (consumed by the native `_ringbuf.RingBuffer`, not bcc's callback per
+record) and the per-CPU stats. Everything else talks to the kernel through `Probes`.
 """
 
 from __future__ import annotations
@@ -14,12 +14,13 @@ import logging
 import os
 import pathlib
 import re
+import select
 import subprocess
 import time
 from collections.abc import Callable
 from typing import Any
 
-from podspan_agent import bpf_events, kernel_headers
+from podspan_agent import _ringbuf, bpf_events, kernel_headers
 
 log = logging.getLogger(__name__)
 
@@ -165,7 +166,12 @@ def _release_compiler_memory() -> None:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
 
 
-EventCallback = Callable[[int, int], None]  # (address, size) of one ring-buffer record
+EventRecord = _ringbuf.Event | _ringbuf.OpenEvent | _ringbuf.Malformed
+EventCallback = Callable[[list[EventRecord]], None]  # a batch of decoded ring-buffer records, oldest first
+# Records per drain() call, and drain() calls per poll(): under saturation a poll returns after this many
+# records, so the tracer's housekeeping still runs; the rest wait in the ring (epoll says so at once).
+_DRAIN_BATCH = 256
+_MAX_BATCHES_PER_POLL = 64
 
 # Per-thread syscall state stashed on enter for the exit handler, and what a fork hands to its child
 # when the child first runs: stale after a detach.
@@ -208,6 +214,9 @@ class Probes:
         self._stats = self._bpf[b"stats"]
         # bcc attached every TRACEPOINT_PROBE while loading; remember them to re-attach after detach().
         self._tracepoints = tuple(self._bpf.tracepoint_fds)
+        self._events: _ringbuf.RingBuffer | None = None
+        self._epoll: select.epoll | None = None
+        self._on_events: EventCallback = lambda _records: None
         self._closed = False
         log.info("capture program loaded and attached in %.2fs using %s", self.load_seconds,
                  header_source.describe())
@@ -278,16 +287,33 @@ class Probes:
 
     # ---- events ----
     def open_events(self, callback: EventCallback) -> None:
-        def on_record(_ctx: Any, data: Any, size: int) -> int:
-            callback(ctypes.cast(data, ctypes.c_void_p).value or 0, size)
-            return 0
-
-        self._bpf[b"events"].open_ring_buffer(on_record)
+        """Deliver the ring buffer's records to `callback`, in batches, from `poll()`."""
+        self._close_events()
+        self._events = _ringbuf.RingBuffer(self._bpf[b"events"].map_fd)
+        self._epoll = select.epoll()
+        self._epoll.register(self._events.fileno(), select.EPOLLIN)
+        self._on_events = callback
 
     def poll(self, timeout_ms: int) -> None:
-        # Producers skip wake-ups below a backlog threshold, so drain after the wait.
-        self._bpf.ring_buffer_poll(timeout_ms)
-        self._bpf.ring_buffer_consume()
+        """Wait up to `timeout_ms` for records, then hand what is committed to the callback."""
+        if self._events is None or self._epoll is None:
+            raise ProbeError("poll() before open_events()")
+        self._epoll.poll(timeout_ms / 1000)
+        # Producers skip wake-ups below a backlog threshold: drain whether the wait woke or timed out.
+        for _ in range(_MAX_BATCHES_PER_POLL):
+            batch = self._events.drain(_DRAIN_BATCH)
+            if batch:
+                self._on_events(batch)
+            if len(batch) < _DRAIN_BATCH:
+                break
+
+    def _close_events(self) -> None:
+        if self._epoll is not None:
+            self._epoll.close()
+            self._epoll = None
+        if self._events is not None:
+            self._events.close()
+            self._events = None
 
     def stats(self) -> dict[str, int]:
         totals: dict[str, int] = {}
@@ -300,5 +326,6 @@ class Probes:
         if self._closed:
             return
         self._closed = True
+        self._close_events()
         self._bpf.cleanup()
 

@@ -1,26 +1,33 @@
 """The event path of one agent: ring buffer -> connections -> parsers -> spans -> correlation -> sinks.
 
-Single-threaded by design: the ring-buffer callback, idle flushing and
-correlation all run on the thread that calls `run()`, so no state is shared.
+Single-threaded by design: the ring-buffer callback (a batch of records decoded by
+`_ringbuf`), idle flushing and correlation all run on the thread that calls `run()`,
+so no state is shared.
 """
 
 from __future__ import annotations
 
-import ctypes
 import dataclasses
+import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol
+from typing import Final, Protocol
 
-from podspan_agent import bpf_events, connections, loader
+from podspan_agent import _ringbuf, connections, loader
 from podspan_agent.protocols import base, registry
 from podspan_agent.spans import builder, correlation, model
 
 _POLL_MS = 50
 _HOUSEKEEPING_NS = 100_000_000
 _IDLE_RUN_NS = 200_000_000  # a response run quiet this long is taken as complete
-_DATA_KINDS = (bpf_events.EventKind.DATA, bpf_events.EventKind.CONTINUATION)  # struct podspan_data_event
+_OPEN: Final = _ringbuf.OPEN
+_DATA: Final = _ringbuf.DATA
+_CLOSE: Final = _ringbuf.CLOSE
+_CONTINUATION: Final = _ringbuf.CONTINUATION
+_EXIT: Final = _ringbuf.EXIT
+
+log = logging.getLogger(__name__)
 
 
 class SpanSink(Protocol):
@@ -58,33 +65,39 @@ class Tracer:
         )
         self.correlator = correlation.Correlator(self._release, self.table.busy_threads, settings.hold_ns)
         self.spans_released = 0
+        self.events = 0  # records taken from the ring buffer
         self.malformed_events = 0
-        probes.open_events(self._on_event)
+        self.event_errors = 0  # records whose handling raised (a bug): skipped, the next ones go on
+        probes.open_events(self._on_events)
 
     def set_capture(self, capture: base.CaptureSettings) -> None:
         """Capture settings for connections opened from now on."""
         self.table.set_detector(registry.detector(self._protocols, capture))
 
     # ---- hot path ----
-    def _on_event(self, address: int, size: int) -> None:
-        hdr = bpf_events.EventHeader.from_address(address)
-        kind = hdr.kind
-        if kind in _DATA_KINDS and size >= bpf_events.DATA_OFFSET:
-            fixed = bpf_events.DataEventFixed.from_address(address)
-            captured = min(fixed.captured, size - bpf_events.DATA_OFFSET)
-            data = ctypes.string_at(address + bpf_events.DATA_OFFSET, captured)
-            if kind == bpf_events.EventKind.DATA:
-                self.table.on_data(hdr, data)
-            else:
-                self.table.on_continuation(hdr, data)
-        elif kind == bpf_events.EventKind.CLOSE:
-            self.table.on_close(hdr)
-        elif kind == bpf_events.EventKind.EXIT:
-            self.table.on_exit(hdr.tgid, self._kernel_run)
-        elif kind == bpf_events.EventKind.OPEN and size >= ctypes.sizeof(bpf_events.OpenEvent):
-            self.table.on_open(bpf_events.OpenEvent.from_address(address))
-        else:
-            self.malformed_events += 1
+    def _on_events(self, records: list[loader.EventRecord]) -> None:
+        """One batch from the ring buffer, oldest first (kinds by frequency)."""
+        table = self.table
+        self.events += len(records)
+        for record in records:
+            try:
+                if record.kind == _DATA:
+                    table.on_data(record, record.data)
+                elif record.kind == _CLOSE:
+                    table.on_close(record)
+                elif record.kind == _OPEN:
+                    table.on_open(record)
+                elif record.kind == _CONTINUATION:
+                    table.on_continuation(record, record.data)
+                elif record.kind == _EXIT:
+                    table.on_exit(record.tgid, self._kernel_run)
+                else:  # too short for its kind, or of no known kind
+                    self.malformed_events += 1
+            except Exception:  # a bug must cost one event, never the batch or the agent
+                self.event_errors += 1
+                if self.event_errors & (self.event_errors - 1) == 0:  # the 1st, 2nd, 4th, ... (no flood)
+                    # Not the record itself: its data may hold private bytes.
+                    log.exception("handling a kind %d event failed (%d so far)", record.kind, self.event_errors)
 
     def _on_exchange(self, exchange: connections.Exchange) -> None:
         self.correlator.add(exchange, self._builder.build(exchange), time.monotonic_ns())
@@ -95,11 +108,12 @@ class Tracer:
             sink.export(span)
 
     # ---- loop ----
-    def _kernel_run(self, conn: connections.Connection) -> bpf_events.Run | None:
+    def _kernel_run(self, conn: connections.Connection) -> _ringbuf.Run | None:
         live = self.probes.connection(conn.tgid, conn.fd)
         if live is None or live.conn_id != conn.conn_id:
             return None
-        return live.run
+        run = live.run  # in the events' type, so the table sees one kind of run
+        return _ringbuf.Run((run.start_ns, run.end_ns, run.bytes, run.chunks, run.direction))
 
     def housekeeping(self) -> None:
         now = time.monotonic_ns()
@@ -133,6 +147,8 @@ class Tracer:
         result.update({f"conn_{k}": v for k, v in dataclasses.asdict(self.table.stats).items()})
         result.update({f"corr_{k}": v for k, v in dataclasses.asdict(self.correlator.stats).items()})
         result["spans"] = self.spans_released
+        result["events"] = self.events
         result["malformed_events"] = self.malformed_events
+        result["event_errors"] = self.event_errors
         result["connections"] = len(self.table)
         return result

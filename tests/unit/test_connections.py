@@ -9,6 +9,7 @@ import struct
 
 from podspan_agent import bpf_events, connections
 from podspan_agent.protocols import base, registry
+from tests.support import bpf_records
 
 PEER = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 8080) + socket.inet_aton("10.0.0.20") + bytes(8)
 OUT, IN = bpf_events.Direction.EGRESS, bpf_events.Direction.INGRESS
@@ -29,20 +30,18 @@ class Recorder:
         self.forgotten.append((tgid, fd, conn_id))
 
     def open(self, conn_id: int, tgid: int = 10, fd: int = 3) -> None:
-        event = bpf_events.OpenEvent(hdr=_header(bpf_events.EventKind.OPEN, conn_id, tgid, fd, 0), listen_fd=-1,
-                                     addr_len=16)
-        event.peer[:16] = PEER
-        self.table.on_open(event)
+        self.table.on_open(bpf_records.open_event(_header(bpf_events.EventKind.OPEN, conn_id, tgid, fd, 0), PEER))
 
     def data(self, conn_id: int, ts: int, direction: int, data: bytes, prev: bpf_events.Run | None = None,
              tgid: int = 10, fd: int = 3, kind: bpf_events.EventKind = bpf_events.EventKind.DATA) -> None:
         hdr = _header(kind, conn_id, tgid, fd, ts, direction)
         if prev is not None:
             hdr.prev = prev
+        event = bpf_records.data_event(hdr, data)
         if kind == bpf_events.EventKind.DATA:
-            self.table.on_data(hdr, data)
+            self.table.on_data(event, event.data)
         else:
-            self.table.on_continuation(hdr, data)
+            self.table.on_continuation(event, event.data)
 
     def paths(self) -> list[tuple[object, object]]:
         return [(e.record.attributes.get("url.path"), e.record.attributes.get("http.response.status_code"))
@@ -69,7 +68,7 @@ def test_continuations_complete_the_run_before_the_parser_sees_it() -> None:
     seen.data(1, 210, IN, RESPONSE[16:], kind=bpf_events.EventKind.CONTINUATION)
     close = _header(bpf_events.EventKind.CLOSE, 1, 10, 3, 300)
     close.prev = _run(IN, 200, 210, len(RESPONSE))
-    seen.table.on_close(close)
+    seen.table.on_close(bpf_records.header_event(close))
     assert seen.paths() == [("/users/7", 200)]
     assert seen.table.stats.continuations_dropped == 0
 
@@ -88,7 +87,7 @@ def test_exit_ends_every_connection_of_the_process() -> None:
         seen.data(conn_id, 100, OUT, REQUEST, tgid=tgid, fd=fd)
         seen.data(conn_id, 200, IN, RESPONSE, prev=_run(OUT, 100, 150, len(REQUEST)), tgid=tgid, fd=fd)
     # The last runs end where the kernel saw them; connection 2's slot holds another connection by now.
-    live = {1: _run(IN, 200, 250, len(RESPONSE))}
+    live = {1: bpf_records.run(200, 250, len(RESPONSE), 2, IN)}  # the kernel's entry, as the tracer passes it
     seen.table.on_exit(10, lambda conn: live.get(conn.conn_id))
     # Connection 1's response was delivered; connection 2's was not, so its request has no response.
     assert sorted(seen.paths(), key=str) == [("/users/7", 200), ("/users/7", None)]

@@ -11,6 +11,7 @@ import dns.message
 from podspan_agent import bpf_events, connections
 from podspan_agent.protocols import base, registry
 from podspan_agent.spans import builder
+from tests.support import bpf_records
 
 PEER = struct.pack("=H", socket.AF_INET) + struct.pack("!H", 53) + socket.inet_aton("10.0.0.10") + bytes(8)
 DATAGRAM_CLIENT = int(bpf_events.ConnFlag.DATAGRAM | bpf_events.ConnFlag.UNCONNECTED)
@@ -29,9 +30,7 @@ def test_datagrams_of_one_direction_stay_separate_messages() -> None:
     exchanges: list[connections.Exchange] = []
     table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), exchanges.append,
                                         lambda _tgid, _fd, _conn_id: None)
-    opened = bpf_events.OpenEvent(hdr=_header(bpf_events.EventKind.OPEN, 100), listen_fd=-1, addr_len=16)
-    opened.peer[:16] = PEER
-    table.on_open(opened)
+    table.on_open(bpf_records.open_event(_header(bpf_events.EventKind.OPEN, 100), PEER))
     # glibc: A and AAAA in one sendmmsg (two events in a row), answers in either order.
     query_a = dns.message.make_query("svc.test.", "A").to_wire()
     query_aaaa = dns.message.make_query("svc.test.", "AAAA").to_wire()
@@ -41,8 +40,8 @@ def test_datagrams_of_one_direction_stay_separate_messages() -> None:
     events = [(query_a, out, None), (query_aaaa, out, (out, len(query_a))),
               (answer_aaaa, into, (out, len(query_aaaa))), (answer_a, into, (into, len(answer_aaaa)))]
     for ts, (data, direction, prev) in enumerate(events, start=1):
-        table.on_data(_header(bpf_events.EventKind.DATA, ts * 100, direction, prev), data)
-    table.on_close(_header(bpf_events.EventKind.CLOSE, 900, prev=(into, len(answer_a))))
+        table.on_data(bpf_records.data_event(_header(bpf_events.EventKind.DATA, ts * 100, direction, prev), data), data)
+    table.on_close(bpf_records.header_event(_header(bpf_events.EventKind.CLOSE, 900, prev=(into, len(answer_a)))))
 
     assert sorted(e.record.attributes["dns.question.type"] for e in exchanges) == ["A", "AAAA"]
     span = builder.SpanBuilder(lambda _conn: {}, 0).build(exchanges[0])
