@@ -133,42 +133,39 @@ static __always_inline __u32 capture(struct data_scratch *s, const struct chunk_
     return *gathered;
 }
 
-/* Bytes of the capture a chunk may fill: a CONTINUATION gets what the run's capture still misses, a
- * new run the capture size (an HTTP/2 chunk the larger per-chunk one). */
-static __always_inline __u32 capture_limit(const struct podspan_conn *conn, int continuation)
+/* Bytes of the capture a chunk may fill, at most the `rest` it moved: a CONTINUATION gets what the run's
+ * capture still misses, a new run the capture size (an HTTP/2 chunk the larger per-chunk one). */
+static __always_inline __u32 chunk_limit(const struct podspan_conn *conn, int continuation, __u64 rest)
 {
-    if (!continuation)
-        return (conn->flags & PODSPAN_CONN_HTTP2) ? PODSPAN_CHUNK_CAPTURE_SIZE : PODSPAN_CAPTURE_SIZE;
-    __u32 have = conn->captured;
-    /* Another thread on the same socket may have filled the capture since the check. */
-    return have < PODSPAN_CAPTURE_SIZE ? PODSPAN_CAPTURE_SIZE - have : 0;
+    __u32 limit;
+    if (!continuation) {
+        limit = (conn->flags & PODSPAN_CONN_HTTP2) ? PODSPAN_CHUNK_CAPTURE_SIZE : PODSPAN_CAPTURE_SIZE;
+    } else {
+        __u32 have = conn->captured;
+        /* Another thread on the same socket may have filled the capture since the check. */
+        limit = have < PODSPAN_CAPTURE_SIZE ? PODSPAN_CAPTURE_SIZE - have : 0;
+    }
+    return rest < limit ? rest : limit;
 }
 
-/* One chunk (a syscall, or one message of sendmmsg/recvmmsg) moved `bytes` bytes: fold it into the
- * current run, send it as a CONTINUATION of the run (whose capture is short), or start a run with an
- * event. On an HTTP/2 connection a chunk longer than the capture size is sent as several pieces
- * (runs), so frames past the first PODSPAN_CHUNK_CAPTURE_SIZE bytes are not lost; returns whether
- * another piece of this chunk follows. */
-static __always_inline int on_chunk(struct data_scratch *s, struct podspan_conn *conn, const struct chunk_src *src,
-                                    __u64 bytes)
+/* The header of the event a chunk that is not folded sends; `prev` is the run it ends, as the connection
+ * holds it before end_chunk_event(). */
+static __always_inline void begin_chunk_event(struct podspan_data_event *ev, const struct podspan_conn *conn,
+                                              int continuation, const struct chunk_job *job)
 {
-    struct chunk_job *job = &s->job;
-    if (fold_chunk(conn, &job->io, bytes, job->now))
-        return 0;
-    int continuation = continues_run(conn, &job->io); /* not folded: wants_continuation() held */
-    __u64 rest = bytes - job->done;
-    int every_chunk = conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2);
-    __u32 limit = capture_limit(conn, continuation);
-    if (rest < limit)
-        limit = rest;
-    struct podspan_data_event *ev = &s->ev;
     fill_header(&ev->hdr, continuation ? PODSPAN_EV_CONTINUATION : PODSPAN_EV_DATA, job->pid_tgid, job->io.fd, conn,
                 job->now);
     ev->hdr.direction = job->io.direction;
     ev->captured = 0;
-    /* One call site: the gathering loop is verified once. */
-    if (job->io.shape != IO_NODATA)
-        ev->captured = capture(s, src, limit, every_chunk ? limit : PODSPAN_GATHER_ENOUGH);
+}
+
+/* With ev->captured filled: the chunk extends the run (CONTINUATION) or starts one. Returns the bytes of
+ * the chunk's `rest` the event covers: all, or on an HTTP/2 connection a piece of `limit` when more
+ * follows. */
+static __always_inline __u64 end_chunk_event(struct podspan_data_event *ev, struct podspan_conn *conn,
+                                             int continuation, int every_chunk, struct chunk_job *job, __u64 bytes,
+                                             __u64 rest, __u32 limit)
+{
     __u64 piece = rest;
     if (continuation) {
         extend_run(conn, bytes, job->now);
@@ -187,10 +184,39 @@ static __always_inline int on_chunk(struct data_scratch *s, struct podspan_conn 
         conn->continuations = 0;
     }
     ev->chunk_bytes = piece;
+    return piece;
+}
+
+static __always_inline void emit_chunk_event(struct podspan_data_event *ev)
+{
     __u64 size = ev->captured;
     if (size > PODSPAN_CHUNK_CAPTURE_SIZE)
         size = PODSPAN_CHUNK_CAPTURE_SIZE;
     emit(ev, offsetof(struct podspan_data_event, data) + size);
+}
+
+/* One chunk (a syscall, or one message of sendmmsg/recvmmsg) moved `bytes` bytes: fold it into the
+ * current run, send it as a CONTINUATION of the run (whose capture is short), or start a run with an
+ * event. On an HTTP/2 connection a chunk longer than the capture size is sent as several pieces
+ * (runs), so frames past the first PODSPAN_CHUNK_CAPTURE_SIZE bytes are not lost; returns whether
+ * another piece of this chunk follows. */
+static __always_inline int on_chunk(struct data_scratch *s, struct podspan_conn *conn, const struct chunk_src *src,
+                                    __u64 bytes)
+{
+    struct chunk_job *job = &s->job;
+    if (fold_chunk(conn, &job->io, bytes, job->now))
+        return 0;
+    int continuation = continues_run(conn, &job->io); /* not folded: wants_continuation() held */
+    __u64 rest = bytes - job->done;
+    int every_chunk = conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2);
+    __u32 limit = chunk_limit(conn, continuation, rest);
+    struct podspan_data_event *ev = &s->ev;
+    begin_chunk_event(ev, conn, continuation, job);
+    /* One call site: the gathering loop is verified once. */
+    if (job->io.shape != IO_NODATA)
+        ev->captured = capture(s, src, limit, every_chunk ? limit : PODSPAN_GATHER_ENOUGH);
+    __u64 piece = end_chunk_event(ev, conn, continuation, every_chunk, job, bytes, rest, limit);
+    emit_chunk_event(ev);
     return piece < rest;
 }
 
@@ -249,20 +275,64 @@ static __always_inline int capture_job(void *ctx)
     return 0;
 }
 
+/* The common case in the exit program itself, without the tail call: a chunk that is not folded, on a
+ * connection in run mode, from one flat buffer, or from an iovec array whose first iovec holds what the
+ * chunk may capture or at least PODSPAN_GATHER_ENOUGH bytes (capture() would stop there too). Returns
+ * -1, having done nothing, when capture_chunk must gather the chunk. */
+static __always_inline int capture_inline(void *ctx, struct podspan_conn *conn, struct chunk_job *job)
+{
+    int continuation = continues_run(conn, &job->io);
+    __u64 rest = job->result;
+    __u32 limit = chunk_limit(conn, continuation, rest);
+    __u64 src = job->io.ptr;
+    __u64 len = limit;
+    if (job->io.shape == IO_IOVEC) {
+        struct user_iovec iov = {};
+        if (job->io.count && bpf_probe_read_user(&iov, sizeof(iov), (void *)src) == 0) {
+            if (iov.len == 0 || (iov.len < limit && iov.len < PODSPAN_GATHER_ENOUGH && job->io.count > 1))
+                return -1;
+            src = iov.base;
+            if (len > iov.len)
+                len = iov.len;
+        } else {
+            len = 0; /* capture() gathers nothing either */
+        }
+    }
+    __u32 zero = 0;
+    struct data_scratch *s = data_scratch.lookup(&zero);
+    if (!s)
+        return 0;
+    struct podspan_data_event *ev = &s->ev;
+    begin_chunk_event(ev, conn, continuation, job);
+    ev->captured = copy_at(s, 0, src, len);
+    __u64 piece = end_chunk_event(ev, conn, continuation, 0, job, rest, rest, limit);
+    emit_chunk_event(ev);
+    if (piece < rest) { /* the run began with the HTTP/2 preface: capture_chunk sends the other pieces */
+        job->piece = 1;
+        s->job = *job;
+        chunk_progs.call(ctx, 0);
+    }
+    return 0;
+}
+
 /* A read/write-family syscall moved `ret` > 0 bytes on a tracked connection (`conn`), or (io->open, conn
  * NULL) sent on a UDP socket that may open a flow. */
 static __always_inline int on_io(void *ctx, __u64 pid_tgid, long ret, const struct io_args *io,
                                  struct podspan_conn *conn)
 {
-    __u64 now = bpf_ktime_get_ns();
-    /* Fast path: most chunks continue a run and need no capture. */
-    if (conn && io->shape != IO_MMSG && fold_chunk(conn, io, ret, now))
-        return 0;
+    struct chunk_job job = {.io = *io, .pid_tgid = pid_tgid, .result = ret, .now = bpf_ktime_get_ns()};
+    if (conn && io->shape != IO_MMSG) {
+        /* Most chunks continue a run and need no capture. */
+        if (fold_chunk(conn, io, ret, job.now))
+            return 0;
+        if ((io->shape == IO_BUF || io->shape == IO_IOVEC) &&
+            !(conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2)) && capture_inline(ctx, conn, &job) == 0)
+            return 0;
+    }
     __u32 zero = 0;
     struct data_scratch *s = data_scratch.lookup(&zero);
     if (!s)
         return 0;
-    struct chunk_job job = {.io = *io, .pid_tgid = pid_tgid, .result = ret, .now = now};
     s->job = job;
     chunk_progs.call(ctx, 0);
     return 0; /* reached only if the tail call failed: before the loader filled chunk_progs */
