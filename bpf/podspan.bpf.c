@@ -102,9 +102,12 @@ int capture_chunk(void *ctx) { return capture_job(ctx); }
         long ret = args->ret;                                                                    \
         if (ret <= 0)                                                                            \
             return 0;                                                                            \
+        __u64 pid_tgid = bpf_get_current_pid_tgid();                                             \
+        if (!may_have_conns(pid_tgid >> 32))                                                     \
+            return 0;                                                                            \
         struct pt_regs *regs = syscall_regs();                                                   \
         struct io_args io = {.shape = SHAPE, .direction = DIRECTION, __VA_ARGS__};               \
-        return io_exit(args, ret, &io, MAY_OPEN);                                                \
+        return io_exit(args, pid_tgid, ret, &io, MAY_OPEN);                                      \
     }
 #else
 #define ARG(field, n) ((__u64)args->field)

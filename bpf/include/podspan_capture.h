@@ -343,9 +343,8 @@ static __always_inline int on_io(void *ctx, __u64 pid_tgid, long ret, const stru
  * syscall can carry a destination (sendto with an address, sendmsg, sendmmsg). The connection lookup
  * comes first: it also filters files, pipes and untraced processes, whose connections are never in
  * the table. */
-static __always_inline int io_exit(void *ctx, long ret, struct io_args *io, int may_open)
+static __always_inline int io_exit(void *ctx, __u64 pid_tgid, long ret, struct io_args *io, int may_open)
 {
-    __u64 pid_tgid = bpf_get_current_pid_tgid();
     struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io->fd};
     struct podspan_conn *conn = conns.lookup(&key);
     if (!conn) {

@@ -47,6 +47,9 @@
  * and no map stash. Otherwise their enter programs stash the arguments in io_inflight. */
 #if defined(PODSPAN_HAVE_TASK_PT_REGS) && (defined(bpf_target_x86) || defined(bpf_target_arm64))
 #define PODSPAN_ARGS_AT_EXIT 1
+/* Same kernels (atomic or/and on map values, 5.12): a bit per tgid says whether the process may have
+ * entries in `conns` or `dgram_socks`; the data and close programs test it before any hash lookup. */
+#define PODSPAN_TGID_FILTER 1
 #endif
 
 #endif /* PODSPAN_CONFIG_H */

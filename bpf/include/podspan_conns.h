@@ -42,6 +42,7 @@ static __always_inline __u64 open_conn(__u64 pid_tgid, __s32 fd, __u8 role, __u8
     conn.conn_id = __sync_fetch_and_add(counter, 1) + 1;
     conn.role = role;
     conn.flags = flags;
+    mark_tgid(key.tgid);
     if (conns.update(&key, &conn) != 0) {
         count(PODSPAN_STAT_CONN_FULL);
         return 0;
@@ -125,6 +126,8 @@ static __always_inline int connect_exit(long ret)
 static __always_inline int close_enter(__s32 fd)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!may_have_conns(pid_tgid >> 32))
+        return 0;
     struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
     struct podspan_conn *conn = conns.lookup(&key);
     if (!conn)

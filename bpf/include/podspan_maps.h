@@ -132,6 +132,13 @@ BPF_TABLE("lru_hash", __u32, struct inheritable, last_accepted, 16384);
 BPF_TABLE("lru_hash", __u32, struct inheritable, forks_inflight, 4096);
 BPF_TABLE("lru_hash", __u32, struct inherited, inherited, 16384);
 BPF_ARRAY(conn_id_counter, __u64, 1);
+#ifdef PODSPAN_TGID_FILTER
+/* Bit (tgid & 63) of word (tgid >> 6): the process got an entry in `conns` or `dgram_socks` (set before
+ * the entry); cleared when its last thread exits. Entries userspace deletes leave the bit set, which only
+ * costs that process the hash lookup again. Tgids are below PID_MAX_LIMIT, 2^22 on 64-bit. */
+#define PODSPAN_TGID_LIMIT (1U << 22)
+BPF_ARRAY(conn_tgids, __u64, PODSPAN_TGID_LIMIT / 64);
+#endif
 BPF_PERCPU_ARRAY(stats, __u64, PODSPAN_STAT_MAX);
 BPF_PERCPU_ARRAY(wakeup_counter, __u64, 1);
 BPF_PERCPU_ARRAY(data_scratch, struct data_scratch, 1);
@@ -148,6 +155,45 @@ static __always_inline void count_n(__u32 stat, __u64 n)
 }
 
 static __always_inline void count(__u32 stat) { count_n(stat, 1); }
+
+/* Whether process `tgid` may have entries in `conns` or `dgram_socks`: unselected processes (no bit)
+ * return from the data and close programs after one array read instead of a hash lookup. */
+static __always_inline int may_have_conns(__u32 tgid)
+{
+#ifdef PODSPAN_TGID_FILTER
+    if (tgid >= PODSPAN_TGID_LIMIT)
+        return 1;
+    __u32 word = tgid >> 6;
+    __u64 *bits = conn_tgids.lookup(&word);
+    return !bits || (*bits & (1ULL << (tgid & 63)));
+#else
+    return 1;
+#endif
+}
+
+/* Before process `tgid` gets an entry in `conns` or `dgram_socks`. */
+static __always_inline void mark_tgid(__u32 tgid)
+{
+#ifdef PODSPAN_TGID_FILTER
+    __u32 word = tgid >> 6;
+    __u64 bit = 1ULL << (tgid & 63);
+    __u64 *bits = conn_tgids.lookup(&word);
+    if (bits && !(*bits & bit))
+        __sync_fetch_and_or(bits, bit);
+#endif
+}
+
+/* Process `tgid` is gone (its last thread exits): no syscall of it can follow. */
+static __always_inline void unmark_tgid(__u32 tgid)
+{
+#ifdef PODSPAN_TGID_FILTER
+    __u32 word = tgid >> 6;
+    __u64 bit = 1ULL << (tgid & 63);
+    __u64 *bits = conn_tgids.lookup(&word);
+    if (bits && (*bits & bit))
+        __sync_fetch_and_and(bits, ~bit);
+#endif
+}
 
 static __always_inline int is_traced(__u64 pid_tgid)
 {

@@ -16,6 +16,9 @@ static __always_inline int process_exit(__u64 pid_tgid, int last)
 {
     if (!last)
         return 0;
+#ifdef PODSPAN_HAVE_EXIT_GROUP_DEAD
+    unmark_tgid(pid_tgid >> 32); /* the last thread: without group_dead, siblings may still run */
+#endif
     if (!is_traced(pid_tgid))
         return 0;
     struct podspan_conn none = {};

@@ -37,10 +37,12 @@ static __always_inline int socket_exit(long ret)
         return 0;
     struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = (__s32)ret};
     /* Any new socket resets its fd's entry, so a stale one never marks a TCP socket. */
-    if (is_dgram)
+    if (is_dgram) {
+        mark_tgid(key.tgid);
         dgram_socks.update(&key, &is_dgram);
-    else
+    } else {
         dgram_socks.delete(&key);
+    }
     return 0;
 }
 
@@ -49,6 +51,8 @@ static __always_inline int socket_exit(long ret)
 static __always_inline int bind_enter(__s32 fd, __u64 addr, __u32 addr_len)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
+    if (!may_have_conns(pid_tgid >> 32))
+        return 0;
     struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = fd};
     if (!dgram_socks.lookup(&key))
         return 0;
