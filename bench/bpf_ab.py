@@ -12,6 +12,8 @@ Nothing is asserted; it prints one line per run, then per tree the medians and a
 
 Run (root): `.venv/bin/python bench/bpf_ab.py BEFORE_BPF_DIR bpf [--rounds 5] [--duration 4]`, e.g. with
 BEFORE_BPF_DIR the `bpf/` of a checkout of the previous commit (`git worktree add /tmp/bpf-before HEAD`).
+`--wakeup-every N [M]` sets the loader's ring-buffer wake-up interval for both trees (or per tree: two copies
+of one tree then measure the wake-ups' share).
 """
 
 from __future__ import annotations
@@ -75,14 +77,14 @@ def wrk(port: int, duration: int) -> int:
 
 
 def measure(bpf_dir: pathlib.Path, cgroup_id: int, port: int, duration: int, unselected_duration: int,
-            headers: kernel_headers.HeaderSource) -> dict[str, Any]:
+            headers: kernel_headers.HeaderSource, options: loader.ProbeOptions) -> dict[str, Any]:
     os.environ[loader.BPF_DIR_ENV] = str(bpf_dir)
     ids_before = set(harness.bpf_programs())
-    probes = loader.Probes(loader.ProbeOptions(), headers)
+    probes = loader.Probes(options, headers)
     try:
         ids = set(harness.bpf_programs()) - ids_before
         names = program_names(probes)
-        probes.open_events(lambda _records: None)
+        probes.open_events(lambda *_records: None)  # any callback signature: nothing is parsed
         stop = threading.Event()
 
         def drain() -> None:
@@ -163,7 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--duration", type=int, default=4, help="seconds of wrk per run")
     parser.add_argument("--unselected-duration", type=int, default=2,
                         help="seconds of wrk with the pod deselected, per run (0: skip)")
+    parser.add_argument("--wakeup-every", type=int, nargs="+", metavar="N",
+                        help="ProbeOptions.wakeup_every (ring-buffer wake-up per N events per CPU): one value for "
+                             "both trees or one per tree (default: the loader's)")
     args = parser.parse_args(argv)
+    wakeups = args.wakeup_every or [loader.ProbeOptions().wakeup_every]
+    if len(wakeups) > 2:
+        parser.error("--wakeup-every takes one or two values")
+    options = {tree: loader.ProbeOptions(wakeup_every=wakeups[min(i, len(wakeups) - 1)])
+               for i, tree in enumerate(args.trees)}
     if os.geteuid() != 0:
         print("needs root (eBPF, cgroups)", file=sys.stderr)
         return 2
@@ -181,12 +191,13 @@ def main(argv: list[str] | None = None) -> int:
             for round_number in range(args.rounds):
                 for tree in args.trees:
                     run = measure(tree.resolve(), pod.cgroup_id, port, args.duration, args.unselected_duration,
-                                  headers)
+                                  headers, options[tree])
                     results[tree].append(run)
                     print(f"round {round_number} {tree}: {run['ns_per_req']:.0f} ns/req, "
                           f"{run['runs_per_req']:.2f} prog runs/req, {run['events_per_req']:.2f} events/req, "
                           f"{run['requests']:.0f} requests, {run['lost']:.0f} events lost, "
-                          f"compile+attach {run['load_s']:.2f} s", flush=True)
+                          f"compile+attach {run['load_s']:.2f} s, wake-up every {options[tree].wakeup_every} events",
+                          flush=True)
         finally:
             runner.stop_all()
             with contextlib.suppress(OSError, subprocess.CalledProcessError):
