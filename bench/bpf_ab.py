@@ -1,8 +1,8 @@
 """In-kernel cost per HTTP/1.1 request of two BPF source trees, alternating on one nginx: A/B for capture changes.
 
-nginx (configured as in bench/http_overhead.py, static `/`) runs in a cgroup "pod". Per round
-and per tree: the capture program is compiled from that tree (`PODSPAN_BPF_DIR`), attached to the pod's
-cgroup, its ring buffer drained by a thread (no parsing: only the kernel side is measured); with
+nginx (configured as in bench/http_overhead.py: a static file at `/`, `return 200` at `/api/`; `--path`) runs
+in a cgroup "pod". Per round and per tree: the capture program is compiled from that tree (`PODSPAN_BPF_DIR`),
+attached to the pod's cgroup, its ring buffer drained by a thread (no parsing: only the kernel side is measured); with
 `kernel.bpf_stats_enabled=1` (restored afterwards) `wrk -t1 -c4 -d{duration}s` runs, and the run time of the
 programs that appeared with the load is divided by wrk's request count. Then the pod is deselected and wrk
 runs again for `--unselected-duration` seconds: every process is unselected there, so the programs' cost per
@@ -67,8 +67,8 @@ def delta(before: Counters, after: Counters, names: dict[int, str]) -> dict[str,
     return per
 
 
-def wrk(port: int, duration: int) -> int:
-    out = subprocess.run(["wrk", "-t1", "-c4", f"-d{duration}s", f"http://{harness.HOST}:{port}/"],
+def wrk(port: int, duration: int, path: str) -> int:
+    out = subprocess.run(["wrk", "-t1", "-c4", f"-d{duration}s", f"http://{harness.HOST}:{port}{path}"],
                          capture_output=True, text=True, check=True).stdout
     found = re.search(r"(\d+) requests in", out)
     if found is None:
@@ -76,7 +76,7 @@ def wrk(port: int, duration: int) -> int:
     return int(found.group(1))
 
 
-def measure(bpf_dir: pathlib.Path, cgroup_id: int, port: int, duration: int, unselected_duration: int,
+def measure(bpf_dir: pathlib.Path, cgroup_id: int, port: int, path: str, duration: int, unselected_duration: int,
             headers: kernel_headers.HeaderSource, options: loader.ProbeOptions) -> dict[str, Any]:
     os.environ[loader.BPF_DIR_ENV] = str(bpf_dir)
     ids_before = set(harness.bpf_programs())
@@ -97,15 +97,15 @@ def measure(bpf_dir: pathlib.Path, cgroup_id: int, port: int, duration: int, uns
         try:
             subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
             c0 = program_counters(ids)
-            requests = wrk(port, duration)
+            requests = wrk(port, duration, path)
             c1 = program_counters(ids)
             stats = probes.stats()
             unselected: dict[str, tuple[int, int]] = {}
             if unselected_duration:
                 probes.untrace_cgroup(cgroup_id)
-                wrk(port, 1)  # the pod's connections close: nothing of it is in `conns` any more
+                wrk(port, 1, path)  # the pod's connections close: nothing of it is in `conns` any more
                 c2 = program_counters(ids)
-                wrk(port, unselected_duration)
+                wrk(port, unselected_duration, path)
                 unselected = delta(c2, program_counters(ids), names)
         finally:
             stop.set()
@@ -163,6 +163,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("trees", nargs=2, type=pathlib.Path, help="two BPF source directories (A, then B)")
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--duration", type=int, default=4, help="seconds of wrk per run")
+    parser.add_argument("--path", default="/", help="request path: / (a static file: nginx opens and closes it per "
+                                                     "request) or /api/ (return 200, no file)")
     parser.add_argument("--unselected-duration", type=int, default=2,
                         help="seconds of wrk with the pod deselected, per run (0: skip)")
     parser.add_argument("--wakeup-every", type=int, nargs="+", metavar="N",
@@ -190,8 +192,8 @@ def main(argv: list[str] | None = None) -> int:
             headers = kernel_headers.resolve()
             for round_number in range(args.rounds):
                 for tree in args.trees:
-                    run = measure(tree.resolve(), pod.cgroup_id, port, args.duration, args.unselected_duration,
-                                  headers, options[tree])
+                    run = measure(tree.resolve(), pod.cgroup_id, port, args.path, args.duration,
+                                  args.unselected_duration, headers, options[tree])
                     results[tree].append(run)
                     print(f"round {round_number} {tree}: {run['ns_per_req']:.0f} ns/req, "
                           f"{run['runs_per_req']:.2f} prog runs/req, {run['events_per_req']:.2f} events/req, "
