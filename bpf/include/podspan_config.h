@@ -12,7 +12,7 @@
 #define PODSPAN_RINGBUF_PAGES 2048 /* 8 MiB with 4 KiB pages */
 #endif
 #ifndef PODSPAN_WAKEUP_EVERY
-#define PODSPAN_WAKEUP_EVERY 64 /* per CPU: wake the consumer once per this many events */
+#define PODSPAN_WAKEUP_EVERY 1024 /* per CPU: wake the consumer once per this many events */
 #endif
 #ifndef PODSPAN_SELF_TGID
 #define PODSPAN_SELF_TGID 0

@@ -458,8 +458,8 @@ def _is_request_line(data: bytes) -> bool:
 
 def _is_status_line(data: bytes, pos: int) -> bool:
     # RFC 9110: a status code is three digits from 100 to 599 in use; anything from 100 to 999 is kept.
-    return (data.startswith(b"HTTP/1.", pos) and data[pos + 8:pos + 9] == b" "
-            and data[pos + 9:pos + 12].isdigit() and data[pos + 9:pos + 10] != b"0")
+    return (data.startswith(b"HTTP/1.", pos) and data[pos + 7:pos + 8] in (b"0", b"1")
+            and data[pos + 8:pos + 9] == b" " and data[pos + 9:pos + 12].isdigit() and data[pos + 9:pos + 10] != b"0")
 
 
 def _add_header(attributes: dict[str, base.AttributeValue], prefix: str, name: str, value: str) -> None:

@@ -367,3 +367,14 @@ def test_status_code_below_100_is_not_a_status_line() -> None:
     assert not http1._is_status_line(b"HTTP/1.1 000 OK\r\n", 0)
     assert not http1._is_status_line(b"HTTP/1.1 099 OK\r\n", 0)
     assert http1._is_status_line(b"HTTP/1.1 100 Continue\r\n", 0)
+
+
+def test_a_status_line_needs_a_version_digit() -> None:
+    # Found by the fuzz test: "HTTP/1.\n 201" passed the check and broke the status code's parse.
+    assert not http1._is_status_line(b"HTTP/1.\n 201Created\r\n", 0)
+    assert not http1._is_status_line(b"HTTP/1.x 200 OK\r\n", 0)
+    runs = [(True, b"GET / HTTP/1.1\r\n\r\n"), (False, b"HTTP/1.\n 201Created\r\n\r\n")]
+    parser = http1.Parser(base.CaptureSettings())
+    for from_client, data in runs:
+        parser.feed(base.Message(from_client, data, len(data), 1, 2))
+    assert parser.counters["parser_errors"] == 0 and parser.counters["server_runs_unparsed"] == 1
