@@ -50,10 +50,14 @@ def _parser() -> argparse.ArgumentParser:
                        help="cgroup v2 directory to trace (absolute, or relative to the cgroup2 mount)")
     trace.add_argument("--pid", action="append", default=[], type=int, metavar="PID",
                        help="process to trace")
-    trace.add_argument("--otlp-endpoint", default=os.environ.get("OTEL_EXPORTER_OTLP_ENDPOINT"),
-                       help="OTLP endpoint (default: $OTEL_EXPORTER_OTLP_ENDPOINT; none: print spans)")
-    trace.add_argument("--otlp-protocol", choices=("grpc", "http/protobuf"),
-                       default=os.environ.get("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc"))
+    # Both default to None so the exporter applies the OTLP spec's order: argument, then
+    # OTEL_EXPORTER_OTLP_TRACES_*, then OTEL_EXPORTER_OTLP_* (a base URL, /v1/traces appended), then defaults.
+    trace.add_argument("--otlp-endpoint",
+                       help="OTLP endpoint (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then "
+                            "$OTEL_EXPORTER_OTLP_ENDPOINT; none of them: print spans)")
+    trace.add_argument("--otlp-protocol", choices=otlp.PROTOCOLS,
+                       help=f"(default: $OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, then $OTEL_EXPORTER_OTLP_PROTOCOL, "
+                            f"else {otlp.DEFAULT_PROTOCOL} as the OTLP spec says)")
     trace.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     trace.add_argument("--output", choices=("console", "jsonl"), default="console",
                        help="how to print spans when there is no endpoint")

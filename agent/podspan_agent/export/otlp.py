@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 GRPC = "grpc"
 HTTP_PROTOBUF = "http/protobuf"
 PROTOCOLS = (GRPC, HTTP_PROTOBUF)
+DEFAULT_PROTOCOL = HTTP_PROTOBUF  # the OTLP exporter spec's default
 
 _SCOPE_NAME = "podspan"
 _GRPC_METHOD = "/opentelemetry.proto.collector.trace.v1.TraceService/Export"
@@ -428,7 +429,8 @@ class OtlpExporter:
         environ: Mapping[str, str] | None = None,
     ) -> None:
         env = os.environ if environ is None else environ
-        protocol = protocol or _env(env, "PROTOCOL") or HTTP_PROTOBUF
+        chosen = protocol or _env(env, "PROTOCOL")
+        protocol = chosen or DEFAULT_PROTOCOL
         if protocol not in PROTOCOLS:
             raise ValueError(f"OTLP protocol {protocol!r} is not one of {', '.join(PROTOCOLS)}")
         compression = (compression or _env(env, "COMPRESSION") or "gzip").lower()
@@ -439,6 +441,10 @@ class OtlpExporter:
         if headers is None:
             headers = parse_key_value_list(_env(env, "HEADERS") or "")
         target = _resolve_target(endpoint, protocol, insecure, env)
+        if chosen is None and target.port == _DEFAULT_PORTS[GRPC]:
+            log.warning("OTLP endpoint %s is on the OTLP/gRPC port but no protocol was set, so %s is used: "
+                        "pass --otlp-protocol grpc (or set OTEL_EXPORTER_OTLP_PROTOCOL=grpc) if it speaks gRPC",
+                        target.netloc, DEFAULT_PROTOCOL)
 
         self.protocol = protocol
         self.endpoint = target.url(protocol)

@@ -14,16 +14,18 @@ _PLAIN_SUMMARY_EVERY_S = 5.0
 
 
 class Standalone:
-    """With an endpoint spans go to OTLP; without one they are printed (console or jsonl)."""
+    """With an endpoint (argument or environment) spans go to OTLP; without one they are printed (console or
+    jsonl)."""
 
-    def __init__(self, endpoint: str | None, protocol: str, output: str, path: pathlib.Path | None) -> None:
+    def __init__(self, endpoint: str | None, protocol: str | None, output: str, path: pathlib.Path | None) -> None:
         self._stream: TextIO | None = open(path, "w") if path else None  # noqa: SIM115 - closed in shutdown
         stream = self._stream or sys.stdout
         self.otlp: otlp.OtlpExporter | None = None
         self.console: console.ConsoleExporter | None = None
         self.jsonl: jsonl.JsonlExporter | None = None
-        if endpoint:
-            self.otlp = otlp.OtlpExporter(endpoint, protocol=protocol)
+        if endpoint or otlp.env_endpoint():
+            # The exporter resolves what is not given from the OTEL_EXPORTER_OTLP_* environment.
+            self.otlp = otlp.OtlpExporter(endpoint or None, protocol=protocol)
         elif output == "jsonl":
             self.jsonl = jsonl.JsonlExporter(stream)
         else:
