@@ -212,6 +212,7 @@ class Probes:
         self._conns = self._bpf[b"conns"]
         self._dgram_socks = self._bpf[b"dgram_socks"]
         self._stats = self._bpf[b"stats"]
+        self._lost_by_cgroup = self._bpf[b"lost_by_cgroup"]
         # bcc attached every TRACEPOINT_PROBE while loading; remember them to re-attach after detach().
         self._tracepoints = tuple(self._bpf.tracepoint_fds)
         self._events: _ringbuf.RingBuffer | None = None
@@ -314,6 +315,10 @@ class Probes:
         if self._events is not None:
             self._events.close()
             self._events = None
+
+    def events_lost_by_cgroup(self) -> dict[int, int]:
+        """Ring-buffer events lost so far, per cgroup id of the process whose event it was."""
+        return {key.value: value.value for key, value in self._lost_by_cgroup.items()}
 
     def stats(self) -> dict[str, int]:
         totals: dict[str, int] = {}

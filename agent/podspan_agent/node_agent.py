@@ -7,6 +7,7 @@ thread watches the NodeTraceConfig; status is written from the tracer's ticks.
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import datetime
 import logging
@@ -140,6 +141,9 @@ class Router:
         self._views: dict[str, profile_view.View] = {}
         self._exporters: dict[str, otlp.OtlpExporter] = {}
         self._by_container: dict[str, tuple[str, ...]] = {}
+        self._by_cgroup: dict[int, tuple[str, ...]] = {}  # attached targets' cgroup id -> their profiles
+        self._lost_seen: dict[int, int] = {}  # per cgroup, the kernel's loss count already attributed
+        self._lost_by_profile: collections.Counter[str] = collections.Counter()
         self.unrouted = 0
 
     def configure(self, profiles: list[models.ResolvedProfile], plans: list[TargetPlan]) -> None:
@@ -160,6 +164,7 @@ class Router:
         self._profiles = wanted
         self._views = {key: profile_view.View.of(profile) for key, profile in wanted.items()}
         self._by_container = {p.container_hex: p.profiles for p in plans if p.container_hex}
+        self._by_cgroup = {p.cgroup_id: p.profiles for p in plans if p.cgroup_id is not None}
 
     def export(self, span: model.SpanRecord) -> None:
         keys = self._by_container.get(str(span.resource.get("container.id", "")), ())
@@ -173,15 +178,29 @@ class Router:
             if seen is not None and keep(span, profile.sampling):
                 self._exporters[key].export(seen)
 
-    def counters(self, events_lost: int) -> list[models.ProfileCounters]:
+    def counters(self, lost_by_cgroup: dict[int, int]) -> list[models.ProfileCounters]:
+        """Per profile: its exporter's counters and the kernel events lost for its own pods' cgroups."""
+        self._attribute_losses(lost_by_cgroup)
         counters = []
         for key, exporter in sorted(self._exporters.items()):
             stats = exporter.stats()
             counters.append(models.ProfileCounters(
                 profile=key, spans_exported=stats.spans_exported, spans_dropped=stats.spans_dropped,
-                events_lost=events_lost, export_error=stats.failing[:_ERROR_CHARS] if stats.failing else None,
+                events_lost=self._lost_by_profile[key],
+                export_error=stats.failing[:_ERROR_CHARS] if stats.failing else None,
             ))
         return counters
+
+    def _attribute_losses(self, lost_by_cgroup: dict[int, int]) -> None:
+        # Profiles keep what they lost when a target goes (monotonic counters); losses of a cgroup no
+        # profile traces stay only in the node-wide figure.
+        for cgroup_id, total in lost_by_cgroup.items():
+            seen = self._lost_seen.get(cgroup_id, 0)
+            new = total - seen if total >= seen else total  # a reloaded program counts from zero again
+            self._lost_seen[cgroup_id] = total
+            if new > 0:
+                for key in self._by_cgroup.get(cgroup_id, ()):
+                    self._lost_by_profile[key] += new
 
     def failing(self) -> list[str]:
         """Profiles whose exporter's last send failed."""
@@ -326,7 +345,7 @@ class NodeAgent:
         self._plans = plans
 
     def _write_status(self) -> None:
-        lost = self._probes.stats().get("events_lost", 0)
+        lost = self._probes.events_lost_by_cgroup()
         status = models.NodeTraceConfigStatus(
             observed_generation=self._generation,
             heartbeat_time=datetime.datetime.now(datetime.UTC),

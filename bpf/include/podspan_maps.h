@@ -140,6 +140,9 @@ BPF_ARRAY(conn_id_counter, __u64, 1);
 BPF_ARRAY(conn_tgids, __u64, PODSPAN_TGID_LIMIT / 64);
 #endif
 BPF_PERCPU_ARRAY(stats, __u64, PODSPAN_STAT_MAX);
+/* Ring-buffer reservations that failed, per cgroup of the process that lost them: a profile's status
+ * reports only its own pods' losses. Written by the kernel, read by userspace. */
+BPF_HASH(lost_by_cgroup, __u64, __u64, 4096);
 BPF_PERCPU_ARRAY(wakeup_counter, __u64, 1);
 BPF_PERCPU_ARRAY(data_scratch, struct data_scratch, 1);
 /* [0] = capture_chunk, filled by the loader. Capturing runs in one tail-called program so the

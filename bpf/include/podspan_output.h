@@ -17,12 +17,30 @@ static __always_inline __u64 wakeup_flags(void)
     return BPF_RB_NO_WAKEUP;
 }
 
+static __always_inline void count_lost(void)
+{
+    count(PODSPAN_STAT_EVENTS_LOST);
+    __u64 cgroup_id = bpf_get_current_cgroup_id();
+    __u64 *lost = lost_by_cgroup.lookup(&cgroup_id);
+    if (lost) {
+        __sync_fetch_and_add(lost, 1);
+        return;
+    }
+    __u64 one = 1;
+    /* Two CPUs may race to create the entry: the loser adds to the winner's. */
+    if (lost_by_cgroup.insert(&cgroup_id, &one) != 0) {
+        lost = lost_by_cgroup.lookup(&cgroup_id);
+        if (lost)
+            __sync_fetch_and_add(lost, 1);
+    }
+}
+
 static __always_inline void emit(void *event, __u64 size)
 {
     if (events.ringbuf_output(event, size, wakeup_flags()) == 0)
         count(PODSPAN_STAT_EVENTS);
     else
-        count(PODSPAN_STAT_EVENTS_LOST);
+        count_lost();
 }
 
 static __always_inline void fill_header(struct podspan_event_header *hdr, __u8 kind, __u64 pid_tgid,
