@@ -27,6 +27,11 @@ _GSSENC_REQUEST = 80877104
 _CANCEL_REQUEST = 80877102
 _FRONTEND_TYPES = frozenset(b"QPBEDSCHXFpdcf")
 _FRONTEND_KINDS = frozenset(bytes([kind]) for kind in _FRONTEND_TYPES)
+# Mid-stream detection: Sync, Flush, Terminate and CopyDone carry no body, and a client's first messages
+# are far below 1 MiB. Without these bounds any length-prefixed binary whose second to fifth bytes read as
+# a huge length passes (pymongo's 326-byte handshake starts b"F\x01\0\0": a 16 MiB FunctionCall).
+_BODYLESS_TYPES = frozenset(b"SHXc")
+_DETECT_MAX_LENGTH = 1 << 20
 _BACKEND_TYPES = frozenset(b"RSKZCEINTD123ntsGHWdcAv")
 # Tags whose row count is the number of rows returned (INSERT/UPDATE/DELETE count affected rows).
 _RETURNING_TAGS = frozenset({"SELECT", "FETCH"})
@@ -53,7 +58,9 @@ def detect(data: bytes) -> bool:
     pos = 0
     while pos + 5 <= len(data):
         kind, length = data[pos], int.from_bytes(data[pos + 1 : pos + 5], "big")
-        if kind not in _FRONTEND_TYPES or not 4 <= length < MAX_MESSAGE:
+        if kind not in _FRONTEND_TYPES or not 4 <= length < _DETECT_MAX_LENGTH:
+            return False
+        if kind in _BODYLESS_TYPES and length != 4:
             return False
         if kind == ord("Q"):
             body = data[pos + 5 : pos + 1 + length]

@@ -97,3 +97,16 @@ def test_statement_map_is_bounded() -> None:
         parser.feed(base.Message(False, b"1\x00\x00\x00\x04", 5, index, index + 1))
     assert parser.state_size <= postgresql.MAX_STATEMENTS + postgresql.MAX_PORTALS
     assert parser.dropped == 10
+
+
+def test_detect_rejects_length_prefixed_binary_of_other_protocols() -> None:
+    # MongoDB messages start with a little-endian length: from 256 bytes on, PostgreSQL would read
+    # bytes 1-4 as a length of 16 MiB or more (b"F\x01\0\0": pymongo's 326-byte handshake).
+    for length in range(256, 1 << 16, 7):
+        message = length.to_bytes(4, "little") + (0x1234).to_bytes(4, "little") + bytes(4) + (2013).to_bytes(4, "little")
+        assert not postgresql.detect(message + bytes(64)), length
+    assert not postgresql.detect(b"X\x01\x00\x00\x10" + bytes(40))  # Terminate has no body
+    assert postgresql.detect(b"S\x00\x00\x00\x04")  # but a bare Sync is a client's
+    parse = b"s1\x00SELECT 1\x00\x00\x00"
+    cut_bind = b"B\x00\x00\x00\x20" + b"\x00s1\x00"  # its body is past the capture
+    assert postgresql.detect(b"P" + (len(parse) + 4).to_bytes(4, "big") + parse + cut_bind)
