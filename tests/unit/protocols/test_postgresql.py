@@ -103,7 +103,8 @@ def test_detect_rejects_length_prefixed_binary_of_other_protocols() -> None:
     # MongoDB messages start with a little-endian length: from 256 bytes on, PostgreSQL would read
     # bytes 1-4 as a length of 16 MiB or more (b"F\x01\0\0": pymongo's 326-byte handshake).
     for length in range(256, 1 << 16, 7):
-        message = length.to_bytes(4, "little") + (0x1234).to_bytes(4, "little") + bytes(4) + (2013).to_bytes(4, "little")
+        message = (length.to_bytes(4, "little") + (0x1234).to_bytes(4, "little") + bytes(4)
+                   + (2013).to_bytes(4, "little"))  # length, requestID, responseTo, OP_MSG
         assert not postgresql.detect(message + bytes(64)), length
     assert not postgresql.detect(b"X\x01\x00\x00\x10" + bytes(40))  # Terminate has no body
     assert postgresql.detect(b"S\x00\x00\x00\x04")  # but a bare Sync is a client's
