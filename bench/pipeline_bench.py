@@ -115,15 +115,20 @@ def run_stage(stage: str, stream: list[tuple[_ringbuf.Event, bytes]], open_event
         def on_exchange(exchange: connections.Exchange) -> None:
             correlator.add(exchange, span_builder.build(exchange), 0)
 
-    table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), on_exchange,
+    table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()),
                                         lambda _tgid, _fd, _conn_id: None)
     for event in open_events:
         table.on_open(event)
     started = time.process_time()
-    for count, (hdr, data) in enumerate(stream):
+    for count, (hdr, data) in enumerate(stream, start=1):
         table.on_data(hdr, data)
+        if count % 256 == 0:  # as the tracer: exchanges taken after each ring-buffer batch
+            for exchange in table.take_exchanges():
+                on_exchange(exchange)
         if count % 4096 == 0 and stage in ("correlate", "encode"):
             correlator.tick(1)
+    for exchange in table.take_exchanges():
+        on_exchange(exchange)
     correlator.tick(1, flush=True)
     encoder.flush()
     return time.process_time() - started, produced

@@ -1,5 +1,8 @@
 """Connection tracking: turns ring-buffer events into messages for protocol parsers and
-exchanges (parser records with their connection) for the span layer."""
+exchanges (parser records with a frozen snapshot of their connection) for the span layer.
+
+Data moves forward only: the table never calls into the span layer; the tracer takes the exchanges
+it produced (`take_exchanges`) after each batch of events and hands them on."""
 
 from __future__ import annotations
 
@@ -37,6 +40,20 @@ class Run:
     delivered: bool = False
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class ConnectionInfo:
+    """What the span layer sees of a connection: what it was when it opened, never changed after."""
+
+    conn_id: int
+    tgid: int
+    fd: int
+    role: int  # bpf_events.Role
+    cgroup_id: int
+    peer: sockaddr.Endpoint | None
+    local: sockaddr.Endpoint | None
+    datagram: bool  # UDP: every message is one datagram
+
+
 @dataclasses.dataclass(slots=True)
 class Connection:
     conn_id: int
@@ -56,6 +73,14 @@ class Connection:
     requests: collections.OrderedDict[int, tuple[int, int]] = dataclasses.field(
         default_factory=collections.OrderedDict
     )
+    _info: ConnectionInfo | None = None
+
+    def info(self) -> ConnectionInfo:
+        """The connection's frozen snapshot, made once and shared by all its exchanges."""
+        if self._info is None:
+            self._info = ConnectionInfo(self.conn_id, self.tgid, self.fd, self.role, self.cgroup_id, self.peer,
+                                        self.local, self.datagram)
+        return self._info
 
     @property
     def datagram(self) -> bool:
@@ -72,7 +97,7 @@ class Exchange:
     """A parser record plus what only the connection knows."""
 
     record: base.Record
-    connection: Connection
+    connection: ConnectionInfo
     tid: int
     fingerprint: int
 
@@ -97,12 +122,11 @@ class ConnectionTable:
     def __init__(
         self,
         detect: registry.Detector,
-        on_exchange: Callable[[Exchange], None],
         forget: Callable[[int, int, int], None],
         max_connections: int = 65536,
     ) -> None:
         self._detect = detect
-        self._on_exchange = on_exchange
+        self._exchanges: list[Exchange] = []  # produced since the last take_exchanges()
         self._forget = forget  # (tgid, fd, conn_id): drop the kernel's entry if it still holds that connection
         self._max = max_connections
         self._conns: collections.OrderedDict[int, Connection] = collections.OrderedDict()
@@ -120,6 +144,11 @@ class ConnectionTable:
 
     def connections(self) -> list[Connection]:
         return list(self._conns.values())
+
+    def take_exchanges(self) -> list[Exchange]:
+        """The exchanges the events so far completed, oldest first; each is returned once."""
+        taken, self._exchanges = self._exchanges, []
+        return taken
 
     # ---- events ----
     def on_open(self, event: _ringbuf.OpenEvent) -> None:
@@ -307,4 +336,4 @@ class ConnectionTable:
         for record in records:
             fingerprint, tid = conn.requests.get(record.start_ns, (0, conn.tid))
             self.stats.records += 1
-            self._on_exchange(Exchange(record, conn, tid, fingerprint))
+            self._exchanges.append(Exchange(record, conn.info(), tid, fingerprint))

@@ -56,7 +56,7 @@ class ResourceResolver:
         self._cache: dict[tuple[int, int], Attributes] = {}
         self._host = socket.gethostname()
 
-    def __call__(self, conn: connections.Connection) -> Attributes:
+    def __call__(self, conn: connections.ConnectionInfo) -> Attributes:
         key = (conn.tgid, conn.cgroup_id)
         found = self._cache.get(key)
         if found is None:

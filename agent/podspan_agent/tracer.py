@@ -1,5 +1,8 @@
 """The event path of one agent: ring buffer -> connections -> parsers -> spans -> correlation -> sinks.
 
+The tracer composes the stages: after each batch of events it takes the exchanges the connection table
+completed and passes them through the span builder to the correlator, which releases spans to the sinks.
+
 Single-threaded by design: the ring-buffer callback (a batch of records decoded by
 `_ringbuf`), idle flushing and correlation all run on the thread that calls `run()`,
 so no state is shared.
@@ -59,7 +62,6 @@ class Tracer:
         self._builder = builder.SpanBuilder(resource_for, self._epoch_offset_ns)
         self.table = connections.ConnectionTable(
             registry.detector(settings.protocols, settings.capture),
-            self._on_exchange,
             probes.forget_connection,
             settings.max_connections,
         )
@@ -98,9 +100,14 @@ class Tracer:
                 if self.event_errors & (self.event_errors - 1) == 0:  # the 1st, 2nd, 4th, ... (no flood)
                     # Not the record itself: its data may hold private bytes.
                     log.exception("handling a kind %d event failed (%d so far)", record.kind, self.event_errors)
+        self._add_exchanges()
 
-    def _on_exchange(self, exchange: connections.Exchange) -> None:
-        self.correlator.add(exchange, self._builder.build(exchange), time.monotonic_ns())
+    def _add_exchanges(self) -> None:
+        """What the table completed: builder -> correlator (which releases to the sinks on its ticks)."""
+        now = time.monotonic_ns()
+        build, add = self._builder.build, self.correlator.add
+        for exchange in self.table.take_exchanges():
+            add(exchange, build(exchange), now)
 
     def _release(self, span: model.SpanRecord) -> None:
         self.spans_released += 1
@@ -118,6 +125,7 @@ class Tracer:
     def housekeeping(self) -> None:
         now = time.monotonic_ns()
         self.table.flush_idle(now - _IDLE_RUN_NS, self._kernel_run)
+        self._add_exchanges()
         self.correlator.tick(now)
 
     def run(self, stop: threading.Event, on_tick: Callable[[], None] | None = None) -> None:
@@ -140,6 +148,7 @@ class Tracer:
         for conn in self.table.connections():
             # Connections still open: their last run ends where the kernel last saw it.
             self.table.finish(conn, self._kernel_run(conn))
+        self._add_exchanges()
         self.correlator.tick(now, flush=True)
 
     def stats(self) -> dict[str, int]:

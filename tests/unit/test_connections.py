@@ -18,13 +18,18 @@ RESPONSE = b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
 
 
 class Recorder:
-    """The table's callbacks: exchanges it reports and kernel entries it drops."""
+    """The table's outputs: exchanges it completes and kernel entries it drops."""
 
     def __init__(self) -> None:
-        self.exchanges: list[connections.Exchange] = []
+        self._taken: list[connections.Exchange] = []
         self.forgotten: list[tuple[int, int, int]] = []
-        self.table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()),
-                                                 self.exchanges.append, self._forget)
+        self.table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), self._forget)
+
+    @property
+    def exchanges(self) -> list[connections.Exchange]:
+        """Every exchange the table completed so far (taken from it, as the tracer does)."""
+        self._taken += self.table.take_exchanges()
+        return self._taken
 
     def _forget(self, tgid: int, fd: int, conn_id: int) -> None:
         self.forgotten.append((tgid, fd, conn_id))

@@ -21,7 +21,7 @@ def exchange(kind: model.SpanKind, start_ms: float, end_ms: float, *, tgid: int 
     span = model.SpanRecord(trace_id=0, span_id=int(start_ms * 1000) + (1 if kind == CLIENT else 2),
                             parent_span_id=None, name="GET /", kind=kind, start_ns=start, end_ns=end,
                             attributes={}, resource={}, protocol="http")
-    return connections.Exchange(record, conn, tid, fingerprint), span
+    return connections.Exchange(record, conn.info(), tid, fingerprint), span
 
 
 class Collect:

@@ -27,8 +27,7 @@ def _header(kind: bpf_events.EventKind, ts: int, direction: int = 0,
 
 
 def test_datagrams_of_one_direction_stay_separate_messages() -> None:
-    exchanges: list[connections.Exchange] = []
-    table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), exchanges.append,
+    table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()),
                                         lambda _tgid, _fd, _conn_id: None)
     table.on_open(bpf_records.open_event(_header(bpf_events.EventKind.OPEN, 100), PEER))
     # glibc: A and AAAA in one sendmmsg (two events in a row), answers in either order.
@@ -43,6 +42,7 @@ def test_datagrams_of_one_direction_stay_separate_messages() -> None:
         table.on_data(bpf_records.data_event(_header(bpf_events.EventKind.DATA, ts * 100, direction, prev), data), data)
     table.on_close(bpf_records.header_event(_header(bpf_events.EventKind.CLOSE, 900, prev=(into, len(answer_a)))))
 
+    exchanges = table.take_exchanges()
     assert sorted(e.record.attributes["dns.question.type"] for e in exchanges) == ["A", "AAAA"]
     span = builder.SpanBuilder(lambda _conn: {}, 0).build(exchanges[0])
     assert span.attributes["network.transport"] == "udp"

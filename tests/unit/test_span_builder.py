@@ -14,7 +14,7 @@ LOCAL = sockaddr.Endpoint("10.0.0.9", 8080, socket.AF_INET)
 
 def _build(role: bpf_events.Role, record: base.Record) -> model.SpanRecord:
     conn = connections.Connection(1, 100, 5, role, 42, peer=PEER, local=LOCAL)
-    exchange = connections.Exchange(record, conn, tid=100, fingerprint=0)
+    exchange = connections.Exchange(record, conn.info(), tid=100, fingerprint=0)
     return builder.SpanBuilder(lambda _conn: {"service.name": "svc"}, epoch_offset_ns=1000).build(exchange)
 
 

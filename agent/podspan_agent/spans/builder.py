@@ -9,7 +9,7 @@ from podspan_agent import bpf_events, connections
 from podspan_agent.protocols import base
 from podspan_agent.spans import model
 
-ResourceLookup = Callable[[connections.Connection], dict[str, base.AttributeValue]]
+ResourceLookup = Callable[[connections.ConnectionInfo], dict[str, base.AttributeValue]]
 Attributes = dict[str, base.AttributeValue]
 # Connections whose attributes are kept ready (cleared when full: a connection costs one rebuild).
 _MAX_CACHED_CONNECTIONS = 65536
@@ -65,7 +65,7 @@ def _error(record: base.Record, kind: model.SpanKind) -> str | None:
     return None
 
 
-def _connection_attributes(conn: connections.Connection, kind: model.SpanKind) -> tuple[Attributes, Attributes]:
+def _connection_attributes(conn: connections.ConnectionInfo, kind: model.SpanKind) -> tuple[Attributes, Attributes]:
     """What a connection adds to its spans: (defaults a record's own attributes override, attributes that
     override the record's)."""
     defaults: Attributes = {}
