@@ -296,12 +296,18 @@ static int low64(PyObject *n, uint64_t *out) {
     return 0;
 }
 
-static int id64(PyObject *record, PyObject *attr, uint64_t *out) {
+/* record.<attr> as an int (a new reference), or NULL with the exception set. */
+static PyObject *int_attr(PyObject *record, PyObject *attr) {
     PyObject *v = PyObject_GetAttr(record, attr);
     if (v == NULL)
-        return -1;
+        return NULL;
     PyObject *n = PyNumber_Index(v);
     Py_DECREF(v);
+    return n;
+}
+
+static int id64(PyObject *record, PyObject *attr, uint64_t *out) {
+    PyObject *n = int_attr(record, attr);
     if (n == NULL)
         return -1;
     int rc = low64(n, out);
@@ -310,11 +316,7 @@ static int id64(PyObject *record, PyObject *attr, uint64_t *out) {
 }
 
 static int trace_id128(PyObject *record, uint64_t *hi, uint64_t *lo) {
-    PyObject *v = PyObject_GetAttr(record, s_trace_id);
-    if (v == NULL)
-        return -1;
-    PyObject *n = PyNumber_Index(v);
-    Py_DECREF(v);
+    PyObject *n = int_attr(record, s_trace_id);
     if (n == NULL)
         return -1;
     PyObject *high = PyNumber_Rshift(n, sixty_four);
@@ -326,11 +328,7 @@ static int trace_id128(PyObject *record, uint64_t *hi, uint64_t *lo) {
 
 /* A time in ns clamped to [0, 2**64 - 1]. */
 static int clamped_u64(PyObject *record, PyObject *attr, uint64_t *out) {
-    PyObject *v = PyObject_GetAttr(record, attr);
-    if (v == NULL)
-        return -1;
-    PyObject *n = PyNumber_Index(v);
-    Py_DECREF(v);
+    PyObject *n = int_attr(record, attr);
     if (n == NULL)
         return -1;
     int rc = 0, overflow;
