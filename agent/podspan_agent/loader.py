@@ -241,8 +241,11 @@ class Probes:
             return
         # dgram_socks too: a socket() missed while detached may have reused a UDP socket's fd.
         for name in (b"conns", b"dgram_socks", *_INFLIGHT_MAPS):
-            with contextlib.suppress(KeyError):  # io_inflight exists only without PODSPAN_HAVE_TASK_PT_REGS
+            try:
                 self._bpf[name].clear()
+            except KeyError:
+                if name != b"io_inflight":  # the one map that exists only without PODSPAN_ARGS_AT_EXIT
+                    raise
         for tracepoint in self._tracepoints:
             self._bpf.attach_tracepoint(tp=tracepoint, fn_name=b"tracepoint__" + tracepoint.replace(b":", b"__"))
         log.info("capture programs attached to %d tracepoints", len(self._tracepoints))

@@ -193,7 +193,7 @@ class Router:
 
     def _attribute_losses(self, lost_by_cgroup: dict[int, int]) -> None:
         # Profiles keep what they lost when a target goes (monotonic counters); losses of a cgroup no
-        # profile traces stay only in the node-wide figure.
+        # profile traces any more stay only in the kernel's node-wide counter (Probes.stats()).
         for cgroup_id, total in lost_by_cgroup.items():
             seen = self._lost_seen.get(cgroup_id, 0)
             new = total - seen if total >= seen else total  # a reloaded program counts from zero again

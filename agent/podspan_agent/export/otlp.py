@@ -119,12 +119,7 @@ def env_endpoint(environ: Mapping[str, str] | None = None) -> str | None:
 
     Standalone mode uses this to choose between OTLP and printing spans.
     """
-    env = os.environ if environ is None else environ
-    for name in ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"):
-        value = env.get(name, "").strip()
-        if value:
-            return value
-    return None
+    return _env(os.environ if environ is None else environ, "ENDPOINT")
 
 
 def _env(env: Mapping[str, str], suffix: str) -> str | None:
