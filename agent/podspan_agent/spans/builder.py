@@ -13,6 +13,9 @@ ResourceLookup = Callable[[connections.ConnectionInfo], dict[str, base.Attribute
 Attributes = dict[str, base.AttributeValue]
 # Connections whose attributes are kept ready (cleared when full: a connection costs one rebuild).
 _MAX_CACHED_CONNECTIONS = 65536
+# Plain names on the per-span path: an Enum member looked up on its class costs ~150 ns in 3.11.
+_CLIENT, _SERVER = model.SpanKind.CLIENT, model.SpanKind.SERVER
+_ROLE_CLIENT = int(bpf_events.Role.CLIENT)
 
 
 class SpanBuilder:
@@ -26,7 +29,7 @@ class SpanBuilder:
 
     def build(self, exchange: connections.Exchange) -> model.SpanRecord:
         record, conn = exchange.record, exchange.connection
-        kind = model.SpanKind.CLIENT if conn.role == bpf_events.Role.CLIENT else model.SpanKind.SERVER
+        kind = _CLIENT if conn.role == _ROLE_CLIENT else _SERVER
         cached = self._by_connection.get(conn.conn_id)
         if cached is None:
             if len(self._by_connection) >= _MAX_CACHED_CONNECTIONS:
@@ -60,7 +63,7 @@ def _error(record: base.Record, kind: model.SpanKind) -> str | None:
         return record.error
     status = record.attributes.get("http.response.status_code")
     # Semantic conventions: 4xx is the client's fault, so it marks only client spans.
-    if kind == model.SpanKind.CLIENT and isinstance(status, int) and 400 <= status < 500:
+    if kind is _CLIENT and isinstance(status, int) and 400 <= status < 500:
         return f"HTTP {status}"
     return None
 
@@ -75,13 +78,13 @@ def _connection_attributes(conn: connections.ConnectionInfo, kind: model.SpanKin
         forced["network.type"] = peer.network_type
         forced["network.peer.address"] = peer.address
         forced["network.peer.port"] = peer.port
-        if kind == model.SpanKind.CLIENT:
+        if kind is _CLIENT:
             defaults["server.address"] = peer.address
             defaults["server.port"] = peer.port
         else:
             forced["client.address"] = peer.address
             forced["client.port"] = peer.port
-    if local is not None and kind == model.SpanKind.SERVER:
+    if local is not None and kind is _SERVER:
         forced["network.local.address"] = local.address
         forced["network.local.port"] = local.port
         defaults["server.port"] = local.port
