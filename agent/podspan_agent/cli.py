@@ -14,6 +14,7 @@ from collections.abc import Sequence
 
 from podspan_agent import cgroups, kernel_headers, loader, process_info, tracer
 from podspan_agent.export import otlp, sinks
+from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base, registry
 
 EXIT_USAGE = 2
@@ -65,6 +66,11 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--protocols", help=f"comma-separated subset of: {','.join(registry.NAMES)}")
     trace.add_argument("--capture-size", type=int, default=512, help="bytes captured per message")
     trace.add_argument("--capture-headers", action="store_true", help="record HTTP headers (redacted)")
+    trace.add_argument("--metrics-port", type=int, metavar="PORT",
+                       help="serve RED metrics and agent health for Prometheus at http://ADDRESS:PORT/metrics "
+                            "(0: any free port, logged); default: no metrics")
+    trace.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDRESS",
+                       help="address the metrics endpoint listens on (default 127.0.0.1)")
     trace.set_defaults(func=_trace)
 
     run = commands.add_parser("run", help="Kubernetes mode: follow this node's NodeTraceConfig")
@@ -75,6 +81,12 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--probe-retry", type=float, default=60.0, metavar="SECONDS",
                      help="when the capture program cannot load, report why in the node status and retry this "
                           "often")
+    run.add_argument("--metrics-port", type=int, default=prometheus.DEFAULT_PORT, metavar="PORT",
+                     help=f"Prometheus endpoint for RED metrics and agent health (default {prometheus.DEFAULT_PORT}; "
+                          "-1: none)")
+    # All addresses by default: Prometheus scrapes the agent from outside its node.
+    run.add_argument("--metrics-address", default="0.0.0.0", metavar="ADDRESS",
+                     help="address the metrics endpoint listens on (default all)")
     run.set_defaults(func=_run)
     return parser
 
@@ -126,16 +138,25 @@ def _trace(args: argparse.Namespace) -> int:
         outputs = sinks.Standalone(args.otlp_endpoint, args.otlp_protocol, args.output, args.output_file)
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from exc
+    red_metrics = red.RedMetrics()
+    collector = prometheus.Collector(red_metrics)
+    endpoint = None
     try:
+        if args.metrics_port is not None:
+            endpoint = metrics_endpoint(args.metrics_address, args.metrics_port, collector)
         probes = loader.Probes(options, headers)
-    except loader.ProbeError as exc:
+    except (UsageError, loader.ProbeError) as exc:
         outputs.shutdown()
+        if endpoint is not None:
+            endpoint.close()
         raise UsageError(str(exc)) from exc
     resources = process_info.ResourceResolver(lambda _cgroup: {})
     settings = tracer.TracerSettings(
         capture=base.CaptureSettings(headers=args.capture_headers), protocols=protocols
     )
-    the_tracer = tracer.Tracer(probes, settings, outputs.sinks, resources)
+    span_sinks = [red.Recorder(red_metrics), *outputs.sinks] if endpoint else outputs.sinks
+    the_tracer = tracer.Tracer(probes, settings, span_sinks, resources,
+                               on_pair=red_metrics.record_pair if endpoint else None)
     stop = threading.Event()
     try:
         for cid in selected:
@@ -143,7 +164,8 @@ def _trace(args: argparse.Namespace) -> int:
         for pid in pids:
             probes.trace_pid(pid)
         what = [str(p) for p in selected.values()] + [f"pid {p}" for p in pids]
-        print(f"podspan: tracing {', '.join(what)}; {outputs.describe()} ({headers.describe()}; "
+        served = f"; metrics at {endpoint.url}" if endpoint else ""
+        print(f"podspan: tracing {', '.join(what)}; {outputs.describe()}{served} ({headers.describe()}; "
               f"attached in {probes.load_seconds:.1f}s). Ctrl-C to stop.", file=sys.stderr, flush=True)
         for sig in (signal.SIGINT, signal.SIGTERM):
             signal.signal(sig, lambda *_: stop.set())
@@ -152,6 +174,9 @@ def _trace(args: argparse.Namespace) -> int:
         last_summary = [time.monotonic()]
 
         def on_tick() -> None:
+            if endpoint is not None:
+                collector.publish(prometheus.Health.of(the_tracer.stats(), outputs.export_stats(),
+                                                       probes.tracepoints_attached))
             if time.monotonic() - last_summary[0] >= 1.0:
                 last_summary[0] = time.monotonic()
                 outputs.summary(the_tracer.stats())
@@ -162,6 +187,8 @@ def _trace(args: argparse.Namespace) -> int:
         final_stats = the_tracer.stats()
         outputs.shutdown()
         probes.close()
+        if endpoint is not None:
+            endpoint.close()
     outputs.summary(final_stats, final=True)
     return 0
 
@@ -176,7 +203,25 @@ def _run(args: argparse.Namespace) -> int:
     if args.probe_retry <= 0:
         raise UsageError(f"--probe-retry must be positive, got {args.probe_retry}")
     _check_privileges()
-    return node_agent.run(args.node, export_queue=args.export_queue, probe_retry_s=args.probe_retry)
+    red_metrics = red.RedMetrics()
+    collector = prometheus.Collector(red_metrics)
+    endpoint = metrics_endpoint(args.metrics_address, args.metrics_port, collector) if args.metrics_port >= 0 else None
+    try:
+        return node_agent.run(args.node, export_queue=args.export_queue, probe_retry_s=args.probe_retry,
+                              metrics=(red_metrics, collector) if endpoint else None)
+    finally:
+        if endpoint is not None:
+            endpoint.close()
+
+
+def metrics_endpoint(address: str, port: int, collector: prometheus.Collector) -> prometheus.Endpoint:
+    """Start the Prometheus endpoint; a bad address or a port in use is a usage error."""
+    if not 0 <= port <= 65535:
+        raise UsageError(f"--metrics-port must be 0..65535, got {port}")
+    try:
+        return prometheus.Endpoint(address, port, collector)
+    except OSError as exc:
+        raise UsageError(f"cannot serve metrics on {address}:{port}: {exc.strerror or exc}") from exc
 
 
 if __name__ == "__main__":

@@ -227,6 +227,10 @@ class Probes:
     def attached(self) -> bool:
         return bool(self._bpf.tracepoint_fds)
 
+    @property
+    def tracepoints_attached(self) -> int:
+        return len(self._bpf.tracepoint_fds)
+
     def detach(self) -> None:
         """Stop running the programs (nothing to trace): syscalls pay nothing while detached.
         The programs and maps stay loaded, so attach() is cheap."""

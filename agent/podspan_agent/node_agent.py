@@ -25,6 +25,7 @@ from kubernetes import watch as k8s_watch
 
 from podspan_agent import cgroups, kernel_headers, loader, process_info, profile_view, tracer
 from podspan_agent.export import otlp
+from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base
 from podspan_agent.spans import model
 from podspan_api import models
@@ -135,8 +136,9 @@ def keep(span: model.SpanRecord, sampling: models.Sampling) -> bool:
 class Router:
     """The tracer's only sink in Kubernetes mode: one OTLP exporter per profile."""
 
-    def __init__(self, export_queue: int) -> None:
+    def __init__(self, export_queue: int, metrics: red.RedMetrics | None = None) -> None:
         self._export_queue = export_queue
+        self._metrics = metrics  # every span some profile traces counts, whether sampled or not
         self._profiles: dict[str, models.ResolvedProfile] = {}
         self._views: dict[str, profile_view.View] = {}
         self._exporters: dict[str, otlp.OtlpExporter] = {}
@@ -170,13 +172,20 @@ class Router:
         keys = self._by_container.get(str(span.resource.get("container.id", "")), ())
         if not keys:
             self.unrouted += 1
+        traced = kept = False
         for key in keys:
             profile = self._profiles.get(key)
             if profile is None or span.protocol not in profile.protocols:
                 continue
             seen = profile_view.apply(self._views[key], span)
-            if seen is not None and keep(span, profile.sampling):
+            if seen is None:
+                continue
+            traced = True
+            if keep(span, profile.sampling):
+                kept = True
                 self._exporters[key].export(seen)
+        if traced and self._metrics is not None:
+            self._metrics.record(span, sampled=kept)
 
     def counters(self, lost_by_cgroup: dict[int, int]) -> list[models.ProfileCounters]:
         """Per profile: its exporter's counters and the kernel events lost for its own pods' cgroups."""
@@ -201,6 +210,9 @@ class Router:
             if new > 0:
                 for key in self._by_cgroup.get(cgroup_id, ()):
                     self._lost_by_profile[key] += new
+
+    def export_stats(self) -> list[otlp.ExportStats]:
+        return [exporter.stats() for exporter in self._exporters.values()]
 
     def failing(self) -> list[str]:
         """Profiles whose exporter's last send failed."""
@@ -274,16 +286,19 @@ def api_client() -> k8s.ApiClient:
 
 class NodeAgent:
     def __init__(self, node: str, custom: k8s.CustomObjectsApi, probes: loader.Probes,
-                 headers: kernel_headers.HeaderSource, export_queue: int) -> None:
+                 headers: kernel_headers.HeaderSource, export_queue: int,
+                 metrics: tuple[red.RedMetrics, prometheus.Collector] | None = None) -> None:
         self.node, self._custom, self._probes, self._headers = node, custom, probes, headers
         self._mount = cgroups.cgroup2_mount()
         self._watcher = ConfigWatcher(custom, node)
-        self.router = Router(export_queue)
+        red_metrics = metrics[0] if metrics is not None else None
+        self._collector = metrics[1] if metrics is not None else None
+        self.router = Router(export_queue, red_metrics)
         self._resources_by_cgroup: dict[int, dict[str, base.AttributeValue]] = {}
         self.resources = process_info.ResourceResolver(lambda cid: self._resources_by_cgroup.get(cid, {}))
         self._capture = base.CaptureSettings()
         self.tracer = tracer.Tracer(probes, tracer.TracerSettings(capture=self._capture), [self.router],
-                                    self.resources)
+                                    self.resources, on_pair=red_metrics.record_pair if red_metrics else None)
         self._applied_version = -1
         self._generation: int | None = None
         self._plans: list[TargetPlan] = []
@@ -306,6 +321,9 @@ class NodeAgent:
         if version != self._applied_version or now >= self._next_reconcile:
             self._apply(obj)
             self._applied_version, self._next_reconcile = version, now + _RECONCILE_EVERY_S
+        if self._collector is not None:
+            self._collector.publish(prometheus.Health.of(self.tracer.stats(), self.router.export_stats(),
+                                                         self._probes.tracepoints_attached))
         failing = self.router.failing()
         if failing != self._failing:  # export broke or recovered: tell the operator now
             self._failing, self._status_dirty = failing, True
@@ -390,7 +408,8 @@ def load_probes(custom: k8s.CustomObjectsApi, node: str, stop: threading.Event,
     return None
 
 
-def run(node: str, export_queue: int, probe_retry_s: float) -> int:
+def run(node: str, export_queue: int, probe_retry_s: float,
+        metrics: tuple[red.RedMetrics, prometheus.Collector] | None = None) -> int:
     custom = k8s.CustomObjectsApi(api_client())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -399,7 +418,7 @@ def run(node: str, export_queue: int, probe_retry_s: float) -> int:
     if loaded is None:
         return 0
     probes, headers = loaded
-    agent = NodeAgent(node, custom, probes, headers, export_queue)
+    agent = NodeAgent(node, custom, probes, headers, export_queue, metrics)
     log.info("following NodeTraceConfig/%s (%s)", node, headers.describe())
     try:
         agent.run(stop)

@@ -68,7 +68,10 @@ class Tracer:
         settings: TracerSettings,
         sinks: Sequence[SpanSink],
         resource_for: builder.ResourceLookup,
+        on_pair: Callable[[model.SpanRecord, model.SpanRecord], None] | None = None,
     ) -> None:
+        """`on_pair`: called with each (client span, server span) pair whose both ends this agent saw
+        (the service graph)."""
         self.probes = probes
         self.sinks = sinks
         self._protocols = settings.protocols
@@ -79,7 +82,8 @@ class Tracer:
             probes.forget_connection,
             settings.max_connections,
         )
-        self.correlator = correlation.Correlator(self._release, self.table.busy_threads, settings.hold_ns)
+        self.correlator = correlation.Correlator(self._release, self.table.busy_threads, settings.hold_ns,
+                                                 on_pair=on_pair)
         self.spans_released = 0
         self.events = 0  # records taken from the ring buffer
         self.malformed_events = 0

@@ -36,6 +36,9 @@ class Standalone:
         self._last_plain = 0.0
         self._tty = sys.stderr.isatty()
 
+    def export_stats(self) -> list[otlp.ExportStats]:
+        return [self.otlp.stats()] if self.otlp is not None else []
+
     def describe(self) -> str:
         if self.otlp is not None:
             return f"exporting to {self.otlp.endpoint} ({self.otlp.protocol})"

@@ -77,8 +77,10 @@ class Correlator:
         hold_ns: int = 1_000_000_000,
         max_entries: int = 50_000,
         max_recent: int = 10_000,
+        on_pair: Callable[[model.SpanRecord, model.SpanRecord], None] | None = None,
     ) -> None:
         self._release = release
+        self._on_pair = on_pair  # (client span, server span) linked by rule 2: both ends seen here
         self._busy_threads = busy_threads
         self._hold_ns = hold_ns
         self._max_entries = max_entries
@@ -176,6 +178,8 @@ class Correlator:
             best = _innermost(self._clients_by_fingerprint.get(entry.fingerprint, _EMPTY), span, skip=entry)
             if best is not None:
                 self.stats.linked_client_server += 1
+                if self._on_pair is not None:
+                    self._on_pair(best.span, span)
             return best
         best = _innermost(self._servers_by_thread.get((entry.tgid, entry.tid), _EMPTY), span)
         if best is not None:
