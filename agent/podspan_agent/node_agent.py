@@ -10,6 +10,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import datetime
+import functools
 import logging
 import os
 import pathlib
@@ -23,7 +24,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 
-from podspan_agent import cgroups, kernel_headers, loader, process_info, profile_view, tracer
+from podspan_agent import cgroups, kernel_headers, loader, process_info, profile_view, sampling, tracer
 from podspan_agent.export import otlp
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base
@@ -120,19 +121,6 @@ def _pod_resource(pod: models.PodTarget, container: str, node: str) -> dict[str,
     return resource
 
 
-def sampled(trace_id: int, ratio: float) -> bool:
-    """Deterministic by trace id, so every agent keeps or drops a trace the same way."""
-    return ratio >= 1.0 or (trace_id & 0xFFFFFFFFFFFFFFFF) < int(ratio * 2**64)
-
-
-def keep(span: model.SpanRecord, sampling: models.Sampling) -> bool:
-    """A profile's head sampling: the caller's decision when the trace came with one and the profile
-    is parent-based, else the trace-id ratio."""
-    if sampling.parent_based and span.sampled is not None:
-        return span.sampled
-    return sampled(span.trace_id, sampling.ratio)
-
-
 class Router:
     """The tracer's only sink in Kubernetes mode: one OTLP exporter per profile."""
 
@@ -142,6 +130,7 @@ class Router:
         self._profiles: dict[str, models.ResolvedProfile] = {}
         self._views: dict[str, profile_view.View] = {}
         self._exporters: dict[str, otlp.OtlpExporter] = {}
+        self._samplers: dict[str, sampling.SmartSampler] = {}  # profiles in smart mode
         self._by_container: dict[str, tuple[str, ...]] = {}
         self._by_cgroup: dict[int, tuple[str, ...]] = {}  # attached targets' cgroup id -> their profiles
         self._lost_seen: dict[int, int] = {}  # per cgroup, the kernel's loss count already attributed
@@ -163,6 +152,14 @@ class Router:
                     resource=otlp.base_resource(extra=profile.resource_attributes),
                     max_queue_size=self._export_queue,
                 )
+        for key in list(self._samplers):
+            old_settings, new = self._profiles[key].sampling, wanted.get(key)
+            if new is None or new.sampling != old_settings:
+                self._samplers.pop(key).flush(time.monotonic_ns())  # what it holds goes out under the old rules
+        for key, profile in wanted.items():
+            if profile.sampling.effective_mode == models.SamplingMode.SMART and key not in self._samplers:
+                self._samplers[key] = sampling.SmartSampler(profile.sampling.smart,
+                                                            functools.partial(self._export_to, key))
         self._profiles = wanted
         self._views = {key: profile_view.View.of(profile) for key, profile in wanted.items()}
         self._by_container = {p.container_hex: p.profiles for p in plans if p.container_hex}
@@ -181,7 +178,10 @@ class Router:
             if seen is None:
                 continue
             traced = True
-            if keep(span, profile.sampling):
+            sampler = self._samplers.get(key)
+            if sampler is not None:
+                kept = sampler.offer(seen, time.monotonic_ns()) or kept
+            elif sampling.keep(span, profile.sampling):
                 kept = True
                 self._exporters[key].export(seen)
         if traced and self._metrics is not None:
@@ -211,6 +211,16 @@ class Router:
                 for key in self._by_cgroup.get(cgroup_id, ()):
                     self._lost_by_profile[key] += new
 
+    def _export_to(self, key: str, span: model.SpanRecord) -> None:
+        exporter = self._exporters.get(key)
+        if exporter is not None:
+            exporter.export(span)
+
+    def tick(self, now_ns: int) -> None:
+        """Smart sampling decides the traces whose wait is over."""
+        for sampler in self._samplers.values():
+            sampler.tick(now_ns)
+
     def export_stats(self) -> list[otlp.ExportStats]:
         return [exporter.stats() for exporter in self._exporters.values()]
 
@@ -219,6 +229,8 @@ class Router:
         return [key for key, exporter in sorted(self._exporters.items()) if exporter.stats().failing]
 
     def shutdown(self) -> None:
+        for sampler in self._samplers.values():
+            sampler.flush(time.monotonic_ns())
         for exporter in self._exporters.values():
             exporter.shutdown(timeout=2.0)
 
@@ -324,6 +336,7 @@ class NodeAgent:
         if self._collector is not None:
             self._collector.publish(prometheus.Health.of(self.tracer.stats(), self.router.export_stats(),
                                                          self._probes.tracepoints_attached))
+        self.router.tick(time.monotonic_ns())
         failing = self.router.failing()
         if failing != self._failing:  # export broke or recovered: tell the operator now
             self._failing, self._status_dirty = failing, True

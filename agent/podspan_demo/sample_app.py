@@ -84,8 +84,12 @@ class BackendHandler(http.server.BaseHTTPRequestHandler):
     postgres: tuple[str, int] | None = None
 
     def do_GET(self) -> None:
-        path = urllib.parse.urlsplit(self.path).path
+        url = urllib.parse.urlsplit(self.path)
+        path = url.path
         parts = path.strip("/").split("/")
+        delay = urllib.parse.parse_qs(url.query).get("delay_ms", ["0"])[0]
+        if delay.isdigit():  # lets the demo and tests make a request slow
+            time.sleep(min(int(delay), 5000) / 1000)
         if len(parts) == 2 and parts[0] == "users" and parts[1].isdigit():
             self._reply(200, {"id": int(parts[1]), "name": self._user_name(int(parts[1]))})
         elif path == "/healthz":
@@ -126,9 +130,12 @@ class FrontendHandler(BackendHandler):
     backend: urllib.parse.SplitResult
 
     def do_GET(self) -> None:
-        path = urllib.parse.urlsplit(self.path).path
+        url = urllib.parse.urlsplit(self.path)
+        path = url.path
         if path.startswith("/users/") or path.startswith("/missing"):
             target = "/users/" + path.rsplit("/", 1)[-1] if path.startswith("/users/") else "/nope"
+            if url.query:
+                target += "?" + url.query
             host = self.backend.hostname or "127.0.0.1"
             conn = http.client.HTTPConnection(host, self.backend.port, timeout=5)
             try:

@@ -176,13 +176,47 @@ class Export(Model):
     otlp: OtlpExport = pydantic.Field(description="The OTLP exporter.")
 
 
-class Sampling(Model):
-    """Head sampling, decided per trace at its root span."""
+class SamplingMode(enum.StrEnum):
+    RATIO = "ratio"
+    PARENT_BASED = "parentBased"
+    SMART = "smart"
 
+
+class SmartSampling(Model):
+    """Which traces `smart` mode keeps: every trace with an error, every trace with a latency outlier
+    for its operation, and a baseline share of the rest."""
+
+    baseline: float = pydantic.Field(default=0.05, ge=0.0, le=1.0,
+                                     description="Share of the other traces kept, 0 to 1.")
+    latency_quantile: float = pydantic.Field(
+        default=0.99, ge=0.5, le=0.999,
+        description="A span slower than this quantile of its operation's recent spans is an outlier.")
+    latency_threshold_ms: int | None = pydantic.Field(
+        default=None, ge=1, le=3_600_000,
+        description="A span at least this slow is an outlier whatever its operation's quantile.")
+    decision_wait_ms: int = pydantic.Field(
+        default=2000, ge=100, le=60_000,
+        description="How long a trace's spans are held on the node before it is kept or dropped as a whole.")
+
+
+class Sampling(Model):
+    """Which traces are exported. RED metrics count every request whatever this keeps."""
+
+    mode: SamplingMode | None = pydantic.Field(
+        default=None, description="ratio: keep `ratio` of traces by trace id; parentBased: follow an "
+        "incoming traceparent's sampled flag, else `ratio`; smart: decide on the node per trace (errors, "
+        "latency outliers, a baseline share). Omitted: parentBased, or ratio when parentBased is false.")
     ratio: float = pydantic.Field(default=1.0, ge=0.0, le=1.0,
-                                  description="Fraction of new traces to keep, 0 to 1.")
+                                  description="Fraction of new traces to keep, 0 to 1 (ratio and parentBased).")
     parent_based: bool = pydantic.Field(
-        default=True, description="Follow the sampled flag of an incoming traceparent when there is one.")
+        default=True, description="Without mode: follow the sampled flag of an incoming traceparent.")
+    smart: SmartSampling = pydantic.Field(default_factory=SmartSampling, description="Settings of smart mode.")
+
+    @property
+    def effective_mode(self) -> SamplingMode:
+        if self.mode is not None:
+            return SamplingMode(self.mode)
+        return SamplingMode.PARENT_BASED if self.parent_based else SamplingMode.RATIO
 
 
 class BodyCapture(Model):
@@ -246,7 +280,7 @@ class TraceSettings(Model):
         default=None, max_length=len(Protocol),
         **_list_set("Protocols to parse; omitted means every protocol the agent knows."))
     export: Export = pydantic.Field(description="Where spans go.")
-    sampling: Sampling = pydantic.Field(default_factory=Sampling, description="Head sampling.")
+    sampling: Sampling = pydantic.Field(default_factory=Sampling, description="Which traces are exported.")
     capture: Capture = pydantic.Field(default_factory=Capture, description="Captured attributes.")
     filters: Filters = pydantic.Field(default_factory=Filters, description="Ignored traffic.")
     resource_attributes: dict[Annotated[str, pydantic.StringConstraints(max_length=256)], ShortText] = \

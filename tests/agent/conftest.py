@@ -14,7 +14,7 @@ import pytest
 from podspan_agent import kernel_headers, loader, process_info, tracer
 from podspan_agent.export import otlp
 from podspan_demo import pods, servers
-from tests.support import otlp_receiver
+from tests.support import k8s_api_emulator, otlp_receiver
 
 
 def _skip_reason() -> str | None:
@@ -63,6 +63,13 @@ def agent(
     stop.set()
     thread.join(timeout=10)
     exporter.shutdown()
+
+
+@pytest.fixture
+def api(tmp_path: pathlib.Path) -> collections.abc.Iterator[k8s_api_emulator.EmulatorThread]:
+    """A Kubernetes API (the emulator over HTTP) with a kubeconfig for agents started in the test."""
+    with k8s_api_emulator.EmulatorThread(kubeconfig=tmp_path / "kubeconfig") as thread:
+        yield thread
 
 
 @pytest.fixture

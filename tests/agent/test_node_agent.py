@@ -14,8 +14,6 @@ import sys
 import time
 from typing import Any
 
-import pytest
-
 from podspan_agent import loader
 from podspan_api import models
 from podspan_demo import pods
@@ -68,12 +66,6 @@ def _get(port: int, path: str) -> None:
 def _target_states(kc: emu.KubeClient) -> dict[str, str]:
     status = (kc.get(NTC, NODE) or {}).get("status") or {}
     return {t["podUID"]: t["state"] for t in status.get("targets", [])}
-
-
-@pytest.fixture
-def api(tmp_path: pathlib.Path) -> collections.abc.Iterator[emu.EmulatorThread]:
-    with emu.EmulatorThread(kubeconfig=tmp_path / "kubeconfig") as thread:
-        yield thread
 
 
 def test_run_mode_follows_node_config(

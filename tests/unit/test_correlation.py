@@ -66,6 +66,19 @@ def test_identical_requests_pair_with_the_call_that_contains_them() -> None:
         assert server.parent_span_id == client.span_id and server.trace_id == client.trace_id
 
 
+def test_back_to_back_identical_requests_within_the_clock_slack_find_their_own_call() -> None:
+    run = Collect()
+    pairs = []
+    for i in range(50):  # 0.7 ms apart, closer than the 1 ms containment slack; the server's read returns
+        base_ms = i * 0.7  # 5 µs before the client's write (different CPUs)
+        pairs += [exchange(CLIENT, base_ms, base_ms + 0.3, tgid=1, tid=1),
+                  exchange(SERVER, base_ms - 0.005, base_ms + 0.25, tgid=2, tid=2)]
+    spans = run.add(*pairs)
+    run.correlator.tick(0, flush=True)
+    for client, server in zip(spans[::2], spans[1::2], strict=True):
+        assert server.parent_span_id == client.span_id
+
+
 def test_memory_is_bounded_by_count_as_well_as_time() -> None:
     run = Collect(hold_ns=0, max_entries=100, max_recent=50)
     for i in range(1000):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from podspan_agent import node_agent
+from podspan_agent import sampling
 from podspan_agent.spans import model, propagation
 from podspan_api import models
 
@@ -49,8 +49,8 @@ def _span(trace_id: int, sampled: bool | None) -> model.SpanRecord:
 def test_parent_based_profiles_follow_the_caller_else_the_ratio() -> None:
     low_id, high_id = 1, 2**64 - 1  # kept / dropped by a 0.5 ratio
     half = models.Sampling(ratio=0.5)
-    assert node_agent.keep(_span(low_id, None), half) and not node_agent.keep(_span(high_id, None), half)
-    assert node_agent.keep(_span(high_id, True), half)
-    assert not node_agent.keep(_span(low_id, False), models.Sampling(ratio=1.0))
+    assert sampling.keep(_span(low_id, None), half) and not sampling.keep(_span(high_id, None), half)
+    assert sampling.keep(_span(high_id, True), half)
+    assert not sampling.keep(_span(low_id, False), models.Sampling(ratio=1.0))
     ratio_only = models.Sampling(ratio=0.5, parent_based=False)
-    assert not node_agent.keep(_span(high_id, True), ratio_only)
+    assert not sampling.keep(_span(high_id, True), ratio_only)

@@ -202,19 +202,26 @@ def _remove(index: dict[K, collections.deque[_Entry]], key: K, entry: _Entry) ->
 
 def _innermost(candidates: collections.deque[_Entry], span: model.SpanRecord,
                skip: _Entry | None = None) -> _Entry | None:
-    """The candidate whose interval contains `span` and started last.
+    """The candidate whose interval contains `span` most exactly, the one that started last among equals.
 
+    Containment may miss by up to _SLACK_NS (the two ends' syscalls return on different CPUs), so the
+    candidate that misses by least wins: back-to-back identical requests then each find their own client
+    span, not the previous one that contains them within the slack.
     Buckets are in arrival order, which is about the order spans ended in: scanning from the newest,
     a candidate that ended well before `span` started ends the search (older ones ended earlier still).
     """
     best: _Entry | None = None
+    best_key = (0, 0)
     for candidate in reversed(candidates):
         outer = candidate.span
         if outer.end_ns + _REORDER_NS < span.start_ns:
             break
         if candidate is skip:
             continue
-        contains = outer.start_ns - _SLACK_NS <= span.start_ns and span.end_ns <= outer.end_ns + _SLACK_NS
-        if contains and (best is None or outer.start_ns > best.span.start_ns):
-            best = candidate
+        early, late = outer.start_ns - span.start_ns, span.end_ns - outer.end_ns  # > 0: outside
+        if early > _SLACK_NS or late > _SLACK_NS:
+            continue
+        key = (max(early, 0) + max(late, 0), -outer.start_ns)
+        if best is None or key < best_key:
+            best, best_key = candidate, key
     return best
