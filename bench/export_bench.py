@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 
-from podspan_agent.export import otlp
+from podspan_agent.export import otlp, otlp_settings
 from podspan_agent.protocols import base
 from podspan_agent.spans import model
 
@@ -62,7 +62,7 @@ def make_records(count: int) -> list[model.SpanRecord]:
 
 
 def bench_encode(records: list[model.SpanRecord], batch_size: int) -> float:
-    base = otlp.base_resource({})
+    base = otlp_settings.base_resource({})
     started = time.process_time()
     for offset in range(0, len(records), batch_size):
         otlp.encode_request(records[offset : offset + batch_size], base)
@@ -99,8 +99,8 @@ def main() -> None:
         assert receiver.stdout is not None
         ports = dict(item.split("=") for item in receiver.stdout.readline().split())
         for protocol, endpoint in (
-            (otlp.GRPC, f"http://127.0.0.1:{ports['grpc']}"),
-            (otlp.HTTP_PROTOBUF, f"http://127.0.0.1:{ports['http']}/v1/traces"),
+            (otlp_settings.GRPC, f"http://127.0.0.1:{ports['grpc']}"),
+            (otlp_settings.HTTP_PROTOBUF, f"http://127.0.0.1:{ports['http']}/v1/traces"),
         ):
             per_core, wall = bench_send(records, protocol, endpoint)
             label = f"{protocol} + gzip:"

@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from podspan_agent import cgroups, kernel_headers, loader, process_info, tracer
-from podspan_agent.export import otlp, sinks
+from podspan_agent.export import otlp, otlp_settings, sinks
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base, registry
 
@@ -56,9 +56,9 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--otlp-endpoint",
                        help="OTLP endpoint (default: $OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then "
                             "$OTEL_EXPORTER_OTLP_ENDPOINT; none of them: print spans)")
-    trace.add_argument("--otlp-protocol", choices=otlp.PROTOCOLS,
+    trace.add_argument("--otlp-protocol", choices=otlp_settings.PROTOCOLS,
                        help=f"(default: $OTEL_EXPORTER_OTLP_TRACES_PROTOCOL, then $OTEL_EXPORTER_OTLP_PROTOCOL, "
-                            f"else {otlp.DEFAULT_PROTOCOL} as the OTLP spec says)")
+                            f"else {otlp_settings.DEFAULT_PROTOCOL} as the OTLP spec says)")
     trace.add_argument("--duration", type=float, metavar="SECONDS", help="stop after this long")
     trace.add_argument("--output", choices=("console", "jsonl"), default="console",
                        help="how to print spans when there is no endpoint")

@@ -25,7 +25,7 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 
 from podspan_agent import cgroups, kernel_headers, loader, process_info, profile_view, sampling, tracer
-from podspan_agent.export import otlp
+from podspan_agent.export import otlp, otlp_settings
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base
 from podspan_agent.spans import model
@@ -126,7 +126,7 @@ class Router:
 
     def __init__(self, export_queue: int, metrics: red.RedMetrics | None = None) -> None:
         self._export_queue = export_queue
-        self._metrics = metrics  # every span some profile traces counts, whether sampled or not
+        self._metrics = metrics  # every span counts for each profile that traces it, whether sampled or not
         self._profiles: dict[str, models.ResolvedProfile] = {}
         self._views: dict[str, profile_view.View] = {}
         self._exporters: dict[str, otlp.OtlpExporter] = {}
@@ -149,7 +149,7 @@ class Router:
                 self._exporters[key] = otlp.OtlpExporter(
                     export.endpoint, protocol=str(export.protocol), headers=export.headers,
                     insecure=export.insecure, compression=str(export.compression),
-                    resource=otlp.base_resource(extra=profile.resource_attributes),
+                    resource=otlp_settings.base_resource(extra=profile.resource_attributes),
                     max_queue_size=self._export_queue,
                 )
         for key in list(self._samplers):
@@ -169,7 +169,6 @@ class Router:
         keys = self._by_container.get(str(span.resource.get("container.id", "")), ())
         if not keys:
             self.unrouted += 1
-        traced = kept = False
         for key in keys:
             profile = self._profiles.get(key)
             if profile is None or span.protocol not in profile.protocols:
@@ -177,15 +176,24 @@ class Router:
             seen = profile_view.apply(self._views[key], span)
             if seen is None:
                 continue
-            traced = True
             sampler = self._samplers.get(key)
             if sampler is not None:
-                kept = sampler.offer(seen, time.monotonic_ns()) or kept
-            elif sampling.keep(span, profile.sampling):
-                kept = True
-                self._exporters[key].export(seen)
-        if traced and self._metrics is not None:
-            self._metrics.record(span, sampled=kept)
+                kept = sampler.offer(seen, time.monotonic_ns())
+            else:
+                kept = sampling.keep(span, profile.sampling)
+                if kept:
+                    self._exporters[key].export(seen)
+            if self._metrics is not None:
+                self._metrics.record(span, sampled=kept, profile=key)
+
+    def record_pair(self, client: model.SpanRecord, server: model.SpanRecord) -> None:
+        """A service-graph request, for every profile that traces either end."""
+        if self._metrics is None:
+            return
+        keys = {*self._by_container.get(str(client.resource.get("container.id", "")), ()),
+                *self._by_container.get(str(server.resource.get("container.id", "")), ())}
+        for key in sorted(keys):
+            self._metrics.record_pair(client, server, profile=key)
 
     def counters(self, lost_by_cgroup: dict[int, int]) -> list[models.ProfileCounters]:
         """Per profile: its exporter's counters and the kernel events lost for its own pods' cgroups."""
@@ -310,7 +318,7 @@ class NodeAgent:
         self.resources = process_info.ResourceResolver(lambda cid: self._resources_by_cgroup.get(cid, {}))
         self._capture = base.CaptureSettings()
         self.tracer = tracer.Tracer(probes, tracer.TracerSettings(capture=self._capture), [self.router],
-                                    self.resources, on_pair=red_metrics.record_pair if red_metrics else None)
+                                    self.resources, on_pair=self.router.record_pair if red_metrics else None)
         self._applied_version = -1
         self._generation: int | None = None
         self._plans: list[TargetPlan] = []

@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.trace.v1 import trace_pb2
 
-from podspan_agent.export import otlp
+from podspan_agent.export import otlp, otlp_settings
 from podspan_agent.spans import model
 from tests.support import otlp_receiver
 
@@ -66,10 +66,10 @@ def wait_until(condition: Callable[[], bool], timeout: float = 30.0) -> None:
 
 
 def endpoint_for(receiver: otlp_receiver.OtlpReceiver, protocol: str) -> str:
-    return receiver.grpc_endpoint if protocol == otlp.GRPC else receiver.http_endpoint
+    return receiver.grpc_endpoint if protocol == otlp_settings.GRPC else receiver.http_endpoint
 
 
-@pytest.mark.parametrize("protocol", otlp.PROTOCOLS)
+@pytest.mark.parametrize("protocol", otlp_settings.PROTOCOLS)
 def test_round_trip_is_exact(receiver: otlp_receiver.OtlpReceiver, protocol: str) -> None:
     exporter = otlp.OtlpExporter(
         endpoint_for(receiver, protocol),
@@ -137,7 +137,7 @@ def test_round_trip_is_exact(receiver: otlp_receiver.OtlpReceiver, protocol: str
 
     requests = receiver.requests()
     assert requests and all(request.headers.get("x-tenant") == "team-a" for request in requests)
-    if protocol == otlp.HTTP_PROTOBUF:
+    if protocol == otlp_settings.HTTP_PROTOBUF:
         assert all(request.content_encoding == "gzip" for request in requests)
     stats = exporter.stats()
     assert (stats.spans_enqueued, stats.spans_exported, stats.spans_dropped, stats.export_errors) == (
@@ -149,7 +149,7 @@ def test_round_trip_is_exact(receiver: otlp_receiver.OtlpReceiver, protocol: str
 
 
 def test_spans_are_grouped_by_resource(receiver: otlp_receiver.OtlpReceiver) -> None:
-    exporter = otlp.OtlpExporter(receiver.grpc_endpoint, protocol=otlp.GRPC, resource={}, environ={})
+    exporter = otlp.OtlpExporter(receiver.grpc_endpoint, protocol=otlp_settings.GRPC, resource={}, environ={})
     for i in range(6):
         exporter.export(make_record(i, resource={"service.name": f"svc-{i % 2}"}))
     exporter.shutdown(timeout=10)
@@ -246,7 +246,7 @@ def test_values_outside_int64_are_sent_as_text_and_nan_survives() -> None:
 
 
 def test_unencodable_record_is_counted_not_fatal(receiver: otlp_receiver.OtlpReceiver) -> None:
-    exporter = otlp.OtlpExporter(receiver.grpc_endpoint, protocol=otlp.GRPC, environ={})
+    exporter = otlp.OtlpExporter(receiver.grpc_endpoint, protocol=otlp_settings.GRPC, environ={})
     exporter.export(make_record(0, kind="not-a-kind"))
     exporter.export(make_record(1))
     exporter.shutdown(timeout=10)
@@ -255,10 +255,10 @@ def test_unencodable_record_is_counted_not_fatal(receiver: otlp_receiver.OtlpRec
     assert (stats.spans_exported, stats.dropped_export_failed) == (1, 1)
 
 
-@pytest.mark.parametrize("protocol", otlp.PROTOCOLS)
+@pytest.mark.parametrize("protocol", otlp_settings.PROTOCOLS)
 def test_dead_endpoint_bounds_queue_and_counts_drops(protocol: str) -> None:
     port = free_loopback_port()
-    endpoint = f"http://127.0.0.1:{port}" + ("/v1/traces" if protocol == otlp.HTTP_PROTOBUF else "")
+    endpoint = f"http://127.0.0.1:{port}" + ("/v1/traces" if protocol == otlp_settings.HTTP_PROTOBUF else "")
     exporter = otlp.OtlpExporter(
         endpoint,
         protocol=protocol,
@@ -293,7 +293,7 @@ def test_dead_endpoint_bounds_queue_and_counts_drops(protocol: str) -> None:
     assert exporter.stats().dropped_shutdown == stats.dropped_shutdown + 1
 
 
-@pytest.mark.parametrize("protocol", otlp.PROTOCOLS)
+@pytest.mark.parametrize("protocol", otlp_settings.PROTOCOLS)
 def test_spans_flow_again_when_endpoint_returns(protocol: str) -> None:
     receiver = otlp_receiver.OtlpReceiver().start()
     endpoint = endpoint_for(receiver, protocol)
@@ -330,7 +330,7 @@ def test_spans_flow_again_when_endpoint_returns(protocol: str) -> None:
 
 
 def test_resource_attributes_env_parsing() -> None:
-    resource = otlp.base_resource(
+    resource = otlp_settings.base_resource(
         {
             "OTEL_RESOURCE_ATTRIBUTES": (
                 " deployment.environment=prod , team=a%2Cb%3Dc,broken, =x,,k8s.cluster.name=c1"
@@ -347,40 +347,40 @@ def test_resource_attributes_env_parsing() -> None:
         "service.name": "checkout",
         "k8s.node.name": "node-7",
     }
-    assert otlp.base_resource({"OTEL_RESOURCE_ATTRIBUTES": "service.name=x,host.name=h"})["host.name"] == "h"
-    assert otlp.base_resource({"OTEL_RESOURCE_ATTRIBUTES": "service.name=x"})["service.name"] == "x"
+    assert otlp_settings.base_resource({"OTEL_RESOURCE_ATTRIBUTES": "service.name=x,host.name=h"})["host.name"] == "h"
+    assert otlp_settings.base_resource({"OTEL_RESOURCE_ATTRIBUTES": "service.name=x"})["service.name"] == "x"
 
 
 @pytest.mark.parametrize(
     ("endpoint", "protocol", "insecure", "env", "expected"),
     [
-        ("http://collector:4317", otlp.GRPC, None, {}, "http://collector:4317"),
-        ("https://collector", otlp.GRPC, None, {}, "https://collector:443"),
-        ("collector:4317", otlp.GRPC, None, {}, "https://collector:4317"),
-        ("collector:4317", otlp.GRPC, True, {}, "http://collector:4317"),
-        ("collector", otlp.GRPC, None, {"OTEL_EXPORTER_OTLP_INSECURE": "true"}, "http://collector:4317"),
-        ("http://[::1]:4318", otlp.HTTP_PROTOBUF, None, {}, "http://[::1]:4318/v1/traces"),
-        ("http://c:4318/", otlp.HTTP_PROTOBUF, None, {}, "http://c:4318/v1/traces"),
-        ("http://c:4318/custom/traces", otlp.HTTP_PROTOBUF, None, {}, "http://c:4318/custom/traces"),
-        (None, otlp.HTTP_PROTOBUF, None, {}, "http://localhost:4318/v1/traces"),
-        (None, otlp.GRPC, None, {}, "http://localhost:4317"),
+        ("http://collector:4317", otlp_settings.GRPC, None, {}, "http://collector:4317"),
+        ("https://collector", otlp_settings.GRPC, None, {}, "https://collector:443"),
+        ("collector:4317", otlp_settings.GRPC, None, {}, "https://collector:4317"),
+        ("collector:4317", otlp_settings.GRPC, True, {}, "http://collector:4317"),
+        ("collector", otlp_settings.GRPC, None, {"OTEL_EXPORTER_OTLP_INSECURE": "true"}, "http://collector:4317"),
+        ("http://[::1]:4318", otlp_settings.HTTP_PROTOBUF, None, {}, "http://[::1]:4318/v1/traces"),
+        ("http://c:4318/", otlp_settings.HTTP_PROTOBUF, None, {}, "http://c:4318/v1/traces"),
+        ("http://c:4318/custom/traces", otlp_settings.HTTP_PROTOBUF, None, {}, "http://c:4318/custom/traces"),
+        (None, otlp_settings.HTTP_PROTOBUF, None, {}, "http://localhost:4318/v1/traces"),
+        (None, otlp_settings.GRPC, None, {}, "http://localhost:4317"),
         (
             None,
-            otlp.HTTP_PROTOBUF,
+            otlp_settings.HTTP_PROTOBUF,
             None,
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://c:4318/base/"},
             "http://c:4318/base/v1/traces",
         ),
         (
             None,
-            otlp.HTTP_PROTOBUF,
+            otlp_settings.HTTP_PROTOBUF,
             None,
             {"OTEL_EXPORTER_OTLP_TRACES_ENDPOINT": "http://c:9999"},
             "http://c:9999/v1/traces",
         ),
         (
             "http://explicit:1",
-            otlp.GRPC,
+            otlp_settings.GRPC,
             None,
             {"OTEL_EXPORTER_OTLP_ENDPOINT": "http://env:2"},
             "http://explicit:1",
@@ -404,10 +404,10 @@ def test_protocol_and_headers_from_env(receiver: otlp_receiver.OtlpReceiver) -> 
         "OTEL_EXPORTER_OTLP_HEADERS": "Authorization=Bearer%20t0k,x-scope=a",
         "OTEL_EXPORTER_OTLP_COMPRESSION": "none",
     }
-    assert otlp.env_endpoint(env) == receiver.grpc_endpoint
-    assert otlp.env_endpoint({}) is None
+    assert otlp_settings.env_endpoint(otlp_settings.TRACES, env) == receiver.grpc_endpoint
+    assert otlp_settings.env_endpoint(otlp_settings.TRACES, {}) is None
     exporter = otlp.OtlpExporter(environ=env)
-    assert exporter.protocol == otlp.GRPC
+    assert exporter.protocol == otlp_settings.GRPC
     exporter.export(make_record(0))
     exporter.shutdown(timeout=10)
     receiver.wait_for(lambda spans: len(spans) == 1)
@@ -421,7 +421,7 @@ def test_protocol_and_headers_from_env(receiver: otlp_receiver.OtlpReceiver) -> 
         ({"protocol": "http/json"}, "protocol"),
         ({"compression": "zstd"}, "compression"),
         ({"endpoint": "ftp://c:1"}, "scheme"),
-        ({"endpoint": "http://c:4317/v1/traces", "protocol": otlp.GRPC}, "path"),
+        ({"endpoint": "http://c:4317/v1/traces", "protocol": otlp_settings.GRPC}, "path"),
     ],
 )
 def test_bad_settings_are_rejected(kwargs: dict[str, str], message: str) -> None:

@@ -104,7 +104,7 @@ def test_beyond_the_series_limit_observations_fold_into_one_overflow_series_and_
     assert shop[(("http.response.status_code", 200),)] == 2
     assert sum(shop.values()) == 11  # nothing lost, only folded
     workload = next(point.workload for point in snapshot.points if dict(point.workload)["service.name"] == "shop")
-    assert snapshot.folded == {("http.server.request.duration", workload): 7}  # per workload: "other" has its own
+    assert snapshot.folded == {("http.server.request.duration", "", workload): 7}  # per workload: "other" has its own
 
 
 def test_only_sampled_spans_become_exemplars() -> None:
@@ -115,6 +115,17 @@ def test_only_sampled_spans_become_exemplars() -> None:
     exemplars = [e for e in histogram.exemplars if e is not None]
     assert [(e.trace_id, e.span_id) for e in exemplars] == [(1, 2)]
     assert exemplars[0].value == pytest.approx(0.003)
+
+
+def test_each_profile_counts_its_own_spans() -> None:
+    metrics = red.RedMetrics()
+    metrics.record(span(), sampled=False, profile="TraceProfile/shop/web")
+    metrics.record(span(), sampled=False, profile="ClusterTraceProfile/all")
+    metrics.record_pair(span(kind=model.SpanKind.CLIENT), span(), profile="ClusterTraceProfile/all")
+    assert [p.profile for p in metrics.snapshot("TraceProfile/shop/web").points] == ["TraceProfile/shop/web"]
+    only = metrics.snapshot("ClusterTraceProfile/all")
+    assert [p.histogram.count for p in only.points] == [1] and len(only.edges) == 1
+    assert len(metrics.snapshot().points) == 2 and metrics.snapshot("TraceProfile/shop/web").edges == []
 
 
 def test_spans_no_instrument_covers_are_counted_as_unmeasured() -> None:

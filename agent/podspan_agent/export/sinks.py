@@ -8,7 +8,7 @@ import sys
 import time
 from typing import TextIO
 
-from podspan_agent.export import console, jsonl, otlp
+from podspan_agent.export import console, jsonl, otlp, otlp_settings
 
 _PLAIN_SUMMARY_EVERY_S = 5.0
 
@@ -23,7 +23,7 @@ class Standalone:
         self.otlp: otlp.OtlpExporter | None = None
         self.console: console.ConsoleExporter | None = None
         self.jsonl: jsonl.JsonlExporter | None = None
-        if endpoint or otlp.env_endpoint():
+        if endpoint or otlp_settings.env_endpoint(otlp_settings.TRACES):
             # The exporter resolves what is not given from the OTEL_EXPORTER_OTLP_* environment.
             self.otlp = otlp.OtlpExporter(endpoint or None, protocol=protocol)
         elif output == "jsonl":

@@ -81,8 +81,10 @@ def _label_value(value: object) -> str:
     return ("true" if value else "false") if isinstance(value, bool) else str(value)
 
 
-def _labels(*groups: red.Labels) -> dict[str, str]:
-    return {label_name(key): _label_value(value) for group in groups for key, value in group}
+def _labels(profile: str, *groups: red.Labels) -> dict[str, str]:
+    labels = {"podspan_profile": profile} if profile else {}
+    labels.update((label_name(key), _label_value(value)) for group in groups for key, value in group)
+    return labels
 
 
 def _add_histogram(family: core.Metric, name: str, labels: dict[str, str], histogram: red.Histogram) -> None:
@@ -119,9 +121,9 @@ class Collector:
         folded = core.CounterMetricFamily(
             "podspan_metric_series_folded", "Observations folded into the overflow series of a workload's "
             "instrument because it reached its series limit.", labels=None)
-        for (instrument_name, workload), count in snapshot.folded.items():
+        for (instrument_name, profile, workload), count in snapshot.folded.items():
             folded.add_sample("podspan_metric_series_folded_total",
-                              {"metric": instrument_name, **_labels(workload)}, count)
+                              {"metric": instrument_name, **_labels(profile, workload)}, count)
         yield folded
         health = self._health
         for field, (kind, help_text) in _HEALTH_METRICS.items():
@@ -139,24 +141,23 @@ class Collector:
             name = metric_name(instrument)
             family = core.Metric(name, instrument.description, "histogram")
             for point in group:
-                _add_histogram(family, name, _labels(point.workload, point.labels), point.histogram)
+                _add_histogram(family, name, _labels(point.profile, point.workload, point.labels), point.histogram)
             yield family
 
     @staticmethod
     def _service_graph(edges: list[red.EdgePoint]) -> Iterator[core.Metric]:
         # Tempo's service-graph metric names, so its dashboards and Grafana's service graph read them.
-        total = core.CounterMetricFamily("traces_service_graph_request", "Requests between two services.",
-                                         labels=("client", "server"))
-        failed = core.CounterMetricFamily("traces_service_graph_request_failed",
-                                          "Failed requests between two services.", labels=("client", "server"))
+        total = core.Metric("traces_service_graph_request", "Requests between two services.", "counter")
+        failed = core.Metric("traces_service_graph_request_failed", "Failed requests between two services.",
+                             "counter")
         server = core.Metric("traces_service_graph_request_server_seconds",
                              "Server-side duration of requests between two services.", "histogram")
         client = core.Metric("traces_service_graph_request_client_seconds",
                              "Client-side duration of requests between two services.", "histogram")
         for edge in edges:
-            labels = {"client": edge.client, "server": edge.server}
-            total.add_metric((edge.client, edge.server), edge.requests)
-            failed.add_metric((edge.client, edge.server), edge.failed)
+            labels = {**_labels(edge.profile), "client": edge.client, "server": edge.server}
+            total.add_sample("traces_service_graph_request_total", labels, edge.requests)
+            failed.add_sample("traces_service_graph_request_failed_total", labels, edge.failed)
             _add_histogram(server, server.name, labels, edge.server_seconds)
             _add_histogram(client, client.name, labels, edge.client_seconds)
         yield from (total, failed, server, client)

@@ -154,6 +154,7 @@ class _Series:
 @dataclasses.dataclass(frozen=True, slots=True)
 class Point:
     instrument: Instrument
+    profile: str  # the profile that traced it ("" in standalone mode)
     workload: Labels
     labels: Labels
     histogram: Histogram  # a copy: the caller may keep it
@@ -163,6 +164,7 @@ class Point:
 class EdgePoint:
     """One service-graph edge (client workload -> server workload)."""
 
+    profile: str
     client: str
     server: str
     requests: int
@@ -175,7 +177,7 @@ class EdgePoint:
 class Snapshot:
     points: list[Point]
     edges: list[EdgePoint]
-    folded: dict[tuple[str, Labels], int]  # (instrument name, workload) -> observations folded into overflow
+    folded: dict[tuple[str, str, Labels], int]  # (instrument name, profile, workload) -> observations folded
     spans: int  # spans recorded
     unmeasured: int  # spans of a kind no instrument covers
 
@@ -197,14 +199,15 @@ class RedMetrics:
         self._series_limit = series_limit
         self._max_edges = max_edges
         self._lock = threading.Lock()
-        self._series: dict[tuple[Instrument, Labels], _Series] = collections.defaultdict(_Series)
-        self._edges: dict[tuple[str, str], _Edge] = {}
+        self._series: dict[tuple[Instrument, str, Labels], _Series] = collections.defaultdict(_Series)
+        self._edges: dict[tuple[str, str, str], _Edge] = {}
         self.edges_folded = 0  # pairs not counted because the graph reached max_edges
         self.spans = 0
         self.unmeasured = 0
 
-    def record(self, span: model.SpanRecord, sampled: bool) -> None:
-        """Count one span; `sampled`: it was kept for export, so its ids may serve as an exemplar."""
+    def record(self, span: model.SpanRecord, sampled: bool, profile: str = "") -> None:
+        """Count one span for `profile` (a span two profiles trace counts once in each); `sampled`: it was
+        kept for export, so its ids may serve as an exemplar."""
         instrument = instrument_for(span)
         with self._lock:
             self.spans += 1
@@ -212,7 +215,7 @@ class RedMetrics:
                 self.unmeasured += 1
                 return
             value = span.duration_ns / _NS_PER_UNIT[instrument.unit]
-            series = self._series[(instrument, workload_of(span.resource))]
+            series = self._series[(instrument, profile, workload_of(span.resource))]
             labels = series_labels(instrument, span)
             histogram = series.by_labels.get(labels)
             if histogram is None:
@@ -225,9 +228,9 @@ class RedMetrics:
             exemplar = Exemplar(value, span.end_ns, span.trace_id, span.span_id) if sampled else None
             histogram.observe(value, exemplar)
 
-    def record_pair(self, client: model.SpanRecord, server: model.SpanRecord) -> None:
+    def record_pair(self, client: model.SpanRecord, server: model.SpanRecord, profile: str = "") -> None:
         """A client span and the server span it caused, both seen by this agent: one service-graph request."""
-        key = (str(client.resource.get("service.name", "")), str(server.resource.get("service.name", "")))
+        key = (profile, str(client.resource.get("service.name", "")), str(server.resource.get("service.name", "")))
         with self._lock:
             edge = self._edges.get(key)
             if edge is None:
@@ -241,16 +244,19 @@ class RedMetrics:
             edge.server_seconds.observe(server.duration_ns / 1e9)
             edge.client_seconds.observe(client.duration_ns / 1e9)
 
-    def snapshot(self) -> Snapshot:
+    def snapshot(self, profile: str | None = None) -> Snapshot:
+        """Everything recorded so far, or only what `profile` traced."""
         with self._lock:
-            points = [Point(instrument, workload, labels, histogram.copy())
-                      for (instrument, workload), series in self._series.items()
+            points = [Point(instrument, owner, workload, labels, histogram.copy())
+                      for (instrument, owner, workload), series in self._series.items()
+                      if profile is None or owner == profile
                       for labels, histogram in series.by_labels.items()]
-            edges = [EdgePoint(client, server, edge.requests, edge.failed, edge.server_seconds.copy(),
+            edges = [EdgePoint(owner, client, server, edge.requests, edge.failed, edge.server_seconds.copy(),
                                edge.client_seconds.copy())
-                     for (client, server), edge in self._edges.items()]
-            folded = {(instrument.name, workload): series.folded
-                      for (instrument, workload), series in self._series.items() if series.folded}
+                     for (owner, client, server), edge in self._edges.items() if profile is None or owner == profile]
+            folded = {(instrument.name, owner, workload): series.folded
+                      for (instrument, owner, workload), series in self._series.items()
+                      if series.folded and (profile is None or owner == profile)}
             return Snapshot(points, edges, folded, self.spans, self.unmeasured)
 
 
