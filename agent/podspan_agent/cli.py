@@ -13,7 +13,7 @@ import time
 from collections.abc import Sequence
 
 from podspan_agent import cgroups, kernel_headers, loader, process_info, tracer
-from podspan_agent.export import otlp, otlp_settings, sinks
+from podspan_agent.export import otlp, otlp_metrics, otlp_settings, sinks
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base, registry
 
@@ -66,6 +66,9 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--protocols", help=f"comma-separated subset of: {','.join(registry.NAMES)}")
     trace.add_argument("--capture-size", type=int, default=512, help="bytes captured per message")
     trace.add_argument("--capture-headers", action="store_true", help="record HTTP headers (redacted)")
+    trace.add_argument("--no-otlp-metrics", dest="otlp_metrics", action="store_false",
+                       help="with an OTLP endpoint, do not also push RED metrics to it (/v1/metrics, every "
+                            "$OTEL_METRIC_EXPORT_INTERVAL ms, default 60000)")
     trace.add_argument("--metrics-port", type=int, metavar="PORT",
                        help="serve RED metrics and agent health for Prometheus at http://ADDRESS:PORT/metrics "
                             "(0: any free port, logged); default: no metrics")
@@ -134,11 +137,12 @@ def _trace(args: argparse.Namespace) -> int:
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
+    red_metrics = red.RedMetrics()
     try:
-        outputs = sinks.Standalone(args.otlp_endpoint, args.otlp_protocol, args.output, args.output_file)
+        outputs = sinks.Standalone(args.otlp_endpoint, args.otlp_protocol, args.output, args.output_file,
+                                   metrics=red_metrics if args.otlp_metrics else None)
     except (ValueError, OSError) as exc:
         raise UsageError(str(exc)) from exc
-    red_metrics = red.RedMetrics()
     collector = prometheus.Collector(red_metrics)
     endpoint = None
     try:
@@ -154,9 +158,10 @@ def _trace(args: argparse.Namespace) -> int:
     settings = tracer.TracerSettings(
         capture=base.CaptureSettings(headers=args.capture_headers), protocols=protocols
     )
-    span_sinks = [red.Recorder(red_metrics), *outputs.sinks] if endpoint else outputs.sinks
+    measured = endpoint is not None or outputs.otlp_metrics is not None
+    span_sinks = [red.Recorder(red_metrics), *outputs.sinks] if measured else outputs.sinks
     the_tracer = tracer.Tracer(probes, settings, span_sinks, resources,
-                               on_pair=red_metrics.record_pair if endpoint else None)
+                               on_pair=red_metrics.record_pair if measured else None)
     stop = threading.Event()
     try:
         for cid in selected:
@@ -203,12 +208,16 @@ def _run(args: argparse.Namespace) -> int:
     if args.probe_retry <= 0:
         raise UsageError(f"--probe-retry must be positive, got {args.probe_retry}")
     _check_privileges()
+    try:
+        otlp_metrics.interval_from_env()
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
     red_metrics = red.RedMetrics()
     collector = prometheus.Collector(red_metrics)
     endpoint = metrics_endpoint(args.metrics_address, args.metrics_port, collector) if args.metrics_port >= 0 else None
     try:
         return node_agent.run(args.node, export_queue=args.export_queue, probe_retry_s=args.probe_retry,
-                              metrics=(red_metrics, collector) if endpoint else None)
+                              red_metrics=red_metrics, collector=collector if endpoint else None)
     finally:
         if endpoint is not None:
             endpoint.close()

@@ -25,7 +25,7 @@ from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 
 from podspan_agent import cgroups, kernel_headers, loader, process_info, profile_view, sampling, tracer
-from podspan_agent.export import otlp, otlp_settings
+from podspan_agent.export import otlp, otlp_metrics, otlp_settings
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base
 from podspan_agent.spans import model
@@ -124,9 +124,10 @@ def _pod_resource(pod: models.PodTarget, container: str, node: str) -> dict[str,
 class Router:
     """The tracer's only sink in Kubernetes mode: one OTLP exporter per profile."""
 
-    def __init__(self, export_queue: int, metrics: red.RedMetrics | None = None) -> None:
+    def __init__(self, export_queue: int, metrics: red.RedMetrics) -> None:
         self._export_queue = export_queue
         self._metrics = metrics  # every span counts for each profile that traces it, whether sampled or not
+        self._metric_exporters: dict[str, otlp_metrics.MetricsExporter] = {}
         self._profiles: dict[str, models.ResolvedProfile] = {}
         self._views: dict[str, profile_view.View] = {}
         self._exporters: dict[str, otlp.OtlpExporter] = {}
@@ -143,6 +144,8 @@ class Router:
             old, new = self._profiles[key], wanted.get(key)
             if new is None or (new.export, new.resource_attributes) != (old.export, old.resource_attributes):
                 self._exporters.pop(key).shutdown(timeout=1.0)
+                if key in self._metric_exporters:
+                    self._metric_exporters.pop(key).shutdown(timeout=1.0)
         for key, profile in wanted.items():
             if key not in self._exporters:
                 export = profile.export.otlp
@@ -152,6 +155,14 @@ class Router:
                     resource=otlp_settings.base_resource(extra=profile.resource_attributes),
                     max_queue_size=self._export_queue,
                 )
+                if export.metrics:
+                    settings = otlp_settings.resolve(
+                        otlp_settings.METRICS, otlp_metrics.metrics_endpoint(export.endpoint),
+                        protocol=str(export.protocol), headers=export.headers, insecure=export.insecure,
+                        compression=str(export.compression))
+                    self._metric_exporters[key] = otlp_metrics.MetricsExporter(
+                        functools.partial(self._metrics.snapshot, key), settings,
+                        otlp_settings.base_resource(extra=profile.resource_attributes))
         for key in list(self._samplers):
             old_settings, new = self._profiles[key].sampling, wanted.get(key)
             if new is None or new.sampling != old_settings:
@@ -183,13 +194,10 @@ class Router:
                 kept = sampling.keep(span, profile.sampling)
                 if kept:
                     self._exporters[key].export(seen)
-            if self._metrics is not None:
-                self._metrics.record(span, sampled=kept, profile=key)
+            self._metrics.record(span, sampled=kept, profile=key)
 
     def record_pair(self, client: model.SpanRecord, server: model.SpanRecord) -> None:
         """A service-graph request, for every profile that traces either end."""
-        if self._metrics is None:
-            return
         keys = {*self._by_container.get(str(client.resource.get("container.id", "")), ()),
                 *self._by_container.get(str(server.resource.get("container.id", "")), ())}
         for key in sorted(keys):
@@ -241,6 +249,8 @@ class Router:
             sampler.flush(time.monotonic_ns())
         for exporter in self._exporters.values():
             exporter.shutdown(timeout=2.0)
+        for metric_exporter in self._metric_exporters.values():
+            metric_exporter.shutdown(timeout=2.0)
 
 
 class ConfigWatcher(threading.Thread):
@@ -307,18 +317,18 @@ def api_client() -> k8s.ApiClient:
 class NodeAgent:
     def __init__(self, node: str, custom: k8s.CustomObjectsApi, probes: loader.Probes,
                  headers: kernel_headers.HeaderSource, export_queue: int,
-                 metrics: tuple[red.RedMetrics, prometheus.Collector] | None = None) -> None:
+                 red_metrics: red.RedMetrics, collector: prometheus.Collector | None) -> None:
+        """`collector`: the Prometheus endpoint's, which the agent's health is published to (None: no endpoint)."""
         self.node, self._custom, self._probes, self._headers = node, custom, probes, headers
         self._mount = cgroups.cgroup2_mount()
         self._watcher = ConfigWatcher(custom, node)
-        red_metrics = metrics[0] if metrics is not None else None
-        self._collector = metrics[1] if metrics is not None else None
+        self._collector = collector
         self.router = Router(export_queue, red_metrics)
         self._resources_by_cgroup: dict[int, dict[str, base.AttributeValue]] = {}
         self.resources = process_info.ResourceResolver(lambda cid: self._resources_by_cgroup.get(cid, {}))
         self._capture = base.CaptureSettings()
         self.tracer = tracer.Tracer(probes, tracer.TracerSettings(capture=self._capture), [self.router],
-                                    self.resources, on_pair=self.router.record_pair if red_metrics else None)
+                                    self.resources, on_pair=self.router.record_pair)
         self._applied_version = -1
         self._generation: int | None = None
         self._plans: list[TargetPlan] = []
@@ -429,8 +439,8 @@ def load_probes(custom: k8s.CustomObjectsApi, node: str, stop: threading.Event,
     return None
 
 
-def run(node: str, export_queue: int, probe_retry_s: float,
-        metrics: tuple[red.RedMetrics, prometheus.Collector] | None = None) -> int:
+def run(node: str, export_queue: int, probe_retry_s: float, red_metrics: red.RedMetrics,
+        collector: prometheus.Collector | None) -> int:
     custom = k8s.CustomObjectsApi(api_client())
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -439,7 +449,7 @@ def run(node: str, export_queue: int, probe_retry_s: float,
     if loaded is None:
         return 0
     probes, headers = loaded
-    agent = NodeAgent(node, custom, probes, headers, export_queue, metrics)
+    agent = NodeAgent(node, custom, probes, headers, export_queue, red_metrics, collector)
     log.info("following NodeTraceConfig/%s (%s)", node, headers.describe())
     try:
         agent.run(stop)

@@ -149,6 +149,9 @@ class OtlpExport(Model):
                     "NodeTraceConfig: do not put long-lived secrets here.")
     compression: Compression = pydantic.Field(default=Compression.GZIP, description="Payload compression.")
     insecure: bool = pydantic.Field(default=False, description="Use plain text instead of TLS (gRPC only).")
+    metrics: bool = pydantic.Field(
+        default=True, description="Also push this profile's RED metrics and service graph to the endpoint as "
+        "OTLP metrics (/v1/metrics beside /v1/traces), every OTEL_METRIC_EXPORT_INTERVAL of the agent.")
 
     @pydantic.field_validator("endpoint")
     @classmethod

@@ -18,6 +18,7 @@ from prometheus_client import parser
 
 from podspan_demo import pods
 from tests.agent import conftest, test_cli
+from tests.support import otlp_receiver
 
 Series = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -112,3 +113,27 @@ def test_a_metrics_port_in_use_is_a_usage_error() -> None:
         result = test_cli._run(["trace", "--pid", "1", "--metrics-port", str(taken.getsockname()[1])])
     assert result.returncode == 2
     assert "cannot serve metrics on 127.0.0.1" in result.stderr
+
+
+def test_with_an_otlp_endpoint_metrics_are_pushed_beside_the_spans(pod_runner: pods.PodRunner) -> None:
+    port = conftest.free_port()
+    app = pod_runner.start("app", [*conftest.SAMPLE_APP, "backend", "--port", str(port)],
+                           env={"OTEL_SERVICE_NAME": "backend"})
+    pods.wait_for_port("127.0.0.1", port)
+    with otlp_receiver.OtlpReceiver() as receiver:
+        agent = test_cli._start_agent(["trace", "--pid", str(app.pid), "--otlp-endpoint", receiver.http_endpoint],
+                                      env={"OTEL_METRIC_EXPORT_INTERVAL": "300"})
+        try:
+            for i in range(9):
+                get(port, f"/users/{i}")
+            receiver.wait_for(lambda got: len(got) >= 9, timeout=20)
+        finally:
+            agent.send_signal(signal.SIGINT)
+            agent.communicate(timeout=60)
+        requests = receiver.metric_requests()
+    assert agent.returncode == 0
+    assert len(requests) >= 2  # periodic pushes, then the final one
+    counts = [point.count for resource_metrics in requests[-1].resource_metrics
+              for scope_metrics in resource_metrics.scope_metrics for metric in scope_metrics.metrics
+              if metric.name == "http.server.request.duration" for point in metric.histogram.data_points]
+    assert sum(counts) == 9

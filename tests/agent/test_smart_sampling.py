@@ -54,7 +54,8 @@ def test_smart_mode_keeps_error_and_slow_traces_whole_and_metrics_count_everythi
     agent = subprocess.Popen(
         [sys.executable, "-m", "podspan_agent.cli", "run", "--node", test_node_agent.NODE,
          "--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1"],
-        env={**os.environ, "KUBECONFIG": str(api.kubeconfig)}, stderr=subprocess.PIPE, text=True)
+        env={**os.environ, "KUBECONFIG": str(api.kubeconfig), "OTEL_METRIC_EXPORT_INTERVAL": "500"},
+        stderr=subprocess.PIPE, text=True)
     try:
         attached = {frontend.uid: "attached", backend.uid: "attached"}
         test_node_agent._wait(lambda: test_node_agent._target_states(kc) == attached, "attached targets")
@@ -94,3 +95,13 @@ def test_smart_mode_keeps_error_and_slow_traces_whole_and_metrics_count_everythi
     assert test_metrics.total(samples, count, service_name="backend") == 67
     assert test_metrics.total(samples, "traces_service_graph_request_total",
                               client="frontend", server="backend") == 67
+    # ... and the profile's endpoint got them as OTLP metrics too (the last push: the final state).
+    pushed = receiver.metric_requests()[-1]
+    counts = collections.Counter()
+    for resource_metrics in pushed.resource_metrics:
+        service = next(kv.value.string_value for kv in resource_metrics.resource.attributes if kv.key == "service.name")
+        for scope_metrics in resource_metrics.scope_metrics:
+            for metric in scope_metrics.metrics:
+                if metric.name == "http.server.request.duration":
+                    counts[service] += sum(point.count for point in metric.histogram.data_points)
+    assert counts == {"frontend": 67, "backend": 67}

@@ -1,4 +1,4 @@
-"""A real OTLP trace receiver (gRPC and HTTP/protobuf on loopback) for tests and benchmarks.
+"""A real OTLP trace and metrics receiver (gRPC and HTTP/protobuf on loopback) for tests and benchmarks.
 
 Decodes requests with opentelemetry-proto, so what it collects is what any OTLP backend would
 see. Standalone: `python -m tests.support.otlp_receiver --grpc-port N --http-port M --jsonl FILE`
@@ -24,6 +24,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 import grpc
+from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2, metrics_service_pb2_grpc
 from opentelemetry.proto.collector.trace.v1 import trace_service_pb2, trace_service_pb2_grpc
 from opentelemetry.proto.common.v1 import common_pb2
 
@@ -130,6 +131,17 @@ class _TraceService(trace_service_pb2_grpc.TraceServiceServicer):
         return trace_service_pb2.ExportTraceServiceResponse()
 
 
+class _MetricsService(metrics_service_pb2_grpc.MetricsServiceServicer):
+    def __init__(self, receiver: OtlpReceiver) -> None:
+        self._receiver = receiver
+
+    def Export(
+        self, request: metrics_service_pb2.ExportMetricsServiceRequest, context: grpc.ServicerContext
+    ) -> metrics_service_pb2.ExportMetricsServiceResponse:
+        self._receiver._collect_metrics(request)
+        return metrics_service_pb2.ExportMetricsServiceResponse()
+
+
 class _HttpHandler(http.server.BaseHTTPRequestHandler):
     server: _HttpServer
     protocol_version = "HTTP/1.1"  # keep-alive, as collectors serve it
@@ -146,16 +158,23 @@ class _HttpHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self) -> None:
         body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
-        if self.path != "/v1/traces":
+        if self.path not in ("/v1/traces", "/v1/metrics"):
             self._reply(404, b"")
             return
         encoding = self.headers.get("Content-Encoding", "identity").lower()
         try:
             if encoding == "gzip":
                 body = gzip.decompress(body)
-            request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
+            if self.path == "/v1/metrics":
+                metrics = metrics_service_pb2.ExportMetricsServiceRequest.FromString(body)
+            else:
+                request = trace_service_pb2.ExportTraceServiceRequest.FromString(body)
         except (OSError, EOFError, zlib.error, ValueError) as error:
             self._reply(400, str(error).encode(), "text/plain")
+            return
+        if self.path == "/v1/metrics":
+            self.server.receiver._collect_metrics(metrics)
+            self._reply(200, metrics_service_pb2.ExportMetricsServiceResponse().SerializeToString())
             return
         headers = {key.lower(): value for key, value in self.headers.items()}
         self.server.receiver._collect(request, HTTP, headers, encoding)
@@ -190,7 +209,8 @@ class _HttpServer(http.server.ThreadingHTTPServer):
 
 
 class OtlpReceiver:
-    """gRPC and HTTP/protobuf OTLP trace endpoints on loopback, collecting spans.
+    """gRPC and HTTP/protobuf OTLP trace and metrics endpoints on loopback, collecting spans and
+    metric export requests (kept as opentelemetry-proto messages).
 
     Ports are chosen on the first `start()` (0 = any free port) and kept, so `stop()` then
     `start()` makes the endpoint unavailable and available again at the same address.
@@ -215,6 +235,7 @@ class OtlpReceiver:
         self._spans: list[ReceivedSpan] = []
         self._requests: list[ReceivedRequest] = []
         self._span_count = 0
+        self._metric_requests: list[metrics_service_pb2.ExportMetricsServiceRequest] = []
         self._grpc_server: grpc.Server | None = None
         self._http_server: _HttpServer | None = None
         self._http_thread: threading.Thread | None = None
@@ -230,6 +251,7 @@ class OtlpReceiver:
     def start(self) -> OtlpReceiver:
         server = grpc.server(concurrent.futures.ThreadPoolExecutor(max_workers=4))
         trace_service_pb2_grpc.add_TraceServiceServicer_to_server(_TraceService(self), server)
+        metrics_service_pb2_grpc.add_MetricsServiceServicer_to_server(_MetricsService(self), server)
         self.grpc_port = server.add_insecure_port(f"{self.host}:{self.grpc_port}")
         server.start()
         self._grpc_server = server
@@ -279,6 +301,15 @@ class OtlpReceiver:
                 self._jsonl.flush()
             self._changed.notify_all()
 
+    def _collect_metrics(self, request: metrics_service_pb2.ExportMetricsServiceRequest) -> None:
+        with self._changed:
+            self._metric_requests.append(request)
+            self._changed.notify_all()
+
+    def metric_requests(self) -> list[metrics_service_pb2.ExportMetricsServiceRequest]:
+        with self._changed:
+            return list(self._metric_requests)
+
     @property
     def span_count(self) -> int:
         with self._changed:
@@ -296,6 +327,7 @@ class OtlpReceiver:
         with self._changed:
             self._spans.clear()
             self._requests.clear()
+            self._metric_requests.clear()
 
     def wait_for(
         self, predicate: Callable[[list[ReceivedSpan]], bool], timeout: float = 30.0
