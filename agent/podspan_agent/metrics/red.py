@@ -78,7 +78,7 @@ MESSAGING_SERVER = Instrument("podspan.messaging.server.operation.duration", "s"
 DNS_CLIENT = Instrument("dns.lookup.duration", "s", "Duration of DNS lookups.",
                         ("dns.question.name", "dns.question.type", "error.type"), DURATION_BUCKETS_S)
 _CLIENT, _SERVER = model.SpanKind.CLIENT, model.SpanKind.SERVER
-_BY_PROTOCOL: dict[tuple[str, model.SpanKind], Instrument] = {
+INSTRUMENTS: dict[tuple[str, model.SpanKind], Instrument] = {
     ("http", _SERVER): HTTP_SERVER, ("http", _CLIENT): HTTP_CLIENT,
     ("http2", _SERVER): HTTP_SERVER, ("http2", _CLIENT): HTTP_CLIENT,
     ("grpc", _SERVER): RPC_SERVER, ("grpc", _CLIENT): RPC_CLIENT,
@@ -91,7 +91,7 @@ _BY_PROTOCOL: dict[tuple[str, model.SpanKind], Instrument] = {
 
 def instrument_for(span: model.SpanRecord) -> Instrument | None:
     """The histogram a span counts in (None for a kind of span no instrument covers)."""
-    return _BY_PROTOCOL.get((span.protocol, span.kind))
+    return INSTRUMENTS.get((span.protocol, span.kind))
 
 
 def workload_of(resource: dict[str, base.AttributeValue]) -> Labels:
