@@ -215,6 +215,8 @@ def _run(args: argparse.Namespace) -> int:
     red_metrics = red.RedMetrics()
     collector = prometheus.Collector(red_metrics)
     endpoint = metrics_endpoint(args.metrics_address, args.metrics_port, collector) if args.metrics_port >= 0 else None
+    if endpoint is not None:
+        log.info("serving metrics at %s", endpoint.url)
     try:
         return node_agent.run(args.node, export_queue=args.export_queue, probe_retry_s=args.probe_retry,
                               red_metrics=red_metrics, collector=collector if endpoint else None)

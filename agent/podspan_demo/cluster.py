@@ -256,7 +256,9 @@ class LocalCluster:
                                  "--heartbeat-timeout", str(self.heartbeat_timeout)])
 
     def start_agent(self, *args: str) -> None:
-        self._spawn("agent", ["podspan_agent.cli", "run", "--node", self.node, *args])
+        # Metrics on loopback, any free port: a machine running the demo is not a node Prometheus scrapes.
+        self._spawn("agent", ["podspan_agent.cli", "run", "--node", self.node, "--metrics-port", "0",
+                              "--metrics-address", "127.0.0.1", *args])
 
     # ---- API access ----
     def profile_status(self, namespace: str, name: str) -> dict[str, Any]:

@@ -24,6 +24,7 @@ from tests.support import k8s_api_emulator as emu
 NTC = "podspan.dev/v1alpha1/nodetraceconfigs"
 NODE = "node-a"
 PROFILE = "TraceProfile/shop/web"
+LOOPBACK_METRICS = ("--metrics-port", "0", "--metrics-address", "127.0.0.1")  # tests listen on loopback only
 
 
 def _wait(probe: collections.abc.Callable[[], Any], what: str, timeout: float = 30.0) -> Any:
@@ -81,7 +82,7 @@ def test_run_mode_follows_node_config(
     kc.create(NTC, {"apiVersion": "podspan.dev/v1alpha1", "kind": "NodeTraceConfig",
                     "metadata": {"name": NODE}, "spec": _spec(targets, receiver.grpc_endpoint)})
     agent = subprocess.Popen(
-        [sys.executable, "-m", "podspan_agent.cli", "run", "--node", NODE],
+        [sys.executable, "-m", "podspan_agent.cli", "run", "--node", NODE, *LOOPBACK_METRICS],
         env={**os.environ, "KUBECONFIG": str(api.kubeconfig)}, stderr=subprocess.PIPE, text=True,
     )
     try:
@@ -141,7 +142,7 @@ def test_probe_load_failure_is_reported_then_recovered(
     good = source.read_text()
     source.write_text(good + "\n#error broken on purpose by the test\n")
     agent = subprocess.Popen(
-        [sys.executable, "-m", "podspan_agent.cli", "run", "--node", NODE, "--probe-retry", "1"],
+        [sys.executable, "-m", "podspan_agent.cli", "run", "--node", NODE, "--probe-retry", "1", *LOOPBACK_METRICS],
         env={**os.environ, "KUBECONFIG": str(api.kubeconfig), loader.BPF_DIR_ENV: str(bpf_dir)},
         stderr=subprocess.PIPE, text=True,
     )
