@@ -252,7 +252,8 @@ class LocalCluster:
         return f"http://127.0.0.1:{self.receiver_ports[0]}"
 
     def start_operator(self) -> None:
-        self._spawn("operator", ["podspan_operator.cli", "--standalone",
+        self._spawn("operator", ["podspan_operator.cli", "--standalone", "--metrics-port", "0", "--metrics-address",
+                                 "127.0.0.1",
                                  "--heartbeat-timeout", str(self.heartbeat_timeout)])
 
     def start_agent(self, *args: str) -> None:

@@ -31,7 +31,7 @@ async def start(settings: kopf.OperatorSettings, memo: kopf.Memo, logger: kopf.L
     settings.persistence.progress_storage = kopf.AnnotationsProgressStorage(prefix=models.GROUP)
     settings.persistence.diffbase_storage = kopf.AnnotationsDiffBaseStorage(prefix=models.GROUP)
     settings.posting.level = logging.WARNING  # our Events report transitions; no "handler succeeded" noise
-    api = await kube.Api.connect()
+    api = await kube.Api.connect(memo.get("metrics"))  # the CLI's, when it serves them
     # kopf passes every index to every handler, under the index handler's name (the functions below).
     indexes = reconciler.Indexes(**{f.name: kwargs[f.name] for f in dataclasses.fields(reconciler.Indexes)})
     memo.reconciler = reconciler.Reconciler(api, indexes, memo.get("options") or reconciler.Options())

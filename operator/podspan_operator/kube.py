@@ -17,7 +17,7 @@ from kubernetes.aio import client as k8s
 from kubernetes.aio import config as k8s_config
 
 from podspan_api import models
-from podspan_operator import render
+from podspan_operator import render, telemetry
 
 MERGE_PATCH = "application/merge-patch+json"
 COMPONENT = "podspan-operator"
@@ -66,16 +66,17 @@ async def ensure_peering(name: str) -> None:
 class Api:
     """Writes, counted so tests and the benchmark can see how many the operator made."""
 
-    def __init__(self, api_client: k8s.ApiClient):
+    def __init__(self, api_client: k8s.ApiClient, metrics: telemetry.OperatorMetrics | None = None):
         self._client = api_client
+        self.metrics = metrics or telemetry.OperatorMetrics()
         self._custom = k8s.CustomObjectsApi(api_client)
         self._core = k8s.CoreV1Api(api_client)
         self._instance = os.environ.get("POD_NAME") or socket.gethostname()
         self.writes = 0
 
     @classmethod
-    async def connect(cls) -> Api:
-        return cls(k8s.ApiClient(await load_configuration()))
+    async def connect(cls, metrics: telemetry.OperatorMetrics | None = None) -> Api:
+        return cls(k8s.ApiClient(await load_configuration()), metrics)
 
     async def close(self) -> None:
         await self._client.close()
@@ -89,15 +90,17 @@ class Api:
         logger.debug("writing NodeTraceConfig %s (%d targets)", name, len(spec.targets))
         body = {"spec": spec.to_k8s()}
         if exists:
-            result = await self._custom.patch_cluster_custom_object(
-                models.GROUP, models.VERSION, models.NodeTraceConfig.PLURAL, name, body,
-                _content_type=MERGE_PATCH)
+            with self.metrics.write(telemetry.NODE_CONFIG):
+                result = await self._custom.patch_cluster_custom_object(
+                    models.GROUP, models.VERSION, models.NodeTraceConfig.PLURAL, name, body,
+                    _content_type=MERGE_PATCH)
             return _generation(result)
         obj = models.NodeTraceConfig(metadata=models.ObjectMeta(
             name=name, labels={"app.kubernetes.io/managed-by": COMPONENT}), spec=spec).to_k8s()
         try:
-            result = await self._custom.create_cluster_custom_object(
-                models.GROUP, models.VERSION, models.NodeTraceConfig.PLURAL, obj)
+            with self.metrics.write(telemetry.NODE_CONFIG):
+                result = await self._custom.create_cluster_custom_object(
+                    models.GROUP, models.VERSION, models.NodeTraceConfig.PLURAL, obj)
         except k8s.ApiException as e:
             if e.status != 409:
                 raise
@@ -108,8 +111,9 @@ class Api:
     async def delete_node_config(self, name: str) -> None:
         self.writes += 1
         try:
-            await self._custom.delete_cluster_custom_object(
-                models.GROUP, models.VERSION, models.NodeTraceConfig.PLURAL, name)
+            with self.metrics.write(telemetry.NODE_CONFIG_DELETE):
+                await self._custom.delete_cluster_custom_object(
+                    models.GROUP, models.VERSION, models.NodeTraceConfig.PLURAL, name)
         except k8s.ApiException as e:
             if e.status != 404:
                 raise
@@ -121,13 +125,14 @@ class Api:
         plural = (models.TraceProfile if profile.kind == models.TraceProfile.KIND
                   else models.ClusterTraceProfile).PLURAL
         try:
-            if profile.namespace is None:
-                await self._custom.patch_cluster_custom_object_status(
-                    models.GROUP, models.VERSION, plural, profile.name, body, _content_type=MERGE_PATCH)
-            else:
-                await self._custom.patch_namespaced_custom_object_status(
-                    models.GROUP, models.VERSION, profile.namespace, plural, profile.name, body,
-                    _content_type=MERGE_PATCH)
+            with self.metrics.write(telemetry.PROFILE_STATUS):
+                if profile.namespace is None:
+                    await self._custom.patch_cluster_custom_object_status(
+                        models.GROUP, models.VERSION, plural, profile.name, body, _content_type=MERGE_PATCH)
+                else:
+                    await self._custom.patch_namespaced_custom_object_status(
+                        models.GROUP, models.VERSION, profile.namespace, plural, profile.name, body,
+                        _content_type=MERGE_PATCH)
         except k8s.ApiException as e:
             if e.status != 404:  # deleted meanwhile: nothing to report on
                 raise
@@ -148,7 +153,8 @@ class Api:
         try:
             event = k8s.CoreV1Event.from_dict(body)
             assert event is not None
-            await self._core.create_namespaced_event(namespace, event)
+            with self.metrics.write(telemetry.EVENT):
+                await self._core.create_namespaced_event(namespace, event)
         except k8s.ApiException as e:
             # An Event is best effort: losing one must not stop reconciliation.
             logger.warning("could not post event %s on %s: %s", reason, profile.key, e.reason)

@@ -142,8 +142,9 @@ class Reconciler:
             nodes, self._dirty_nodes = self._dirty_nodes, set()
             profiles, self._dirty_profiles = self._dirty_profiles, set()
             try:
-                await self._sync_nodes(nodes)
-                await self._sync_profiles(profiles)
+                with self.api.metrics.reconcile_pass():
+                    await self._sync_nodes(nodes)
+                    await self._sync_profiles(profiles)
             except Exception:
                 logger.exception("reconciliation pass failed; retrying")
                 self._dirty_nodes |= nodes
