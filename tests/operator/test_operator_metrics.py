@@ -39,7 +39,7 @@ def test_passes_and_writes_are_counted_by_kind(kc, start_operator):
     assert before - 1 <= sum(writes.values()) <= after  # the same writes the Api counts
     passes = got[("podspan_operator_reconcile_passes_total", ())]
     assert passes >= 1
-    assert got[("podspan_operator_reconcile_pass_seconds_count", ())] == passes
+    assert abs(got[("podspan_operator_reconcile_pass_seconds_count", ())] - passes) <= 1  # a pass may be ending
     assert got[("podspan_operator_api_write_seconds_count", (("kind", "node_config"),))] == writes["node_config"]
     assert got[("podspan_operator_reconcile_failures_total", ())] == 0
 
