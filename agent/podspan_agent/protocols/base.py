@@ -9,18 +9,18 @@ imports bcc or OpenTelemetry.
 from __future__ import annotations
 
 import dataclasses
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 AttributeValue = str | int | float | bool
 
 
-@dataclasses.dataclass(slots=True, frozen=True)
-class Message:
+class Message(NamedTuple):
     """One message run seen on a connection.
 
     `data` holds the first bytes of the run (at most the capture size); `size`
     is the run's full length. Several protocol messages may share one run
     (pipelining), and the last one may be cut off by the capture size.
+    Immutable as a tuple: two are made per exchange, and a frozen dataclass costs 4x a tuple to build.
     """
 
     from_client: bool

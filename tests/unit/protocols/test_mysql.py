@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
-
 import pytest
 
 from podspan_agent.protocols import base, mysql
@@ -72,7 +70,7 @@ def test_commands_after_the_captured_write_are_counted_as_lost() -> None:
     # the kernel captures only the first, so the EXECUTE and its ERR reply cannot be paired.
     (connection,) = capture_db.load("mysql", "prepared_session")
     close_packet = 4 + 1 + 4
-    messages = [dataclasses.replace(m, data=m.data[:close_packet]) if m.from_client and m.data[4] == 0x19 else m
+    messages = [m._replace(data=m.data[:close_packet]) if m.from_client and m.data[4] == 0x19 else m
                 for m in connection]
     parser = mysql.Parser(base.CaptureSettings())
     recs = [record for message in messages for record in parser.feed(message)]
