@@ -78,7 +78,7 @@ static PyObject *s_method, *s_method_original, *s_scheme, *s_path, *s_query, *s_
 static PyObject *s_data, *s_size, *s_from_client, *s_start_ns, *s_end_ns, *s_headers, *s_query_setting,
     *s_route_patterns;
 static PyObject *v_other, *v_other_name, *v_other_label, *v_http, *v_asterisk, *v_version_11, *v_version_10,
-    *v_no_response, *v_protocol, *v_slash, *v_more_suffix;
+    *v_no_response, *v_protocol, *v_slash, *v_comma, *v_more_suffix;
 static PyObject *record_type, *template_fn, *redact_query_fn, *redact_header_fn, *counter_type;
 
 /* --------------------------------------------------------------------------- bytes */
@@ -622,35 +622,62 @@ static int add_host(PyObject *attributes, Text authority) {
 }
 
 /* http.{request,response}.header.<name> for every field line, values through redact.header; repeated
- * fields are joined with ','. */
+ * fields are joined with ',' once all are known (joining as they come is quadratic in their number). */
 static int add_headers(PyObject *attributes, PyObject *prefix, const Run *r, const Head *h) {
     Lines lines = field_lines(r, h);
     Text name_text, value_text;
+    PyObject *repeated = NULL; /* key -> list of its values, for the keys seen more than once */
+    int rc = -1;
     while (next_field(&lines, &name_text, &value_text)) {
         PyObject *name = decode_lower(name_text), *key = NULL, *raw = NULL, *value = NULL;
-        int rc = -1;
+        int ok = 0;
         if (name == NULL || (key = PyUnicode_Concat(prefix, name)) == NULL || (raw = decode(value_text)) == NULL ||
             (value = PyObject_CallFunctionObjArgs(redact_header_fn, name, raw, NULL)) == NULL)
             goto next;
-        PyObject *previous = PyDict_GetItemWithError(attributes, key);
-        if (previous == NULL && PyErr_Occurred())
+        PyObject *previous = PyDict_GetItemWithError(attributes, key); /* borrowed */
+        if (previous == NULL) {
+            ok = !PyErr_Occurred() && PyDict_SetItem(attributes, key, value) == 0;
             goto next;
-        if (previous != NULL) {
-            PyObject *joined = PyUnicode_FromFormat("%S,%S", previous, value);
-            Py_SETREF(value, joined);
-            if (value == NULL)
-                goto next;
         }
-        rc = PyDict_SetItem(attributes, key, value);
+        if (repeated == NULL && (repeated = PyDict_New()) == NULL)
+            goto next;
+        PyObject *values = PyDict_GetItemWithError(repeated, key); /* borrowed */
+        if (values == NULL) {
+            PyObject *pair = PyErr_Occurred() ? NULL : PyList_New(0);
+            ok = pair != NULL && PyList_Append(pair, previous) == 0 && PyList_Append(pair, value) == 0 &&
+                 PyDict_SetItem(repeated, key, pair) == 0;
+            Py_XDECREF(pair);
+        } else {
+            ok = PyList_Append(values, value) == 0;
+        }
     next:
         Py_XDECREF(name);
         Py_XDECREF(key);
         Py_XDECREF(raw);
         Py_XDECREF(value);
-        if (rc < 0)
-            return -1;
+        if (!ok)
+            goto done;
     }
-    return 0;
+    PyObject *key, *values;
+    Py_ssize_t at = 0;
+    while (repeated != NULL && PyDict_Next(repeated, &at, &key, &values)) {
+        PyObject *strings = PyList_New(PyList_GET_SIZE(values)); /* f"{value}" of each, as the join needs str */
+        for (Py_ssize_t i = 0; strings != NULL && i < PyList_GET_SIZE(values); i++) {
+            PyObject *text = PyObject_Str(PyList_GET_ITEM(values, i));
+            if (text == NULL)
+                Py_CLEAR(strings);
+            else
+                PyList_SET_ITEM(strings, i, text);
+        }
+        PyObject *joined = strings ? PyUnicode_Join(v_comma, strings) : NULL;
+        Py_XDECREF(strings);
+        if (set_new(attributes, key, joined) < 0)
+            goto done;
+    }
+    rc = 0;
+done:
+    Py_XDECREF(repeated);
+    return rc;
 }
 
 /* --------------------------------------------------------------------------- requests */
@@ -1265,7 +1292,8 @@ static int init_state(void) {
         return -1;
     if (intern(&v_other, "_OTHER") < 0 || intern(&v_other_label, "HTTP ") < 0 || intern(&v_http, "http") < 0 ||
         intern(&v_other_name, "HTTP") < 0 || intern(&v_asterisk, "*") < 0 || intern(&v_version_11, "1.1") < 0 ||
-        intern(&v_version_10, "1.0") < 0 || intern(&v_no_response, "no response") < 0 || intern(&v_slash, "/") < 0)
+        intern(&v_version_10, "1.0") < 0 || intern(&v_no_response, "no response") < 0 || intern(&v_slash, "/") < 0 ||
+        intern(&v_comma, ",") < 0)
         return -1;
     v_protocol = Py_NewRef(v_http);
     PyObject *more;
