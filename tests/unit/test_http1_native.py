@@ -6,7 +6,10 @@ reference cycles. Its parsing behaviour is tests/unit/protocols/test_http1*.py."
 from __future__ import annotations
 
 import gc
+import pathlib
+import subprocess
 import sys
+import sysconfig
 import tracemalloc
 
 import pytest
@@ -16,6 +19,7 @@ from hypothesis import strategies as st
 from podspan_agent.protocols import base, http1
 from tests.support import guarded_memory
 
+SOURCE = pathlib.Path(http1.__file__).parents[1] / "_http1.c"
 DEFAULT = base.CaptureSettings()
 EVERYTHING = base.CaptureSettings(headers=True, query=True, route_patterns=("/users/{id}",))
 GUARDED = guarded_memory.GuardedPage()
@@ -30,6 +34,12 @@ def exchange(request: bytes, response: bytes, capture: base.CaptureSettings = DE
     records = feed(parser, True, request) + feed(parser, False, response) + parser.flush()
     assert parser.counters["parser_errors"] == 0
     return records
+
+
+def test_the_source_compiles_without_warnings(tmp_path: pathlib.Path) -> None:
+    subprocess.run(["gcc", "-O2", "-Wall", "-Wextra", "-Werror", "-std=gnu11", "-fPIC", "-c",
+                    f"-I{sysconfig.get_paths()['include']}", "-o", str(tmp_path / "_http1.o"), str(SOURCE)],
+                   check=True, capture_output=True)
 
 
 # -- references and memory ------------------------------------------------------------------------------
