@@ -486,8 +486,9 @@ typedef struct {
     char capture_headers, capture_query;
     char tunnel; /* after CONNECT or 101 Switching Protocols the bytes are not HTTP/1 */
     char busy;   /* inside feed() or flush() */
-    Entry queue[QUEUE_SLOTS];
-    int first, count;
+    Entry *queue; /* a ring of `capacity` entries, grown on demand up to QUEUE_SLOTS: most connections wait
+                   * for one response at a time, so an idle parser stays small */
+    int capacity, first, count;
     Py_ssize_t client_skip, server_skip; /* bytes of a body still to come in later runs */
     uint64_t skip_owner;                 /* id of the request whose body is being skipped; 0: none */
     uint64_t next_id;
@@ -495,7 +496,7 @@ typedef struct {
     unsigned counted; /* bit per counter ever counted: the keys of `counters` */
 } Parser;
 
-static inline Entry *entry_at(Parser *p, int index) { return &p->queue[(p->first + index) % QUEUE_SLOTS]; }
+static inline Entry *entry_at(Parser *p, int index) { return &p->queue[(p->first + index) % p->capacity]; }
 static inline Entry *last_entry(Parser *p) { return p->count ? entry_at(p, p->count - 1) : NULL; }
 
 static inline void count(Parser *p, int counter, Py_ssize_t n) {
@@ -513,7 +514,7 @@ static void entry_clear(Entry *e) {
 
 static void pop_front(Parser *p) {
     entry_clear(entry_at(p, 0));
-    p->first = (p->first + 1) % QUEUE_SLOTS;
+    p->first = (p->first + 1) % p->capacity;
     p->count--;
 }
 
@@ -522,18 +523,44 @@ static void queue_clear(Parser *p) {
         pop_front(p);
 }
 
-static void add_gap(Parser *p, Py_ssize_t n) {
-    Entry *last = last_entry(p);
-    if (last == NULL || !last->is_gap) {
-        if (p->count == QUEUE_SLOTS) /* cannot happen: a full queue ends in a gap; keep the count */
-            return;
-        last = entry_at(p, p->count++);
-        memset(last, 0, sizeof(*last));
-        last->is_gap = 1;
-        last->count = n;
-        return;
+/* A new, zeroed entry at the end of the queue. The queue never needs more than QUEUE_SLOTS: requests are
+ * queued only below MAX_PENDING and a gap only after a request. */
+static Entry *push(Parser *p) {
+    if (p->count == p->capacity) {
+        int capacity = p->capacity ? p->capacity * 2 : 2;
+        capacity = capacity < QUEUE_SLOTS ? capacity : QUEUE_SLOTS;
+        if (p->count == capacity) {
+            PyErr_SetString(PyExc_RuntimeError, "http1 Parser queue overflow");
+            return NULL;
+        }
+        Entry *queue = PyMem_Malloc(sizeof(Entry) * (size_t)capacity);
+        if (queue == NULL) {
+            PyErr_NoMemory();
+            return NULL;
+        }
+        for (int i = 0; i < p->count; i++)
+            queue[i] = *entry_at(p, i);
+        PyMem_Free(p->queue);
+        p->queue = queue;
+        p->capacity = capacity;
+        p->first = 0;
     }
-    last->count = n == GAP_UNKNOWN || last->count == GAP_UNKNOWN ? GAP_UNKNOWN : last->count + n;
+    Entry *e = entry_at(p, p->count++);
+    memset(e, 0, sizeof(*e));
+    return e;
+}
+
+static int add_gap(Parser *p, Py_ssize_t n) {
+    Entry *last = last_entry(p);
+    if (last != NULL && last->is_gap) {
+        last->count = n == GAP_UNKNOWN || last->count == GAP_UNKNOWN ? GAP_UNKNOWN : last->count + n;
+        return 0;
+    }
+    if ((last = push(p)) == NULL)
+        return -1;
+    last->is_gap = 1;
+    last->count = n;
+    return 0;
 }
 
 static inline Py_ssize_t min_size(Py_ssize_t a, Py_ssize_t b) { return a < b ? a : b; }
@@ -846,18 +873,18 @@ static int build_request(Parser *p, Entry *e, const Head *h, const RequestLine *
 static int enqueue(Parser *p, const Head *h, const RequestLine *line, const Run *r, Py_ssize_t size) {
     if (p->count >= MAX_PENDING) {
         count(p, REQUESTS_DROPPED_QUEUE_FULL, 1);
-        add_gap(p, 1);
-        return 0;
+        return add_gap(p, 1);
     }
-    Entry *e = entry_at(p, p->count);
-    memset(e, 0, sizeof(*e));
+    Entry *e = push(p);
+    if (e == NULL)
+        return -1;
     if (build_request(p, e, h, line, r) < 0) {
         entry_clear(e);
+        p->count--;
         return -1;
     }
     e->size = size;
     e->id = ++p->next_id;
-    p->count++;
     return 0;
 }
 
@@ -906,7 +933,7 @@ static int feed_client(Parser *p, Run *r) {
     } else if (end < r->size && pos >= r->n) {
         /* The run goes on past the captured bytes with requests we cannot see. */
         count(p, REQUESTS_UNSEEN_RUNS, 1);
-        add_gap(p, GAP_UNKNOWN);
+        return add_gap(p, GAP_UNKNOWN);
     }
     return 0;
 }
@@ -1061,6 +1088,7 @@ static int parser_clear(Parser *self) {
 static void parser_dealloc(Parser *self) {
     PyObject_GC_UnTrack(self);
     parser_clear(self);
+    PyMem_Free(self->queue);
     Py_TYPE(self)->tp_free((PyObject *)self);
 }
 
