@@ -18,7 +18,8 @@
  * requests that were not queued, so that their responses are absorbed and later pairs stay aligned. A
  * gap of unknown count (requests past the captured bytes) absorbs responses until the server run ends.
  * A Python exception inside feed() (MemoryError, a failing callback) costs that run only: it is counted
- * as parser_errors. Message sizes must lie in 0..2**62 (else the run is a parser error too).
+ * as parser_errors. Message sizes must lie in 0..2**62 (else the run is a parser error too), and a request's
+ * size summed over the runs of its body saturates at 2**62.
  *
  * Single-phase init; the static state (interned names, the imported callables) is read-only after it.
  */
