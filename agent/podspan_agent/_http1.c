@@ -53,9 +53,15 @@ enum {
     N_COUNTERS
 };
 static const char *const counter_names[N_COUNTERS] = {
-    "parser_errors",        "client_runs_unparsed",           "requests_unseen_runs",
-    "requests_dropped_queue_full", "server_runs_unparsed",    "responses_without_request",
-    "responses_to_unparsed_requests", "responses_unseen",     "requests_without_response",
+    "parser_errors",
+    "client_runs_unparsed",
+    "requests_unseen_runs",
+    "requests_dropped_queue_full",
+    "server_runs_unparsed",
+    "responses_without_request",
+    "responses_to_unparsed_requests",
+    "responses_unseen",
+    "requests_without_response",
 };
 
 /* --------------------------------------------------------------------------- names */
