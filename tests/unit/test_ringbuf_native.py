@@ -7,7 +7,6 @@ batch. The kernel side (a real ring buffer drained by RingBuffer) is tests/agent
 from __future__ import annotations
 
 import ctypes
-import mmap
 import os
 import socket
 import struct
@@ -17,33 +16,20 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from podspan_agent import _ringbuf, bpf_events, tracer
-from tests.support import bpf_records
+from tests.support import bpf_records, guarded_memory
 
-PAGE = mmap.PAGESIZE
 U64, U32 = 2**64 - 1, 2**32 - 1
 PEER6 = struct.pack("=H", socket.AF_INET6) + struct.pack("!H", 443) + bytes(4) + socket.inet_pton(
     socket.AF_INET6, "fd00::17") + bytes(4)
 RECORD_KINDS = [kind.value for kind in bpf_events.EventKind]
 
 
-class _Guarded:
-    """A page of readable memory followed by one that faults: bytes are placed at its very end."""
-
-    def __init__(self) -> None:
-        self.map = mmap.mmap(-1, 2 * PAGE)
-        address = ctypes.addressof(ctypes.c_char.from_buffer(self.map))
-        libc = ctypes.CDLL(None, use_errno=True)
-        if libc.mprotect(ctypes.c_void_p(address + PAGE), ctypes.c_size_t(PAGE), 0) != 0:
-            raise OSError(ctypes.get_errno(), "mprotect")
-
-    def decode(self, data: bytes) -> _ringbuf.Event | _ringbuf.OpenEvent | _ringbuf.Malformed:
-        assert len(data) <= PAGE
-        self.map[PAGE - len(data):PAGE] = data
-        with memoryview(self.map)[PAGE - len(data):PAGE] as view:
-            return _ringbuf.decode(view)
+def _decode_guarded(data: bytes) -> _ringbuf.Event | _ringbuf.OpenEvent | _ringbuf.Malformed:
+    with GUARDED.view(data) as view:
+        return _ringbuf.decode(view)
 
 
-GUARDED = _Guarded()
+GUARDED = guarded_memory.GuardedPage()
 
 
 def _header(kind: int, **fields: int) -> bpf_events.EventHeader:
@@ -87,7 +73,7 @@ def _expected(data: bytes) -> tuple[object, ...]:
 
 
 def _check(data: bytes) -> _ringbuf.Event | _ringbuf.OpenEvent | _ringbuf.Malformed:
-    record = GUARDED.decode(data)
+    record = _decode_guarded(data)
     assert record == _expected(data)
     assert _ringbuf.decode(data) == record  # bytes too, not only a memoryview
     return record

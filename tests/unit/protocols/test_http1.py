@@ -378,3 +378,14 @@ def test_a_status_line_needs_a_version_digit() -> None:
     for from_client, data in runs:
         parser.feed(base.Message(from_client, data, len(data), 1, 2))
     assert parser.counters["parser_errors"] == 0 and parser.counters["server_runs_unparsed"] == 1
+
+
+def test_a_status_code_cut_by_the_capture_is_not_a_status() -> None:
+    # Found while porting to C: "HTTP/1.1 2" (capture cut inside the code) was paired with status 2.
+    assert not http1._is_status_line(b"HTTP/1.1 2", 0)
+    assert not http1._is_status_line(b"HTTP/1.1 20", 0)
+    assert http1._is_status_line(b"HTTP/1.1 200", 0)
+    runs = [(True, b"GET / HTTP/1.1\r\n\r\n"), (False, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")]
+    records, parser = parse(runs, capture=10, flush=False)
+    assert records == [] and parser.pending == 1
+    assert parser.counters["server_runs_unparsed"] == 1
