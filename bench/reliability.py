@@ -10,8 +10,8 @@ sample shop as pods) under a steady request rate:
                   node config converges, and how many NodeTraceConfig writes it took (generation increments)
 
 Prints one table per scenario. Nothing is asserted (tests/e2e/local asserts the behaviour).
-Run: `PYTHONPATH=. .venv/bin/python bench/reliability.py [--outage 300] [--rate 50] [--scenarios outage,agent-kill,operator-kill]`
-(as root; a few minutes plus the outage).
+Run, as root (a few minutes plus the outage): `PYTHONPATH=. .venv/bin/python bench/reliability.py [--outage 300]
+[--rate 50] [--scenarios outage,agent-kill,operator-kill]`.
 """
 
 from __future__ import annotations

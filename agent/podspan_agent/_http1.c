@@ -1213,6 +1213,19 @@ static PyObject *parser_counters(Parser *self, void *closure) {
     return counters;
 }
 
+/* What base.Parser calls `dropped`: exchanges that never became records. Requests reported without
+ * their response (no response, unseen responses) are records, not drops; a response to an unparsed
+ * request is the same loss as that request's gap, so it is not counted twice. */
+static PyObject *parser_dropped(Parser *self, void *closure) {
+    (void)closure;
+    static const int lost[] = {PARSER_ERRORS, CLIENT_RUNS_UNPARSED, REQUESTS_UNSEEN_RUNS, REQUESTS_DROPPED_QUEUE_FULL,
+                               SERVER_RUNS_UNPARSED, RESPONSES_WITHOUT_REQUEST};
+    Py_ssize_t total = 0;
+    for (size_t i = 0; i < sizeof(lost) / sizeof(lost[0]); i++)
+        total += self->counters[lost[i]];
+    return PyLong_FromSsize_t(total);
+}
+
 static PyMethodDef parser_methods[] = {
     {"feed", (PyCFunction)parser_feed, METH_O,
      "feed(message, /)\n--\n\nParse one run (a base.Message); return the records it completed."},
@@ -1225,6 +1238,7 @@ static PyGetSetDef parser_getset[] = {
     {"pending", (getter)parser_pending, NULL, "Queued requests and gaps; never more than MAX_PENDING + 1.", NULL},
     {"counters", (getter)parser_counters, NULL, "What was lost or not parsed, by name (a new collections.Counter).",
      NULL},
+    {"dropped", (getter)parser_dropped, NULL, "Exchanges that could not be reported (base.Parser.dropped).", NULL},
     {NULL, NULL, NULL, NULL, NULL},
 };
 

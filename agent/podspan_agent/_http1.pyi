@@ -29,5 +29,9 @@ class Parser:
     def counters(self) -> collections.Counter[str]:
         """What was lost or not parsed, by name (a new Counter on each access)."""
 
+    @property
+    def dropped(self) -> int:
+        """Exchanges that could not be reported (base.Parser.dropped)."""
+
 def is_status_line(data: ReadableBuffer, pos: int, /) -> bool:
     """Whether an HTTP/1.0 or 1.1 status line with a three-digit code from 100 to 999 starts at data[pos]."""

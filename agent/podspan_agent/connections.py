@@ -23,6 +23,8 @@ _DETECT_ATTEMPTS = 3
 _FINGERPRINT_BYTES = 128
 # Request fingerprints kept per connection while their exchange is open (pipelining depth).
 _MAX_OPEN_REQUESTS = 64
+# Cgroups whose closed connections' parser drops are kept apart; beyond, they are summed under cgroup 0.
+_MAX_DROP_CGROUPS = 4096
 # Plain ints on the per-event path: an IntFlag operation builds a new enum member each time.
 _DATAGRAM = int(bpf_events.ConnFlag.DATAGRAM)
 _CLIENT, _SERVER = int(bpf_events.Role.CLIENT), int(bpf_events.Role.SERVER)
@@ -132,6 +134,7 @@ class ConnectionTable:
         self._conns: collections.OrderedDict[int, Connection] = collections.OrderedDict()
         self._by_process: dict[int, dict[int, int]] = {}  # tgid -> fd -> conn_id
         self._listen_cache: dict[tuple[int, int], sockaddr.Endpoint | None] = {}
+        self._closed_drops: collections.Counter[int] = collections.Counter()  # cgroup id -> parser drops
         self.stats = TableStats()
 
     def set_detector(self, detect: registry.Detector) -> None:
@@ -240,6 +243,15 @@ class ConnectionTable:
             self._deliver(conn, run, live.bytes, live.end_ns)
             run.delivered = True
 
+    def parser_drops_by_cgroup(self) -> dict[int, int]:
+        """Per cgroup id, the exchanges its connections' parsers could not report since the table started
+        (open connections included; cumulative, like the kernel's counters)."""
+        drops = collections.Counter(self._closed_drops)
+        for conn in self._conns.values():
+            if conn.parser is not None:
+                drops[conn.cgroup_id] += conn.parser.dropped
+        return {cgroup_id: count for cgroup_id, count in drops.items() if count}
+
     def busy_threads(self) -> set[tuple[int, int]]:
         """(tgid, tid) of every thread that has received a request it has not yet answered."""
         return {
@@ -331,6 +343,12 @@ class ConnectionTable:
             log.exception("%s parser failed to flush connection %d", conn.protocol, conn.conn_id)
             return
         self._emit(conn, records)
+        dropped = conn.parser.dropped
+        if dropped:
+            key = conn.cgroup_id if (conn.cgroup_id in self._closed_drops
+                                     or len(self._closed_drops) < _MAX_DROP_CGROUPS) else 0
+            self._closed_drops[key] += dropped
+        conn.parser = None  # its drops now live in _closed_drops
 
     def _emit(self, conn: Connection, records: list[base.Record]) -> None:
         for record in records:

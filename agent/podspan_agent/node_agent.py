@@ -134,8 +134,11 @@ class Router:
         self._samplers: dict[str, sampling.SmartSampler] = {}  # profiles in smart mode
         self._by_container: dict[str, tuple[str, ...]] = {}
         self._by_cgroup: dict[int, tuple[str, ...]] = {}  # attached targets' cgroup id -> their profiles
-        self._lost_seen: dict[int, int] = {}  # per cgroup, the kernel's loss count already attributed
+        # Per cgroup, the cumulative counts already attributed to profiles: kernel losses, parser drops.
+        self._lost_seen: dict[int, int] = {}
         self._lost_by_profile: collections.Counter[str] = collections.Counter()
+        self._drops_seen: dict[int, int] = {}
+        self._drops_by_profile: collections.Counter[str] = collections.Counter()
         self.unrouted = 0
 
     def configure(self, profiles: list[models.ResolvedProfile], plans: list[TargetPlan]) -> None:
@@ -203,29 +206,32 @@ class Router:
         for key in sorted(keys):
             self._metrics.record_pair(client, server, profile=key)
 
-    def counters(self, lost_by_cgroup: dict[int, int]) -> list[models.ProfileCounters]:
-        """Per profile: its exporter's counters and the kernel events lost for its own pods' cgroups."""
-        self._attribute_losses(lost_by_cgroup)
+    def counters(self, lost_by_cgroup: dict[int, int], drops_by_cgroup: dict[int, int]) -> list[models.ProfileCounters]:
+        """Per profile: its exporter's counters, and the kernel events lost and the exchanges the parsers
+        dropped for its own pods' cgroups."""
+        self._attribute(lost_by_cgroup, self._lost_seen, self._lost_by_profile)
+        self._attribute(drops_by_cgroup, self._drops_seen, self._drops_by_profile)
         counters = []
         for key, exporter in sorted(self._exporters.items()):
             stats = exporter.stats()
             counters.append(models.ProfileCounters(
                 profile=key, spans_exported=stats.spans_exported, spans_dropped=stats.spans_dropped,
-                events_lost=self._lost_by_profile[key],
+                events_lost=self._lost_by_profile[key], parser_drops=self._drops_by_profile[key],
                 export_error=stats.failing[:_ERROR_CHARS] if stats.failing else None,
             ))
         return counters
 
-    def _attribute_losses(self, lost_by_cgroup: dict[int, int]) -> None:
+    def _attribute(self, totals: dict[int, int], seen_by_cgroup: dict[int, int],
+                   by_profile: collections.Counter[str]) -> None:
         # Profiles keep what they lost when a target goes (monotonic counters); losses of a cgroup no
-        # profile traces any more stay only in the kernel's node-wide counter (Probes.stats()).
-        for cgroup_id, total in lost_by_cgroup.items():
-            seen = self._lost_seen.get(cgroup_id, 0)
+        # profile traces any more stay only in the node-wide counters (Probes.stats(), tracer stats).
+        for cgroup_id, total in totals.items():
+            seen = seen_by_cgroup.get(cgroup_id, 0)
             new = total - seen if total >= seen else total  # a reloaded program counts from zero again
-            self._lost_seen[cgroup_id] = total
+            seen_by_cgroup[cgroup_id] = total
             if new > 0:
                 for key in self._by_cgroup.get(cgroup_id, ()):
-                    self._lost_by_profile[key] += new
+                    by_profile[key] += new
 
     def _export_to(self, key: str, span: model.SpanRecord) -> None:
         exporter = self._exporters.get(key)
@@ -401,7 +407,7 @@ class NodeAgent:
             agent_version=AGENT_VERSION,
             header_source=self._headers.describe(),
             targets=[p.status for p in self._plans],
-            profiles=self.router.counters(lost),
+            profiles=self.router.counters(lost, self.tracer.table.parser_drops_by_cgroup()),
             probes_attached=self._probes.attached,
         )
         if patch_status(self._custom, self.node, status):

@@ -179,4 +179,5 @@ class Tracer:
         result["malformed_events"] = self.malformed_events
         result["event_errors"] = self.event_errors
         result["connections"] = len(self.table)
+        result["parser_drops"] = sum(self.table.parser_drops_by_cgroup().values())
         return result

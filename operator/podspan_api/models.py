@@ -346,6 +346,8 @@ class ProfileStatus(Model):
     spans_exported: Count = pydantic.Field(default=0, description="Spans exported, summed over nodes.")
     spans_dropped: Count = pydantic.Field(default=0, description="Spans dropped, summed over nodes.")
     events_lost: Count = pydantic.Field(default=0, description="Kernel events lost, summed over nodes.")
+    parser_drops: Count = pydantic.Field(
+        default=0, description="Exchanges the protocol parsers could not report, summed over nodes.")
     conditions: list[Condition] = pydantic.Field(
         default_factory=list, description="Ready and Degraded.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
@@ -512,6 +514,9 @@ class ProfileCounters(Model):
     spans_exported: Count = pydantic.Field(default=0, description="Spans accepted by the exporter.")
     spans_dropped: Count = pydantic.Field(default=0, description="Spans dropped (queue full, export error).")
     events_lost: Count = pydantic.Field(default=0, description="Kernel events lost for this profile's pods.")
+    parser_drops: Count = pydantic.Field(
+        default=0, description="Exchanges of this profile's pods the protocol parsers could not report (queue "
+        "overflow, unparsable or cut bytes, framing lost).")
     export_error: str | None = pydantic.Field(
         default=None, description="The last OTLP export error while exports fail; absent once one succeeds.")
 

@@ -51,6 +51,7 @@ class _Tally:
     exported: int = 0
     dropped: int = 0
     lost: int = 0
+    parser_drops: int = 0
 
     @property
     def nodes(self) -> int:
@@ -79,6 +80,7 @@ def _tally(key: str, configs: Iterable[render.NodeConfig], now: datetime.datetim
             tally.exported += counters.spans_exported
             tally.dropped += counters.spans_dropped
             tally.lost += counters.events_lost
+            tally.parser_drops += counters.parser_drops
         heartbeat = status.heartbeat_time if status else None
         if heartbeat is None and config.created and (now - config.created).total_seconds() <= heartbeat_timeout:
             tally.applying.append(config.name)  # a new node config: its agent has not had time to report
@@ -177,5 +179,5 @@ def aggregate(
         nodes=models.NodeCounts(ready=len(tally.ready),
                                 total=tally.nodes),
         spans_exported=tally.exported, spans_dropped=tally.dropped, events_lost=tally.lost,
-        conditions=conditions)
+        parser_drops=tally.parser_drops, conditions=conditions)
     return status, transitions

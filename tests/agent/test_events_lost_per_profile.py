@@ -11,6 +11,7 @@ import socket
 import pytest
 
 from podspan_agent import kernel_headers, loader, node_agent
+from podspan_agent.metrics import red
 from podspan_api import models
 from podspan_demo import pods, servers
 from tests.agent import conftest
@@ -76,19 +77,19 @@ def test_overflow_is_counted_for_the_pod_that_lost_events_only(pod_runner: pods.
     assert lost.get(quiet.cgroup_id, 0) == 0  # the ring was full for it too, but it sent nothing more
     assert sum(lost.values()) == total  # every loss has its cgroup
 
-    router = node_agent.Router(export_queue=16)
+    router = node_agent.Router(export_queue=16, metrics=red.RedMetrics())
     try:
         router.configure([_profile("TraceProfile/shop/busy", "busy"), _profile("TraceProfile/shop/quiet", "quiet")],
                          [_plan(busy.cgroup_id, "TraceProfile/shop/busy"),
                           _plan(quiet.cgroup_id, "TraceProfile/shop/quiet")])
-        by_profile = {c.profile: c.events_lost for c in router.counters(lost)}
+        by_profile = {c.profile: c.events_lost for c in router.counters(lost, {})}
         assert by_profile == {"TraceProfile/shop/busy": lost[busy.cgroup_id], "TraceProfile/shop/quiet": 0}
         # Counters are cumulative: the same kernel totals again add nothing; a reloaded program (counts
         # from zero) adds what it counts anew; a target that goes keeps its profile's count.
-        assert {c.profile: c.events_lost for c in router.counters(lost)} == by_profile
+        assert {c.profile: c.events_lost for c in router.counters(lost, {})} == by_profile
         router.configure([_profile("TraceProfile/shop/busy", "busy"), _profile("TraceProfile/shop/quiet", "quiet")],
                          [_plan(quiet.cgroup_id, "TraceProfile/shop/quiet")])
-        again = {c.profile: c.events_lost for c in router.counters({quiet.cgroup_id: 3, busy.cgroup_id: 7})}
+        again = {c.profile: c.events_lost for c in router.counters({quiet.cgroup_id: 3, busy.cgroup_id: 7}, {})}
         assert again == {"TraceProfile/shop/busy": lost[busy.cgroup_id], "TraceProfile/shop/quiet": 3}
     finally:
         router.shutdown()

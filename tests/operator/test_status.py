@@ -14,8 +14,8 @@ KEY = "TraceProfile/shop/p"
 
 
 def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exported: int = 0,
-           lost: int = 0, attached: bool = True, probe_errors: bool = False, export_error: str | None = None,
-           now: datetime.datetime = NOW) -> render.NodeConfig:
+           lost: int = 0, drops: int = 0, attached: bool = True, probe_errors: bool = False,
+           export_error: str | None = None, now: datetime.datetime = NOW) -> render.NodeConfig:
     spec = models.NodeTraceConfigSpec(targets=[
         models.PodTarget(uid=f"{name}-{i}", namespace="shop", name=f"{name}-{i}", qos_class="BestEffort",
                          service_name="web", containers=[models.ContainerTarget(name="app", profiles=[KEY])])
@@ -24,7 +24,7 @@ def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exp
         heartbeat_time=now - datetime.timedelta(seconds=age),
         targets=[models.TargetStatus(pod_uid=f"{name}-{i}", container="app",
                                      state="attached" if attached else "waiting") for i in range(pods)],
-        profiles=[models.ProfileCounters(profile=KEY, spans_exported=exported, events_lost=lost,
+        profiles=[models.ProfileCounters(profile=KEY, spans_exported=exported, events_lost=lost, parser_drops=drops,
                                          spans_dropped=40 if export_error else 0, export_error=export_error)]
         if reported
         else [],
@@ -37,9 +37,9 @@ def conditions(s: models.ProfileStatus) -> dict[str, tuple[str, str]]:
 
 
 def test_counts_are_summed_over_nodes() -> None:
-    s, transitions = status.aggregate(tp("p"), 5, [config("a", 2, exported=10), config("b", 3, exported=5)],
-                                      NOW, 60)
-    assert (s.matched_pods, s.traced_pods, s.spans_exported) == (5, 5, 15)
+    s, transitions = status.aggregate(tp("p"), 5, [config("a", 2, exported=10, drops=2),
+                                                   config("b", 3, exported=5, drops=1)], NOW, 60)
+    assert (s.matched_pods, s.traced_pods, s.spans_exported, s.parser_drops) == (5, 5, 15, 3)
     assert (s.nodes.ready, s.nodes.total) == (2, 2)
     assert conditions(s) == {"Ready": ("True", "Tracing"), "Degraded": ("False", "AsExpected")}
     assert [t.reason for t in transitions] == ["Tracing", "AsExpected"]

@@ -110,3 +110,18 @@ def test_reopening_a_tracked_slot_ends_the_old_connection() -> None:
     assert seen.paths() == [("/users/7", None)]
     assert [c.conn_id for c in seen.table.connections()] == [2]
     assert seen.table.stats.replaced == 1
+
+
+def test_parser_drops_are_counted_per_cgroup_and_outlive_their_connection() -> None:
+    run = Recorder()
+    run.open(1)
+    run.data(1, 1_000, OUT, REQUEST)
+    run.data(1, 2_000, IN, b"garbage that is no status line\r\n", prev=bpf_events.Run(
+        start_ns=1_000, end_ns=1_500, bytes=len(REQUEST), chunks=1, direction=OUT))
+    run.data(1, 3_000, OUT, REQUEST, prev=bpf_events.Run(start_ns=2_000, end_ns=2_500, bytes=40, chunks=1,
+                                                         direction=IN))
+    assert run.table.parser_drops_by_cgroup() == {0: 1}  # the unparsable response, while the connection is open
+    conn = run.table.connections()[0]
+    run.table.finish(conn, None)
+    assert run.table.parser_drops_by_cgroup() == {0: 1}  # still there once it closed, and counted once
+    assert sum(run.table.parser_drops_by_cgroup().values()) == 1

@@ -128,6 +128,8 @@ def test_summary_line() -> None:
         "1000.0 spans/s" in line and "900 traces" in line and "7 dropped" in line and "5 events lost" in line
     )
     assert "250.0 spans/s" in console.summary_line(now)
+    assert "parser drops" not in line
+    assert "  3 parser drops" in console.summary_line(dataclasses.replace(now, parser_drops=3))
     assert "exported" not in line  # printed spans: nothing is exported
     otlp = dataclasses.replace(now, spans_exported=2990)
     assert "3000 spans  900 traces  2990 exported  7 dropped" in console.summary_line(otlp)

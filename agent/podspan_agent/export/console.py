@@ -245,6 +245,7 @@ class LiveStats:
     spans_dropped: int
     events_lost: int
     spans_exported: int | None = None  # OTLP: delivered to the endpoint (spans = exported + dropped + queued)
+    parser_drops: int = 0  # exchanges the parsers could not report (before any span existed)
 
 
 def summary_line(current: LiveStats, previous: LiveStats | None = None) -> str:
@@ -257,4 +258,5 @@ def summary_line(current: LiveStats, previous: LiveStats | None = None) -> str:
         f"{current.elapsed_s:7.1f}s  {rate:9.1f} spans/s  {current.spans} spans  {current.traces} traces  "
         + (f"{current.spans_exported} exported  " if current.spans_exported is not None else "")
         + f"{current.spans_dropped} dropped  {current.events_lost} events lost"
+        + (f"  {current.parser_drops} parser drops" if current.parser_drops else "")
     )

@@ -70,6 +70,7 @@ class Standalone:
             spans_dropped=dropped,
             events_lost=tracer_stats.get("kernel_events_lost", 0),
             spans_exported=exported,
+            parser_drops=tracer_stats.get("parser_drops", 0),
         )
         line = console.summary_line(current, self._previous)
         self._previous = current

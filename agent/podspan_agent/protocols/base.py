@@ -71,6 +71,12 @@ class Record:
 class Parser(Protocol):
     """Per-connection parser: bounded state, never raises on malformed input."""
 
+    @property
+    def dropped(self) -> int:
+        """Exchanges (or the messages of them) it could not turn into records: queue overflow,
+        unparsable runs, framing lost; counted since the parser was made."""
+        ...
+
     def feed(self, message: Message) -> list[Record]: ...
 
     def flush(self) -> list[Record]:
