@@ -34,6 +34,8 @@ class SpanBuilder:
             cached = self._by_connection[conn.conn_id] = _connection_attributes(conn, kind)
         defaults, forced = cached
         attributes = {**defaults, **record.attributes, **forced}
+        if conn.tls and attributes.get("url.scheme") == "http":
+            attributes["url.scheme"] = "https"  # HTTP/1 has no scheme of its own: the connection's TLS is it
         error = _error(record, kind)
         status = attributes.get("http.response.status_code")
         if error is not None and isinstance(status, int) and status >= 400:

@@ -1,0 +1,182 @@
+"""HTTPS through the real kernel path: OpenSSL (Debian's libssl.so.3) in real servers and clients in real
+cgroups, the TLS probes attached by the agent's own discovery, spans at a real OTLP receiver."""
+
+from __future__ import annotations
+
+import collections.abc
+import http.client
+import pathlib
+import ssl
+import subprocess
+import time
+
+import pytest
+
+from podspan_agent import cgroups, loader, tls, tracer
+from podspan_demo import pods, servers
+from tests.agent import conftest
+from tests.support import otlp_receiver
+
+SERVER, CLIENT = 2, 3  # OTLP SpanKind values
+Spans = list[otlp_receiver.ReceivedSpan]
+Certificate = tuple[pathlib.Path, pathlib.Path]
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    return servers.self_signed_certificate(tmp_path_factory.mktemp("tls"))
+
+
+@pytest.fixture
+def tracker(probes: loader.Probes) -> collections.abc.Iterator[tls.Tracker]:
+    found = tls.Tracker(probes)
+    yield found
+    found.close()
+
+
+def _follow(tracker: tls.Tracker, *traced_pods: pods.Pod) -> list[tls.LibraryState]:
+    """What the agent does on its ticks: look at the traced pods' processes and attach to their OpenSSL."""
+    pids = [pid for pod in traced_pods for pid in cgroups.processes(pod.cgroup_dir)]
+    tracker.sync(pids)
+    return [state for pid in pids for state in tracker.libraries(pid)]
+
+
+def _with_path(path: str, count: int) -> collections.abc.Callable[[Spans], bool]:
+    return lambda spans: sum(1 for s in spans if s.attributes.get("url.path") == path) >= count
+
+
+def _https_get(port: int, path: str, ca: pathlib.Path) -> int:
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ssl.create_default_context(cafile=ca))
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
+
+
+def _https_server(pod_runner: pods.PodRunner, name: str, certificate: Certificate,
+                  extra: tuple[str, ...] = ()) -> tuple[pods.Pod, int]:
+    port = conftest.free_port()
+    pod = pod_runner.start(name, [*conftest.SAMPLE_APP, *extra, "--port", str(port), "--tls-cert",
+                                  str(certificate[0]), "--tls-key", str(certificate[1])],
+                           env={"OTEL_SERVICE_NAME": name})
+    pods.wait_for_port("127.0.0.1", port)
+    return pod, port
+
+
+def test_https_frontend_backend_trace(
+    agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
+    tracker: tls.Tracker, certificate: Certificate,
+) -> None:
+    backend, backend_port = _https_server(pod_runner, "tls-backend", certificate, ("backend",))
+    frontend, port = _https_server(pod_runner, "tls-frontend", certificate, (
+        "frontend", "--backend", f"https://127.0.0.1:{backend_port}", "--backend-ca", str(certificate[0])))
+    traced(frontend)  # type: ignore[operator]
+    traced(backend)  # type: ignore[operator]
+    libraries = _follow(tracker, frontend, backend)
+    assert libraries and all(not state.error for state in libraries)
+    assert {state.library.name for state in libraries} == {f"openssl-{ssl.OPENSSL_VERSION.split()[1]} (libssl.so.3)"}
+    assert set(libraries[0].symbols) == {"SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex", "SSL_do_handshake"}
+
+    assert _https_get(port, "/users/4242", certificate[0]) == 200
+    spans = receiver.wait_for(_with_path("/users/4242", 3), timeout=20)
+    ours = [s for s in spans if s.attributes.get("url.path") == "/users/4242"]
+    by_role = {(s.resource.get("service.name"), s.kind): s for s in ours}
+    entry, call = by_role[("tls-frontend", SERVER)], by_role[("tls-frontend", CLIENT)]
+    backend_span = by_role[("tls-backend", SERVER)]
+    assert entry.parent_span_id is None
+    assert call.parent_span_id == entry.span_id
+    assert backend_span.parent_span_id == call.span_id
+    assert entry.trace_id == call.trace_id == backend_span.trace_id != 0
+    for span in ours:
+        assert span.name == "GET /users/{id}"
+        assert span.attributes["http.request.method"] == "GET"
+        assert span.attributes["http.response.status_code"] == 200
+        assert span.attributes["url.scheme"] == "https"
+    assert entry.start_ns <= call.start_ns <= backend_span.start_ns
+    assert backend_span.end_ns <= call.end_ns <= entry.end_ns
+    assert entry.attributes["server.port"] == port
+    assert call.attributes["server.port"] == backend_port
+    assert len(ours) == 3  # one span per hop: the ciphertext of the same connections made none
+
+
+def test_curl_against_nginx_and_python_https(
+    agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
+    tracker: tls.Tracker, certificate: Certificate, tmp_path: pathlib.Path,
+) -> None:
+    nginx_port = conftest.free_port()
+    conf = servers.nginx_config(tmp_path, "127.0.0.1", nginx_port, tls=certificate)
+    nginx = pod_runner.start("tls-nginx", [conftest.nginx_binary(), "-c", str(conf), "-p", str(tmp_path)])
+    python_server, python_port = _https_server(pod_runner, "tls-python", certificate, ("backend",))
+    pods.wait_for_port("127.0.0.1", nginx_port)
+    gate = tmp_path / "gate"
+    urls = [f"https://127.0.0.1:{nginx_port}/api/items/7", f"https://127.0.0.1:{nginx_port}/nope-404",
+            f"https://127.0.0.1:{python_port}/users/77"]
+    curl = pod_runner.start("tls-curl", conftest.gated(gate, [
+        "curl", "-sS", "--cacert", str(certificate[0]), "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
+        *urls]))
+    for pod in (nginx, python_server, curl):
+        traced(pod)  # type: ignore[operator]
+    # curl is still the gate's shell: it maps the same libssl when it starts, already probed by then.
+    assert {state.library.path for state in _follow(tracker, nginx, python_server, curl)} == {
+        "/usr/lib/x86_64-linux-gnu/libssl.so.3"}
+    gate.touch()
+    assert curl.process is not None and curl.process.wait(timeout=30) == 0
+
+    spans = receiver.wait_for(lambda found: _with_path("/users/77", 2)(found) and _with_path("/nope-404", 2)(found),
+                              timeout=20)
+    nginx_spans = {(s.attributes["url.path"], s.kind): s for s in spans
+                   if s.attributes.get("server.port") == nginx_port}
+    assert set(nginx_spans) == {(path, kind) for path in ("/api/items/7", "/nope-404") for kind in (SERVER, CLIENT)}
+    assert nginx_spans[("/api/items/7", SERVER)].attributes["http.response.status_code"] == 200
+    assert nginx_spans[("/api/items/7", SERVER)].attributes["http.route"] == "/api/items/{id}"
+    assert nginx_spans[("/nope-404", SERVER)].attributes["http.response.status_code"] == 404
+    assert nginx_spans[("/nope-404", CLIENT)].attributes["http.response.status_code"] == 404
+    python_spans = [s for s in spans if s.attributes.get("url.path") == "/users/77"]
+    assert {s.kind for s in python_spans} == {SERVER, CLIENT}
+    for span in [*nginx_spans.values(), *python_spans]:
+        assert span.attributes["url.scheme"] == "https"
+        assert span.attributes["http.request.method"] == "GET"
+        pid = curl.pid if span.kind == CLIENT else (python_server.pid if span in python_spans else None)
+        if pid is not None:
+            assert span.resource["process.pid"] == pid
+    # curl's client span and the server's span of one request are one trace, parent and child.
+    for client, server in ((nginx_spans[("/api/items/7", CLIENT)], nginx_spans[("/api/items/7", SERVER)]),
+                           tuple(sorted(python_spans, key=lambda s: -s.kind))):
+        assert server.trace_id == client.trace_id and server.parent_span_id == client.span_id
+
+
+def test_without_tls_probes_ciphertext_yields_nothing(
+    agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
+    probes: loader.Probes, certificate: Certificate, tmp_path: pathlib.Path,
+) -> None:
+    port = conftest.free_port()
+    conf = servers.nginx_config(tmp_path, "127.0.0.1", port, tls=certificate)
+    nginx = pod_runner.start("tls-off", [conftest.nginx_binary(), "-c", str(conf), "-p", str(tmp_path)])
+    pods.wait_for_port("127.0.0.1", port)
+    traced(nginx)  # type: ignore[operator]  # no tls.Tracker: capture.tls switched off
+    handshakes, records = agent.table.stats.tls_handshakes, agent.table.stats.records
+    undetected, undecrypted = agent.table.stats.undetected, agent.table.stats.tls_undecrypted
+    ciphertext = probes.stats()["tls_ciphertext"]
+    for _ in range(3):
+        assert _https_get(port, "/api/items/9", certificate[0]) == 200
+    # The connections are closed: their CLOSE events follow the TLS ones, so once the counters moved the
+    # agent has seen everything the kernel sent about them.
+    deadline = time.monotonic() + 10
+    while agent.table.stats.tls_undecrypted < undecrypted + 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent.table.stats.tls_undecrypted == undecrypted + 3  # three TLS connections ended, none decrypted
+    assert agent.table.stats.tls_handshakes == handshakes + 3
+    assert probes.stats()["tls_ciphertext"] >= ciphertext + 3 * 2  # at least a record each way, not captured
+    assert agent.table.stats.undetected == undetected  # no ciphertext went to protocol detection
+    assert agent.table.stats.records == records
+    assert not [s for s in receiver.spans() if s.attributes.get("server.port") == port]
+    assert (nginx.cgroup_id, _worker(nginx)) in agent.table.tls_processes
+
+
+def _worker(pod: pods.Pod) -> int:
+    """nginx's worker: the process that accepts (its master only forks)."""
+    children = subprocess.run(["pgrep", "-P", str(pod.pid)], capture_output=True, text=True).stdout.split()
+    return int(children[0])
