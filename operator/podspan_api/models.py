@@ -223,6 +223,10 @@ class Capture(Model):
         pydantic.Field(default_factory=list, max_length=256,
                        description="http.route templates such as /users/{id}; without them ids, numbers "
                                    "and UUIDs in paths are replaced by {id}.")
+    tls: bool = pydantic.Field(
+        default=True, description="Read TLS plaintext from the OpenSSL the pods' processes use (uprobes on "
+                                  "libssl or an executable that links it statically), so HTTPS and TLS database "
+                                  "traffic yield spans; off, TLS connections yield none.")
 
 
 class Filters(Model):
@@ -466,6 +470,12 @@ class TargetStatus(Model):
                     "error: see reason.")
     reason: str = pydantic.Field(default="", description="CamelCase reason, e.g. CgroupNotFound.")
     message: str = pydantic.Field(default="", description="Details.")
+    tls: list[Annotated[str, pydantic.StringConstraints(max_length=512)]] = pydantic.Field(
+        default_factory=list, max_length=32,
+        description="TLS libraries the container's processes use and whether the TLS probes are attached "
+                    "(e.g. 'openssl-3.0.19 (libssl.so.3): attached'), and processes that open TLS connections "
+                    "with a TLS stack that is not probed (Go crypto/tls, BoringSSL, ...). Empty when no "
+                    "profile of the container reads TLS or its processes use none.")
 
 
 class ProfileCounters(Model):
