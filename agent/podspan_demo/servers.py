@@ -35,13 +35,16 @@ def self_signed_certificate(directory: pathlib.Path, host: str = "127.0.0.1") ->
 
 
 def nginx_config(root: pathlib.Path, host: str, port: int, upstream: int | None = None,
-                 tls: tuple[pathlib.Path, pathlib.Path] | None = None) -> pathlib.Path:
+                 tls: tuple[pathlib.Path, pathlib.Path] | None = None, http2: bool = False) -> pathlib.Path:
     """One worker as root (temp dirs are private), no access log, a static file at / and
     a `return 200` at /api/ (and with `upstream`, /upstream/ proxied to that port on `host`); every
-    path nginx writes stays under `root`. `tls`: (certificate, key) to serve HTTPS instead."""
+    path nginx writes stays under `root`. `tls`: (certificate, key) to serve HTTPS instead, and with
+    `http2` HTTP/2 too (clients choose it by ALPN)."""
     proxied = f"location /upstream/ {{ proxy_pass http://{host}:{upstream}; }}" if upstream else ""
-    listen = f"{host}:{port} ssl;\n        ssl_certificate {tls[0]};\n        ssl_certificate_key {tls[1]}" if tls \
-        else f"{host}:{port}"
+    listen = f"{host}:{port}"
+    if tls:
+        listen += (" ssl http2" if http2 else " ssl") + f";\n        ssl_certificate {tls[0]};\n" \
+                  f"        ssl_certificate_key {tls[1]}"
     (root / "html").mkdir(exist_ok=True)
     (root / "html" / "index.html").write_text("<h1>podspan</h1>\n")
     conf = root / "nginx.conf"

@@ -180,3 +180,28 @@ def _worker(pod: pods.Pod) -> int:
     """nginx's worker: the process that accepts (its master only forks)."""
     children = subprocess.run(["pgrep", "-P", str(pod.pid)], capture_output=True, text=True).stdout.split()
     return int(children[0])
+
+
+def test_http2_over_tls_from_curl_to_nginx(
+    agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
+    tracker: tls.Tracker, certificate: Certificate, tmp_path: pathlib.Path,
+) -> None:
+    # ALPN picks h2: the plaintext starts with the client preface, so the connection switches to capturing
+    # every chunk, which the TLS probes do through their own tail-called capture program.
+    port = conftest.free_port()
+    conf = servers.nginx_config(tmp_path, "127.0.0.1", port, tls=certificate, http2=True)
+    nginx = pod_runner.start("tls-h2", [conftest.nginx_binary(), "-c", str(conf), "-p", str(tmp_path)])
+    pods.wait_for_port("127.0.0.1", port)
+    traced(nginx)  # type: ignore[operator]
+    assert _follow(tracker, nginx)
+    done = subprocess.run(["curl", "-sS", "--http2", "--cacert", str(certificate[0]), "-o", "/dev/null",
+                           "-w", "%{http_version}", f"https://127.0.0.1:{port}/api/items/55"],
+                          capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0 and done.stdout == "2", done.stderr
+    spans = receiver.wait_for(_with_path("/api/items/55", 1), timeout=20)
+    span = next(s for s in spans if s.attributes.get("url.path") == "/api/items/55")
+    assert span.kind == SERVER
+    assert span.attributes["network.protocol.version"] == "2"
+    assert span.attributes["url.scheme"] == "https"
+    assert span.attributes["http.request.method"] == "GET"
+    assert span.attributes["http.response.status_code"] == 200
