@@ -47,7 +47,7 @@ class LibraryState:
         return f"{self.library.name}: attached"
 
 
-def _mapped_files(pid: int) -> dict[str, tuple[str, int]]:
+def mapped_files(pid: int) -> dict[str, tuple[str, int]]:
     """Executable file mappings of process `pid`: path -> (device, inode). Empty if it is gone."""
     files: dict[str, tuple[str, int]] = {}
     try:
@@ -63,6 +63,11 @@ def _mapped_files(pid: int) -> dict[str, tuple[str, int]]:
     except (OSError, ValueError):
         return {}
     return files
+
+
+def is_libssl(path: str) -> bool:
+    """Whether `path` names OpenSSL's libssl (libssl.so, libssl.so.3, libssl.so.1.1)."""
+    return _LIBSSL.search(path) is not None
 
 
 def exports(path: str, names: Iterable[bytes]) -> set[bytes]:
@@ -166,7 +171,7 @@ class Tracker:
         self.sync(())
 
     def _libraries(self, pid: int) -> list[Library]:
-        files = _mapped_files(pid)
+        files = mapped_files(pid)
         try:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
@@ -186,7 +191,7 @@ class Tracker:
     def _examine(pid: int, path: str, key: tuple[str, int], executable: bool) -> Library | None:
         root = f"/proc/{pid}/root"
         name = path.rpartition("/")[2]
-        if _LIBSSL.search(path):
+        if is_libssl(path):
             version = _openssl_version(root, path)
             return Library(key, path, root + path, f"openssl-{version} ({name})" if version else f"openssl ({name})")
         if executable and exports(root + path, _REQUIRED_EXPORTS) == set(_REQUIRED_EXPORTS):

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from podspan_agent import bpf_events, connections
+from podspan_agent import _ringbuf, bpf_events, connections
 from podspan_agent.protocols import base, registry
 from tests.support import bpf_records
 
@@ -110,3 +110,43 @@ def test_reopening_a_tracked_slot_ends_the_old_connection() -> None:
     assert seen.paths() == [("/users/7", None)]
     assert [c.conn_id for c in seen.table.connections()] == [2]
     assert seen.table.stats.replaced == 1
+
+
+def _tls_event(conn_id: int, ts: int, direction: int) -> _ringbuf.Event:
+    hdr = _header(bpf_events.EventKind.TLS, conn_id, 10, 3, ts, direction)
+    hdr.flags, hdr.cgroup_id = bpf_events.ConnFlag.TLS, 77
+    event = bpf_records.data_event(hdr, b"")
+    assert event.kind == bpf_events.EventKind.TLS
+    return event
+
+
+def test_a_tls_connection_without_plaintext_is_counted_for_its_process() -> None:
+    seen = Recorder()
+    seen.open(1)
+    seen.table.on_tls(_tls_event(1, 100, OUT))
+    close = _header(bpf_events.EventKind.CLOSE, 1, 10, 3, 300)
+    seen.table.on_close(bpf_records.header_event(close))
+    assert seen.exchanges == []
+    assert (seen.table.stats.tls_handshakes, seen.table.stats.tls_undecrypted) == (1, 1)
+    assert dict(seen.table.tls_processes) == {(77, 10): 1}
+    assert seen.table.tls_undecrypted[0] == 1  # the cgroup of the connection (its OPEN said 0)
+    assert seen.forgotten == []  # ciphertext never went to protocol detection
+
+
+def test_plaintext_after_the_handshake_is_an_exchange_of_a_tls_connection() -> None:
+    seen = Recorder()
+    seen.open(1)
+    seen.table.on_tls(_tls_event(1, 100, OUT))  # the ClientHello: the run in progress (none) is unchanged
+    for ts, direction, data, prev in ((200, OUT, REQUEST, None), (300, IN, RESPONSE, _run(OUT, 200, 200, len(REQUEST)))):
+        hdr = _header(bpf_events.EventKind.DATA, 1, 10, 3, ts, direction)
+        hdr.flags = bpf_events.ConnFlag.TLS
+        if prev is not None:
+            hdr.prev = prev
+        event = bpf_records.data_event(hdr, data)
+        seen.table.on_data(event, event.data)
+    close = _header(bpf_events.EventKind.CLOSE, 1, 10, 3, 400)
+    close.prev = _run(IN, 300, 300, len(RESPONSE))
+    seen.table.on_close(bpf_records.header_event(close))
+    assert seen.paths() == [("/users/7", 200)]
+    assert seen.exchanges[0].connection.tls
+    assert seen.table.stats.tls_undecrypted == 0
