@@ -137,7 +137,8 @@ def test_plaintext_after_the_handshake_is_an_exchange_of_a_tls_connection() -> N
     seen = Recorder()
     seen.open(1)
     seen.table.on_tls(_tls_event(1, 100, OUT))  # the ClientHello: the run in progress (none) is unchanged
-    for ts, direction, data, prev in ((200, OUT, REQUEST, None), (300, IN, RESPONSE, _run(OUT, 200, 200, len(REQUEST)))):
+    runs = ((200, OUT, REQUEST, None), (300, IN, RESPONSE, _run(OUT, 200, 200, len(REQUEST))))
+    for ts, direction, data, prev in runs:
         hdr = _header(bpf_events.EventKind.DATA, 1, 10, 3, ts, direction)
         hdr.flags = bpf_events.ConnFlag.TLS
         if prev is not None:
