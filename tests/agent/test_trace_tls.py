@@ -15,7 +15,7 @@ import pytest
 from podspan_agent import cgroups, loader, tls, tracer
 from podspan_demo import pods, servers
 from tests.agent import conftest
-from tests.support import otlp_receiver
+from tests.support import db_servers, otlp_receiver
 
 SERVER, CLIENT = 2, 3  # OTLP SpanKind values
 Spans = list[otlp_receiver.ReceivedSpan]
@@ -205,3 +205,52 @@ def test_http2_over_tls_from_curl_to_nginx(
     assert span.attributes["url.scheme"] == "https"
     assert span.attributes["http.request.method"] == "GET"
     assert span.attributes["http.response.status_code"] == 200
+
+
+@pytest.fixture
+def tls_postgresql(pod_runner: pods.PodRunner,
+                   certificate: Certificate) -> collections.abc.Iterator[db_servers.Server]:
+    try:
+        with db_servers.postgresql(db_servers.spawn_in_pod(pod_runner), tls=certificate) as server:
+            yield server
+    except db_servers.Unavailable as missing:  # raised before the server starts
+        pytest.skip(str(missing))
+
+
+def test_psql_with_sslmode_require(
+    agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
+    tracker: tls.Tracker, tls_postgresql: db_servers.Server, tmp_path: pathlib.Path,
+) -> None:
+    # PostgreSQL asks for TLS in plaintext first (SSLRequest, 'S'), then the handshake follows on the same
+    # connection: the parser sees the plaintext protocol again after it, from the TLS probes.
+    server = tls_postgresql
+    server_pod = next(pod for pod in pod_runner.pods if pod.process is server.process)
+    gate, out = tmp_path / "gate", tmp_path / "psql.out"
+    script = tmp_path / "script.sql"
+    script.write_text("SELECT 40 + 2 AS answer;\nSELECT * FROM no_such_table;\n")
+    client = pod_runner.start("tls-psql", conftest.gated(gate, [
+        "env", f"PGPASSWORD={db_servers.PASSWORD}", "PGSSLMODE=require", "psql", "-h", server.host, "-p",
+        str(server.port), "-U", db_servers.USER, "-d", db_servers.DATABASE, "-X", "-q", "-c", "SELECT ssl "
+        "FROM pg_stat_ssl WHERE pid = pg_backend_pid();", "-f", str(script)]), log_path=out)
+    for pod in (server_pod, client):
+        traced(pod)  # type: ignore[operator]
+    assert _follow(tracker, server_pod, client)
+    gate.touch()
+    assert client.process is not None and client.process.wait(timeout=60) == 0, out.read_text()
+    assert out.read_text().split()[:3] == ["ssl", "-----", "t"]  # the session was encrypted
+
+    def client_spans(spans: Spans) -> Spans:
+        return sorted((s for s in spans if s.resource.get("process.pid") == client.pid and s.kind == CLIENT),
+                      key=lambda s: s.start_ns)
+
+    ours = client_spans(receiver.wait_for(lambda got: len(client_spans(got)) >= 3, timeout=30))
+    assert [s.attributes["db.query.text"] for s in ours] == [
+        "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid();", "SELECT ? + ? AS answer;",
+        "SELECT * FROM no_such_table;"]
+    assert {s.attributes["db.system.name"] for s in ours} == {"postgresql"}
+    assert ours[2].attributes["db.response.status_code"] == "42P01"
+    # The server side, traced too (its backend is a forked child that inherits the connection):
+    served = receiver.wait_for(lambda got: any(s.kind == SERVER and s.parent_span_id == ours[1].span_id
+                                               for s in got), timeout=20)
+    child = next(s for s in served if s.kind == SERVER and s.parent_span_id == ours[1].span_id)
+    assert child.attributes["db.query.text"] == "SELECT ? + ? AS answer;"
