@@ -189,7 +189,8 @@ class _TlsFollower:
         traced = [*self._pids, *(pid for directory in self._directories for pid in cgroups.processes(directory))]
         self._tracker.sync(traced)
         lines = [f"pid {pid}: {state.describe()}" for pid in traced for state in self._tracker.libraries(pid)]
-        lines += [f"pid {pid}: TLS connections with a TLS stack that is not probed (only OpenSSL is): no spans"
+        lines += [f"pid {pid}: TLS connections through a TLS stack that is not probed (only OpenSSL with socket "
+                  f"BIOs is): no spans for them"
                   for pid in self._tracker.unsupported(tls_processes)]
         for line in lines:
             if line not in self._reported:

@@ -140,10 +140,9 @@ class ConnectionTable:
         self._by_process: dict[int, dict[int, int]] = {}  # tgid -> fd -> conn_id
         self._listen_cache: dict[tuple[int, int], sockaddr.Endpoint | None] = {}
         self.stats = TableStats()
-        # (cgroup id, tgid) -> TLS handshakes seen, and per cgroup the TLS connections that ended undecrypted:
-        # what the TLS library report needs to name processes whose TLS stack is not probed.
+        # (cgroup id, tgid) -> TLS handshakes seen outside the probed OpenSSL calls: what the TLS library
+        # report needs to name processes whose TLS stack is not probed.
         self.tls_processes: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
-        self.tls_undecrypted: collections.Counter[int] = collections.Counter()
 
     def set_detector(self, detect: registry.Detector) -> None:
         """New connections are detected (and their parsers configured) by `detect`; existing ones keep
@@ -238,7 +237,6 @@ class ConnectionTable:
         parser gives up what it still holds."""
         if conn.flags & _TLS and not conn.decrypted:
             self.stats.tls_undecrypted += 1
-            self.tls_undecrypted[conn.cgroup_id] += 1
         self._remove(conn)
         self._finish_run(conn, last)
         self._flush_parser(conn)

@@ -159,12 +159,13 @@ class Tracker:
         return [state for state in self._states.values() if not state.error]
 
     def unsupported(self, tls_processes: Iterable[tuple[int, int]], cgroup_id: int | None = None) -> list[int]:
-        """Traced processes (of `cgroup_id`, or any) among `tls_processes` ((cgroup id, tgid) that started TLS
-        connections) that map no attached OpenSSL: their TLS stack (Go crypto/tls, BoringSSL, rustls, ...)
-        is not probed, so those connections yield no spans."""
+        """Traced processes (of `cgroup_id`, or any) among `tls_processes`: (cgroup id, tgid) whose TLS
+        handshake the kernel saw outside every probed OpenSSL call. An OpenSSL handshake runs inside
+        SSL_do_handshake, SSL_read or SSL_write, so theirs comes from a TLS stack that is not probed (Go
+        crypto/tls, BoringSSL in grpcio, rustls, ...) or from OpenSSL over memory BIOs (Node.js), whose
+        plaintext cannot be tied to a socket: those connections yield no spans."""
         return sorted({tgid for cgroup, tgid in tls_processes
-                       if tgid in self._by_pid and (cgroup_id is None or cgroup == cgroup_id)
-                       and not any(not state.error for state in self.libraries(tgid))})
+                       if tgid in self._by_pid and (cgroup_id is None or cgroup == cgroup_id)})
 
     def close(self) -> None:
         """Detach everything (the selection is empty)."""

@@ -8,6 +8,7 @@ import http.client
 import pathlib
 import ssl
 import subprocess
+import sys
 import time
 
 import pytest
@@ -254,3 +255,41 @@ def test_psql_with_sslmode_require(
                                                for s in got), timeout=20)
     child = next(s for s in served if s.kind == SERVER and s.parent_span_id == ours[1].span_id)
     assert child.attributes["db.query.text"] == "SELECT ? + ? AS answer;"
+
+
+GRPC_TLS_SERVER = """
+import sys, grpc
+from concurrent import futures
+port, cert, key = sys.argv[1:4]
+server = grpc.server(futures.ThreadPoolExecutor(max_workers=2))
+handlers = {"Hello": grpc.unary_unary_rpc_method_handler(lambda request, context: b"hello " + request)}
+server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler("tls.Greeter", handlers),))
+credentials = grpc.ssl_server_credentials([(open(key, "rb").read(), open(cert, "rb").read())])
+server.add_secure_port(f"127.0.0.1:{port}", credentials)
+server.start()
+server.wait_for_termination()
+"""
+
+
+def test_grpcio_boringssl_is_reported_not_guessed(
+    agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
+    tracker: tls.Tracker, certificate: Certificate,
+) -> None:
+    # grpcio carries BoringSSL inside its extension module, not exported: nothing to probe. The agent must
+    # say so for the process rather than yield nothing (or garbage) silently.
+    grpc = pytest.importorskip("grpc")
+    port = conftest.free_port()
+    server = pod_runner.start("tls-grpc", [sys.executable, "-c", GRPC_TLS_SERVER, str(port), str(certificate[0]),
+                                           str(certificate[1])])
+    pods.wait_for_port("127.0.0.1", port)
+    traced(server)  # type: ignore[operator]
+    _follow(tracker, server)
+    assert not any(state.library.name.startswith("openssl (static") for state in tracker.libraries(server.pid))
+    records = agent.table.stats.records
+    with grpc.secure_channel(f"127.0.0.1:{port}", grpc.ssl_channel_credentials(certificate[0].read_bytes())) as channel:
+        assert channel.unary_unary("/tls.Greeter/Hello")(b"there", timeout=10) == b"hello there"
+    deadline = time.monotonic() + 10
+    while not tracker.unsupported(agent.table.tls_processes, server.cgroup_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tracker.unsupported(agent.table.tls_processes, server.cgroup_id) == [server.pid]
+    assert agent.table.stats.records == records  # no span, and no parser fed ciphertext
