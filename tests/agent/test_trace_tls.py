@@ -18,7 +18,7 @@ from podspan_demo import pods, servers
 from tests.agent import conftest
 from tests.support import db_servers, otlp_receiver
 
-SERVER, CLIENT = 2, 3  # OTLP SpanKind values
+SERVER, CLIENT = conftest.SERVER_KIND, conftest.CLIENT_KIND
 Spans = list[otlp_receiver.ReceivedSpan]
 Certificate = tuple[pathlib.Path, pathlib.Path]
 
@@ -67,6 +67,15 @@ def _https_server(pod_runner: pods.PodRunner, name: str, certificate: Certificat
     return pod, port
 
 
+def _https_nginx(pod_runner: pods.PodRunner, name: str, certificate: Certificate, root: pathlib.Path,
+                 http2: bool = False) -> tuple[pods.Pod, int]:
+    port = conftest.free_port()
+    conf = servers.nginx_config(root, "127.0.0.1", port, tls=certificate, http2=http2)
+    pod = pod_runner.start(name, [conftest.nginx_binary(), "-c", str(conf), "-p", str(root)])
+    pods.wait_for_port("127.0.0.1", port)
+    return pod, port
+
+
 def test_https_frontend_backend_trace(
     agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
     tracker: tls.Tracker, certificate: Certificate,
@@ -84,20 +93,12 @@ def test_https_frontend_backend_trace(
     assert _https_get(port, "/users/4242", certificate[0]) == 200
     spans = receiver.wait_for(_with_path("/users/4242", 3), timeout=20)
     ours = [s for s in spans if s.attributes.get("url.path") == "/users/4242"]
-    by_role = {(s.resource.get("service.name"), s.kind): s for s in ours}
-    entry, call = by_role[("tls-frontend", SERVER)], by_role[("tls-frontend", CLIENT)]
-    backend_span = by_role[("tls-backend", SERVER)]
-    assert entry.parent_span_id is None
-    assert call.parent_span_id == entry.span_id
-    assert backend_span.parent_span_id == call.span_id
-    assert entry.trace_id == call.trace_id == backend_span.trace_id != 0
+    entry, call, _ = conftest.frontend_backend_trace(ours, "tls-frontend", "tls-backend")  # across both TLS hops
     for span in ours:
         assert span.name == "GET /users/{id}"
         assert span.attributes["http.request.method"] == "GET"
         assert span.attributes["http.response.status_code"] == 200
         assert span.attributes["url.scheme"] == "https"
-    assert entry.start_ns <= call.start_ns <= backend_span.start_ns
-    assert backend_span.end_ns <= call.end_ns <= entry.end_ns
     assert entry.attributes["server.port"] == port
     assert call.attributes["server.port"] == backend_port
     assert len(ours) == 3  # one span per hop: the ciphertext of the same connections made none
@@ -107,13 +108,10 @@ def test_curl_against_nginx_and_python_https(
     agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
     tracker: tls.Tracker, certificate: Certificate, tmp_path: pathlib.Path,
 ) -> None:
-    nginx_port = conftest.free_port()
-    conf = servers.nginx_config(tmp_path, "127.0.0.1", nginx_port, tls=certificate)
-    nginx = pod_runner.start("tls-nginx", [conftest.nginx_binary(), "-c", str(conf), "-p", str(tmp_path)])
+    nginx, nginx_port = _https_nginx(pod_runner, "tls-nginx", certificate, tmp_path)
     python_server, python_port = _https_server(pod_runner, "tls-python", certificate, ("backend",))
-    pods.wait_for_port("127.0.0.1", nginx_port)
     gate = tmp_path / "gate"
-    urls = [f"https://127.0.0.1:{nginx_port}/api/items/7", f"https://127.0.0.1:{nginx_port}/nope-404",
+    urls = [f"https://127.0.0.1:{nginx_port}/api/items/7", f"https://127.0.0.1:{nginx_port}/nope-tls-404",
             f"https://127.0.0.1:{python_port}/users/77"]
     curl = pod_runner.start("tls-curl", conftest.gated(gate, [
         "curl", "-sS", "--cacert", str(certificate[0]), "-o", "/dev/null", "-o", "/dev/null", "-o", "/dev/null",
@@ -126,15 +124,15 @@ def test_curl_against_nginx_and_python_https(
     gate.touch()
     assert curl.process is not None and curl.process.wait(timeout=30) == 0
 
-    spans = receiver.wait_for(lambda found: _with_path("/users/77", 2)(found) and _with_path("/nope-404", 2)(found),
+    spans = receiver.wait_for(lambda found: _with_path("/users/77", 2)(found) and _with_path("/nope-tls-404", 2)(found),
                               timeout=20)
     nginx_spans = {(s.attributes["url.path"], s.kind): s for s in spans
                    if s.attributes.get("server.port") == nginx_port}
-    assert set(nginx_spans) == {(path, kind) for path in ("/api/items/7", "/nope-404") for kind in (SERVER, CLIENT)}
+    assert set(nginx_spans) == {(path, kind) for path in ("/api/items/7", "/nope-tls-404") for kind in (SERVER, CLIENT)}
     assert nginx_spans[("/api/items/7", SERVER)].attributes["http.response.status_code"] == 200
     assert nginx_spans[("/api/items/7", SERVER)].attributes["http.route"] == "/api/items/{id}"
-    assert nginx_spans[("/nope-404", SERVER)].attributes["http.response.status_code"] == 404
-    assert nginx_spans[("/nope-404", CLIENT)].attributes["http.response.status_code"] == 404
+    assert nginx_spans[("/nope-tls-404", SERVER)].attributes["http.response.status_code"] == 404
+    assert nginx_spans[("/nope-tls-404", CLIENT)].attributes["http.response.status_code"] == 404
     python_spans = [s for s in spans if s.attributes.get("url.path") == "/users/77"]
     assert {s.kind for s in python_spans} == {SERVER, CLIENT}
     for span in [*nginx_spans.values(), *python_spans]:
@@ -153,10 +151,7 @@ def test_without_tls_probes_ciphertext_yields_nothing(
     agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
     probes: loader.Probes, certificate: Certificate, tmp_path: pathlib.Path,
 ) -> None:
-    port = conftest.free_port()
-    conf = servers.nginx_config(tmp_path, "127.0.0.1", port, tls=certificate)
-    nginx = pod_runner.start("tls-off", [conftest.nginx_binary(), "-c", str(conf), "-p", str(tmp_path)])
-    pods.wait_for_port("127.0.0.1", port)
+    nginx, port = _https_nginx(pod_runner, "tls-off", certificate, tmp_path)
     traced(nginx)  # type: ignore[operator]  # no tls.Tracker: capture.tls switched off
     handshakes, records = agent.table.stats.tls_handshakes, agent.table.stats.records
     undetected, undecrypted = agent.table.stats.undetected, agent.table.stats.tls_undecrypted
@@ -189,10 +184,7 @@ def test_http2_over_tls_from_curl_to_nginx(
 ) -> None:
     # ALPN picks h2: the plaintext starts with the client preface, so the connection switches to capturing
     # every chunk, which the TLS probes do through their own tail-called capture program.
-    port = conftest.free_port()
-    conf = servers.nginx_config(tmp_path, "127.0.0.1", port, tls=certificate, http2=True)
-    nginx = pod_runner.start("tls-h2", [conftest.nginx_binary(), "-c", str(conf), "-p", str(tmp_path)])
-    pods.wait_for_port("127.0.0.1", port)
+    nginx, port = _https_nginx(pod_runner, "tls-h2", certificate, tmp_path, http2=True)
     traced(nginx)  # type: ignore[operator]
     assert _follow(tracker, nginx)
     done = subprocess.run(["curl", "-sS", "--http2", "--cacert", str(certificate[0]), "-o", "/dev/null",
