@@ -29,7 +29,8 @@ class Library:
 
     key: tuple[str, int]  # (device, inode) from /proc/<pid>/maps: one attachment per file
     path: str  # as the process sees it
-    host_path: str  # the same file from the agent's mount namespace: /proc/<pid>/root/<path>
+    host_path: str  # the same file from the agent's mount namespace: /proc/<pid>/root/<path> of a process
+    # that maps it (the probes stay on the file when that process is gone)
     name: str  # e.g. "openssl-3.0.19 (libssl.so.3)", "openssl (static, node)"
 
 
@@ -131,21 +132,26 @@ class Tracker:
         self._probes = probes
         self._states: dict[tuple[str, int], LibraryState] = {}  # files in use by traced processes
         self._by_pid: dict[int, tuple[tuple[str, int], ...]] = {}
-        self._examined: dict[tuple[str, int], Library | None] = {}  # every file looked at: OpenSSL or not
+        # every file looked at: its Library.name if it holds OpenSSL, else None
+        self._examined: dict[tuple[str, int], str | None] = {}
 
     def sync(self, pids: Iterable[int]) -> None:
-        by_pid = {pid: tuple(lib.key for lib in self._libraries(pid)) for pid in pids}
-        used = {key for keys in by_pid.values() for key in keys}
-        for key in used - set(self._states):
-            library = self._examined[key]
-            assert library is not None
+        by_pid: dict[int, tuple[tuple[str, int], ...]] = {}
+        seen: dict[tuple[str, int], Library] = {}  # each file as a process that maps it now sees it
+        for pid in pids:
+            found = self._libraries(pid)
+            by_pid[pid] = tuple(library.key for library in found)
+            for library in found:
+                seen.setdefault(library.key, library)
+        for key in set(seen) - set(self._states):
+            library = seen[key]
             try:
                 symbols = tuple(self._probes.attach_tls(library.host_path))
                 self._states[key] = LibraryState(library, symbols)
             except loader.ProbeError as exc:  # kept until no process maps it: not retried on every sync
                 log.warning("TLS library %s: %s", library.name, exc)
                 self._states[key] = LibraryState(library, error=str(exc))
-        for key in set(self._states) - used:
+        for key in set(self._states) - set(seen):
             state = self._states.pop(key)
             if not state.error:
                 self._probes.detach_tls(state.library.host_path)
@@ -154,9 +160,6 @@ class Tracker:
     def libraries(self, pid: int) -> list[LibraryState]:
         """The OpenSSL files process `pid` mapped at the last sync, and whether they are attached."""
         return [self._states[key] for key in self._by_pid.get(pid, ()) if key in self._states]
-
-    def attached(self) -> list[LibraryState]:
-        return [state for state in self._states.values() if not state.error]
 
     def unsupported(self, tls_processes: Iterable[tuple[int, int]], cgroup_id: int | None = None) -> list[int]:
         """Traced processes (of `cgroup_id`, or any) among `tls_processes`: (cgroup id, tgid) whose TLS
@@ -177,24 +180,25 @@ class Tracker:
             exe = os.readlink(f"/proc/{pid}/exe")
         except OSError:
             exe = ""
+        root = f"/proc/{pid}/root"
         found = []
         if len(self._examined) > _MAX_EXAMINED:
             self._examined.clear()
         for path, key in files.items():
             if key not in self._examined:
-                self._examined[key] = self._examine(pid, path, key, path == exe)
-            library = self._examined[key]
-            if library is not None:
-                found.append(library)
+                self._examined[key] = _examine(root, path, path == exe)
+            name = self._examined[key]
+            if name is not None:
+                found.append(Library(key, path, root + path, name))
         return found
 
-    @staticmethod
-    def _examine(pid: int, path: str, key: tuple[str, int], executable: bool) -> Library | None:
-        root = f"/proc/{pid}/root"
-        name = path.rpartition("/")[2]
-        if is_libssl(path):
-            version = _openssl_version(root, path)
-            return Library(key, path, root + path, f"openssl-{version} ({name})" if version else f"openssl ({name})")
-        if executable and exports(root + path, _REQUIRED_EXPORTS) == set(_REQUIRED_EXPORTS):
-            return Library(key, path, root + path, f"openssl (static, {name})")
-        return None
+
+def _examine(root: str, path: str, executable: bool) -> str | None:
+    """What the file at `path` (seen from `root`) is, as a Library.name, if it holds OpenSSL we can probe."""
+    name = path.rpartition("/")[2]
+    if is_libssl(path):
+        version = _openssl_version(root, path)
+        return f"openssl-{version} ({name})" if version else f"openssl ({name})"
+    if executable and exports(root + path, _REQUIRED_EXPORTS) == set(_REQUIRED_EXPORTS):
+        return f"openssl (static, {name})"
+    return None

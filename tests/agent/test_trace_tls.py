@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections.abc
 import http.client
+import os
 import pathlib
 import ssl
 import subprocess
@@ -16,7 +17,7 @@ import pytest
 from podspan_agent import cgroups, loader, tls, tracer
 from podspan_demo import pods, servers
 from tests.agent import conftest
-from tests.support import db_servers, otlp_receiver
+from tests.support import bpftool, db_servers, otlp_receiver
 
 SERVER, CLIENT = conftest.SERVER_KIND, conftest.CLIENT_KIND
 Spans = list[otlp_receiver.ReceivedSpan]
@@ -285,3 +286,21 @@ def test_grpcio_boringssl_is_reported_not_guessed(
         time.sleep(0.05)
     assert tracker.unsupported(agent.table.tls_processes, server.cgroup_id) == [server.pid]
     assert agent.table.stats.records == records  # no span, and no parser fed ciphertext
+
+
+def test_one_attachment_per_file_while_a_traced_process_maps_it(
+    pod_runner: pods.PodRunner, traced: object, tracker: tls.Tracker, certificate: Certificate,
+) -> None:
+    first, _ = _https_server(pod_runner, "tls-first", certificate, ("backend",))
+    second, _ = _https_server(pod_runner, "tls-second", certificate, ("backend",))
+    probes_per_file = 2 * len(loader.TLS_CALL_PROBES) + 1  # entry and return of each, and SSL_free
+    assert not bpftool.uprobe_files(os.getpid())  # every other test's tracker detached at its end
+    states = _follow(tracker, first, second)
+    assert len({state.library.key for state in states}) == 1 and len(states) == 2  # one file, two users
+    [(path, probes)] = bpftool.uprobe_files(os.getpid()).items()
+    assert path.endswith("/usr/lib/x86_64-linux-gnu/libssl.so.3") and probes == probes_per_file
+    pod_runner.stop(first)  # the process whose /proc/<pid>/root path the probes were placed through
+    assert [state.library.name for state in _follow(tracker, second)] == [states[0].library.name]
+    assert list(bpftool.uprobe_files(os.getpid()).values()) == [probes_per_file]  # kept for the other user
+    tracker.sync([])
+    assert not bpftool.uprobe_files(os.getpid())

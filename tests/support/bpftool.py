@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 from typing import Any
@@ -22,7 +23,7 @@ def attached_programs(pid: int) -> set[int]:
     return {int(link["prog_id"]) for link in _show("perf") if link.get("pid") == pid}
 
 
-def uprobe_files(pid: int) -> set[str]:
-    """Files process `pid` holds uprobes or uretprobes on."""
-    return {str(link["filename"]) for link in _show("perf")
-            if link.get("pid") == pid and link.get("fd_type") in ("uprobe", "uretprobe")}
+def uprobe_files(pid: int) -> collections.Counter[str]:
+    """Files process `pid` holds uprobes or uretprobes on, and how many on each."""
+    return collections.Counter(str(link["filename"]) for link in _show("perf")
+                               if link.get("pid") == pid and link.get("fd_type") in ("uprobe", "uretprobe"))
