@@ -7,6 +7,7 @@ import collections.abc
 import http.client
 import os
 import pathlib
+import shutil
 import ssl
 import subprocess
 import sys
@@ -304,3 +305,37 @@ def test_one_attachment_per_file_while_a_traced_process_maps_it(
     assert list(bpftool.uprobe_files(os.getpid()).values()) == [probes_per_file]  # kept for the other user
     tracker.sync([])
     assert not bpftool.uprobe_files(os.getpid())
+
+
+NODE_HTTPS_SERVER = """
+const https = require("https"), fs = require("fs");
+const [port, cert, key] = process.argv.slice(1);  // with -e there is no script name
+https.createServer({cert: fs.readFileSync(cert), key: fs.readFileSync(key)}, (req, res) => res.end("ok"))
+    .listen(Number(port), "127.0.0.1");
+"""
+
+
+def test_node_static_openssl_is_attached_and_its_memory_bios_reported(
+    agent: tracer.Tracer, pod_runner: pods.PodRunner, traced: object, probes: loader.Probes, tracker: tls.Tracker,
+    certificate: Certificate,
+) -> None:
+    # Node links OpenSSL into its executable and exports it, so the probes attach there; but its TLS runs
+    # over memory BIOs (libuv moves the ciphertext), so no syscall ties an SSL object to its socket: the
+    # plaintext is counted as unmapped and the process named, not guessed at.
+    node = shutil.which("node")
+    if node is None or not tls.exports(os.path.realpath(node), [b"SSL_read"]):
+        pytest.skip("no node executable with OpenSSL linked in")
+    port = conftest.free_port()
+    server = pod_runner.start("tls-node", [node, "-e", NODE_HTTPS_SERVER, str(port), str(certificate[0]),
+                                           str(certificate[1])])
+    pods.wait_for_port("127.0.0.1", port)
+    traced(server)  # type: ignore[operator]
+    [state] = _follow(tracker, server)
+    assert state.library.name == "openssl (static, node)" and not state.error
+    unmapped = probes.stats()["tls_unmapped"]
+    assert _https_get(port, "/node", certificate[0]) == 200
+    deadline = time.monotonic() + 10
+    while not tracker.unsupported(agent.table.tls_processes, server.cgroup_id) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert tracker.unsupported(agent.table.tls_processes, server.cgroup_id) == [server.pid]
+    assert probes.stats()["tls_unmapped"] > unmapped  # its SSL_read returned the request: counted, not captured
