@@ -372,10 +372,9 @@ class NodeAgent:
             return target.status
         pids = cgroups.processes(target.cgroup_dir)
         found = [state.describe() for pid in pids for state in self._tls.libraries(pid)]
-        found += [f"pid {pid} ({process_info.executable_name(pid)}): TLS connections through a TLS stack that is "
-                  f"not probed (only OpenSSL with socket BIOs is): no spans for them"
-                  for pid in self._tls.unsupported(self.tracer.table.tls_processes, target.cgroup_id)]
-        return target.status.model_copy(update={"tls": list(dict.fromkeys(found))[:32]})
+        unprobed = [f"pid {pid} ({process_info.executable_name(pid)})"
+                    for pid in self._tls.unsupported(self.tracer.table.tls_processes, target.cgroup_id)]
+        return target.status.model_copy(update={"tls": list(dict.fromkeys(found))[:32], "tls_unprobed": unprobed[:32]})
 
 
 def patch_status(custom: k8s.CustomObjectsApi, node: str, status: models.NodeTraceConfigStatus) -> bool:

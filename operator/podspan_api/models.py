@@ -472,10 +472,14 @@ class TargetStatus(Model):
     message: str = pydantic.Field(default="", description="Details.")
     tls: list[Annotated[str, pydantic.StringConstraints(max_length=512)]] = pydantic.Field(
         default_factory=list, max_length=32,
-        description="TLS libraries the container's processes use and whether the TLS probes are attached "
-                    "(e.g. 'openssl-3.0.19 (libssl.so.3): attached'), and processes that open TLS connections "
-                    "with a TLS stack that is not probed (Go crypto/tls, BoringSSL, ...). Empty when no "
-                    "profile of the container reads TLS or its processes use none.")
+        description="TLS libraries the container's processes use and whether the TLS probes are attached, e.g. "
+                    "'openssl-3.0.19 (libssl.so.3): attached'. Empty when no profile of the container reads TLS "
+                    "(capture.tls) or its processes use none.")
+    tls_unprobed: list[ShortText] = pydantic.Field(
+        default_factory=list, max_length=32,
+        description="Processes, e.g. 'pid 42 (node)', whose TLS handshakes ran outside the probed OpenSSL calls: "
+                    "a TLS stack that is not probed (Go crypto/tls, BoringSSL, rustls) or OpenSSL over memory "
+                    "BIOs (Node.js). Their TLS connections yield no spans.")
 
 
 class ProfileCounters(Model):
