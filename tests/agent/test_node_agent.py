@@ -189,7 +189,10 @@ def test_tls_libraries_in_status_and_capture_tls_switch(
 
     def target_tls() -> list[str] | None:
         found = ((kc.get(NTC, NODE) or {}).get("status") or {}).get("targets") or []
-        return found[0].get("tls") if found and found[0]["state"] == "attached" else None
+        if not found or found[0]["state"] != "attached":
+            return None
+        assert found[0]["tlsUnprobed"] == []  # Python's ssl is OpenSSL over sockets: all of it is probed
+        return list(found[0]["tls"])
 
     try:
         [library] = _wait(target_tls, "the target's TLS library in status")
