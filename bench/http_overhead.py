@@ -14,7 +14,7 @@ mean of the two untraced runs. Per arm:
   (c) agent CPU during the traced wrk run -> traced requests per agent-CPU-second, agent RSS;
   (d) in-kernel cost per request from `kernel.bpf_stats_enabled` (restored afterwards);
   (e) the agent's final `podspan: done` totals (spans, dropped, events lost).
-With --tls nginx serves HTTPS (a self-signed certificate; TLS 1.3, wrk's keep-alive connections) and wrk
+With --tls nginx serves HTTPS (a self-signed certificate; TLS 1.2, nginx 1.22's default; keep-alive) and wrk
 requests https://: the agent reads the plaintext with its OpenSSL uprobes. The fixed-rate latency client
 speaks plain HTTP only, so (b) is skipped; the uprobes also fire in wrk (untraced, same libssl), whose
 cost is part of what the throughput ratio shows.

@@ -56,6 +56,7 @@ class ConnectionInfo:
     local: sockaddr.Endpoint | None
     datagram: bool  # UDP: every message is one datagram
     tls: bool  # its bytes came decrypted from a TLS library's probes
+    tls_version: str | None  # "1.3", when the kernel could read it after the handshake
 
 
 @dataclasses.dataclass(slots=True)
@@ -74,6 +75,8 @@ class Connection:
     pending: Run | None = None
     flags: int = 0  # bpf_events.ConnFlag bits: the kernel's capture mode
     decrypted: bool = False  # a TLS connection whose plaintext the TLS probes delivered
+    tls_version: str | None = None
+    tls_version_read: bool = False  # looked up once, before its first exchange
     # start_ns of a request run -> (fingerprint, tid): attached to its exchange's record
     requests: collections.OrderedDict[int, tuple[int, int]] = dataclasses.field(
         default_factory=collections.OrderedDict
@@ -84,7 +87,7 @@ class Connection:
         """The connection's frozen snapshot, made once and shared by all its exchanges."""
         if self._info is None:
             self._info = ConnectionInfo(self.conn_id, self.tgid, self.fd, self.role, self.cgroup_id, self.peer,
-                                        self.local, self.datagram, bool(self.flags & _TLS))
+                                        self.local, self.datagram, bool(self.flags & _TLS), self.tls_version)
         return self._info
 
     @property
@@ -131,8 +134,10 @@ class ConnectionTable:
         detect: registry.Detector,
         forget: Callable[[int, int, int], None],
         max_connections: int = 65536,
+        tls_version: Callable[[int], str | None] = lambda _conn_id: None,
     ) -> None:
         self._detect = detect
+        self._tls_version = tls_version  # conn_id -> the TLS version the kernel recorded for it
         self._exchanges: list[Exchange] = []  # produced since the last take_exchanges()
         self._forget = forget  # (tgid, fd, conn_id): drop the kernel's entry if it still holds that connection
         self._max = max_connections
@@ -365,6 +370,8 @@ class ConnectionTable:
         self._emit(conn, records)
 
     def _emit(self, conn: Connection, records: list[base.Record]) -> None:
+        if conn.decrypted and not conn.tls_version_read:  # before its snapshot is made
+            conn.tls_version, conn.tls_version_read = self._tls_version(conn.conn_id), True
         for record in records:
             fingerprint, tid = conn.requests.get(record.start_ns, (0, conn.tid))
             self.stats.records += 1

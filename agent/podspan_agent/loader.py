@@ -187,6 +187,7 @@ TLS_CALL_PROBES = {b"SSL_read": b"tls_read_enter", b"SSL_read_ex": b"tls_read_ex
 _TLS_REQUIRED = (b"SSL_read", b"SSL_write", b"SSL_do_handshake")
 _TLS_FREE = (b"SSL_free", b"tls_free_enter")
 _TLS_RETURN = b"tls_return"
+_TLS_VERSIONS = {0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}  # SSL's `version` -> semconv
 
 
 class Probes:
@@ -227,6 +228,7 @@ class Probes:
         self._dgram_socks = self._bpf[b"dgram_socks"]
         self._stats = self._bpf[b"stats"]
         self._lost_by_cgroup = self._bpf[b"lost_by_cgroup"]
+        self._tls_versions = self._bpf[b"tls_versions"]
         # bcc attached every TRACEPOINT_PROBE while loading; remember them to re-attach after detach().
         self._tracepoints = tuple(self._bpf.tracepoint_fds)
         # attached TLS file -> (the functions probed, bcc's names of its uprobe events)
@@ -296,6 +298,15 @@ class Probes:
         self._tls[path] = (attached, set(self._bpf.uprobe_fds) - before)
         log.info("TLS probes attached to %s (%s)", path, ", ".join(attached))
         return attached
+
+    def tls_version(self, conn_id: int) -> str | None:
+        """The TLS version connection `conn_id` negotiated ("1.2", "1.3"), when the kernel saw its handshake
+        succeed and the SSL object holds it where OpenSSL 1.1 and 3.0-3.1 keep it; else None."""
+        try:
+            raw = self._tls_versions[ctypes.c_uint64(conn_id)].value
+        except KeyError:
+            return None
+        return _TLS_VERSIONS.get(raw)
 
     def detach_tls(self, path: str) -> None:
         """Remove the probes attach_tls(`path`) placed."""

@@ -65,6 +65,7 @@ class Tracer:
             registry.detector(settings.protocols, settings.capture),
             probes.forget_connection,
             settings.max_connections,
+            probes.tls_version,
         )
         self.correlator = correlation.Correlator(self._release, self.table.busy_threads, settings.hold_ns)
         self.spans_released = 0

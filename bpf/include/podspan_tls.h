@@ -72,9 +72,13 @@ static __always_inline int tls_call_return(struct pt_regs *ctx)
         struct ssl_conn where = {.conn_id = call.conn_id, .fd = call.fd};
         ssl_conns.update(&key, &where);
     }
-    if (call.direction == PODSPAN_DIR_NONE)
-        return 0;
     int ret = (int)PT_REGS_RC(ctx); /* an int: the upper half of the register is not part of it */
+    if (call.direction == PODSPAN_DIR_NONE) {
+        __u32 version = 0;
+        if (ret == 1 && call.conn_id && bpf_probe_read_user(&version, sizeof(version), (void *)call.ssl) == 0)
+            tls_versions.update(&call.conn_id, &version); /* the handshake is done: the version is negotiated */
+        return 0;
+    }
     if (ret <= 0)
         return 0;
     __u64 bytes = ret;

@@ -39,6 +39,10 @@ struct ssl_conn {
 /* LRU: a thread killed inside a call, an SSL object freed without SSL_free (a process that exits). */
 BPF_TABLE("lru_hash", __u64, struct tls_call, tls_calls, 16384);
 BPF_TABLE("lru_hash", struct ssl_key, struct ssl_conn, ssl_conns, PODSPAN_MAX_CONNS);
+/* conn_id -> the first 4 bytes of its SSL object after a successful handshake. In OpenSSL 1.1 and 3.0-3.1 that is
+ * `int version` (0x0301-0x0304 for TLS 1.0-1.3); 3.2+ starts the object with a type tag that is never one of
+ * those, so userspace takes only those values. Read once per connection by userspace; LRU: never deleted. */
+BPF_TABLE("lru_hash", __u64, __u32, tls_versions, PODSPAN_MAX_CONNS);
 #ifdef PODSPAN_TGID_FILTER
 /* Bit (tid & 63) of word (tid >> 6): the thread is inside a TLS call, so the data path looks the call up
  * only then (one array read otherwise). Thread ids are below the same PID_MAX_LIMIT as tgids. */

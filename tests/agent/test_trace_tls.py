@@ -101,6 +101,8 @@ def test_https_frontend_backend_trace(
         assert span.attributes["http.request.method"] == "GET"
         assert span.attributes["http.response.status_code"] == 200
         assert span.attributes["url.scheme"] == "https"
+        assert span.attributes["tls.protocol.version"] == "1.3"  # Python's ssl defaults to TLS 1.3
+        assert span.attributes["tls.protocol.name"] == "tls"
     assert entry.attributes["server.port"] == port
     assert call.attributes["server.port"] == backend_port
     assert len(ours) == 3  # one span per hop: the ciphertext of the same connections made none
@@ -139,6 +141,8 @@ def test_curl_against_nginx_and_python_https(
     assert {s.kind for s in python_spans} == {SERVER, CLIENT}
     for span in [*nginx_spans.values(), *python_spans]:
         assert span.attributes["url.scheme"] == "https"
+        # nginx 1.22 offers TLS 1.3 only when configured to; Python's ssl does by default.
+        assert span.attributes["tls.protocol.version"] == ("1.3" if span in python_spans else "1.2")
         assert span.attributes["http.request.method"] == "GET"
         pid = curl.pid if span.kind == CLIENT else (python_server.pid if span in python_spans else None)
         if pid is not None:
@@ -189,8 +193,8 @@ def test_http2_over_tls_from_curl_to_nginx(
     nginx, port = _https_nginx(pod_runner, "tls-h2", certificate, tmp_path, http2=True)
     traced(nginx)  # type: ignore[operator]
     assert _follow(tracker, nginx)
-    done = subprocess.run(["curl", "-sS", "--http2", "--cacert", str(certificate[0]), "-o", "/dev/null",
-                           "-w", "%{http_version}", f"https://127.0.0.1:{port}/api/items/55"],
+    done = subprocess.run(["curl", "-sS", "--http2", "--cacert", str(certificate[0]),
+                           "-o", "/dev/null", "-w", "%{http_version}", f"https://127.0.0.1:{port}/api/items/55"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and done.stdout == "2", done.stderr
     spans = receiver.wait_for(_with_path("/api/items/55", 1), timeout=20)
@@ -198,6 +202,7 @@ def test_http2_over_tls_from_curl_to_nginx(
     assert span.kind == SERVER
     assert span.attributes["network.protocol.version"] == "2"
     assert span.attributes["url.scheme"] == "https"
+    assert span.attributes["tls.protocol.version"] == "1.2"  # nginx 1.22's default protocols end at TLS 1.2
     assert span.attributes["http.request.method"] == "GET"
     assert span.attributes["http.response.status_code"] == 200
 
@@ -243,12 +248,14 @@ def test_psql_with_sslmode_require(
         "SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid();", "SELECT ? + ? AS answer;",
         "SELECT * FROM no_such_table;"]
     assert {s.attributes["db.system.name"] for s in ours} == {"postgresql"}
+    assert {s.attributes["tls.protocol.version"] for s in ours} == {"1.3"}
     assert ours[2].attributes["db.response.status_code"] == "42P01"
     # The server side, traced too (its backend is a forked child that inherits the connection):
     served = receiver.wait_for(lambda got: any(s.kind == SERVER and s.parent_span_id == ours[1].span_id
                                                for s in got), timeout=20)
     child = next(s for s in served if s.kind == SERVER and s.parent_span_id == ours[1].span_id)
     assert child.attributes["db.query.text"] == "SELECT ? + ? AS answer;"
+    assert child.attributes["tls.protocol.version"] == "1.3"
 
 
 GRPC_TLS_SERVER = """

@@ -23,7 +23,13 @@ class Recorder:
     def __init__(self) -> None:
         self._taken: list[connections.Exchange] = []
         self.forgotten: list[tuple[int, int, int]] = []
-        self.table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), self._forget)
+        self.tls_lookups: list[int] = []
+        self.table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), self._forget,
+                                                 tls_version=self._tls_version)
+
+    def _tls_version(self, conn_id: int) -> str | None:
+        self.tls_lookups.append(conn_id)
+        return "1.3"
 
     @property
     def exchanges(self) -> list[connections.Exchange]:
@@ -136,7 +142,9 @@ def test_plaintext_after_the_handshake_is_an_exchange_of_a_tls_connection() -> N
     seen = Recorder()
     seen.open(1)
     seen.table.on_tls(_tls_event(1, 100, OUT))  # the ClientHello: the run in progress (none) is unchanged
-    runs = ((200, OUT, REQUEST, None), (300, IN, RESPONSE, _run(OUT, 200, 200, len(REQUEST))))
+    runs = ((200, OUT, REQUEST, None), (300, IN, RESPONSE, _run(OUT, 200, 200, len(REQUEST))),
+            (320, OUT, REQUEST, _run(IN, 300, 300, len(RESPONSE))),
+            (340, IN, RESPONSE, _run(OUT, 320, 320, len(REQUEST))))
     for ts, direction, data, prev in runs:
         hdr = _header(bpf_events.EventKind.DATA, 1, 10, 3, ts, direction)
         hdr.flags = bpf_events.ConnFlag.TLS
@@ -145,8 +153,9 @@ def test_plaintext_after_the_handshake_is_an_exchange_of_a_tls_connection() -> N
         event = bpf_records.data_event(hdr, data)
         seen.table.on_data(event, event.data)
     close = _header(bpf_events.EventKind.CLOSE, 1, 10, 3, 400)
-    close.prev = _run(IN, 300, 300, len(RESPONSE))
+    close.prev = _run(IN, 340, 340, len(RESPONSE))
     seen.table.on_close(bpf_records.header_event(close))
-    assert seen.paths() == [("/users/7", 200)]
-    assert seen.exchanges[0].connection.tls
+    assert seen.paths() == [("/users/7", 200)] * 2
+    assert seen.exchanges[0].connection.tls and seen.exchanges[0].connection.tls_version == "1.3"
+    assert seen.tls_lookups == [1]  # once per connection, not per exchange
     assert seen.table.stats.tls_undecrypted == 0

@@ -72,6 +72,9 @@ def _connection_attributes(conn: connections.ConnectionInfo, kind: model.SpanKin
     override the record's)."""
     defaults: Attributes = {}
     forced: Attributes = {"network.transport": "udp" if conn.datagram else "tcp"}
+    if conn.tls_version is not None:
+        forced["tls.protocol.name"] = "tls"
+        forced["tls.protocol.version"] = conn.tls_version
     peer, local = conn.peer, conn.local
     if peer is not None:
         forced["network.type"] = peer.network_type
