@@ -233,6 +233,9 @@ class _FakeProbes:
     def forget_connection(self, tgid: int, fd: int, conn_id: int) -> None:
         pass
 
+    def tls_version(self, conn_id: int) -> None:
+        return None
+
     def stats(self) -> dict[str, int]:
         return {}
 
