@@ -211,15 +211,11 @@ class Probes:
             )
         except Exception as exc:  # bcc raises bare Exception on compile/attach failures
             raise ProbeError(f"loading {source.name} failed: {exc}") from exc
-        # The exit programs (and the TLS probes, of another program type) tail-call the capture program.
-        for name, prog_type, array in ((b"capture_chunk", bcc.BPF.TRACEPOINT, b"chunk_progs"),
-                                       (b"capture_chunk_tls", bcc.BPF.KPROBE, b"tls_chunk_progs")):
-            try:
-                capture = self._bpf.load_func(name, prog_type)
-                self._bpf[array][ctypes.c_int(0)] = ctypes.c_int(capture.fd)
-            except Exception as exc:
-                self._bpf.cleanup()
-                raise ProbeError(f"loading {name.decode()} failed: {exc}") from exc
+        try:  # the exit programs tail-call the capture program through this array
+            self._load_capture(b"capture_chunk", bcc.BPF.TRACEPOINT, b"chunk_progs")
+        except Exception as exc:
+            self._bpf.cleanup()
+            raise ProbeError(f"loading capture_chunk failed: {exc}") from exc
         self.load_seconds = time.monotonic() - started
         _release_compiler_memory()
         self._cgroups = self._bpf[b"traced_cgroups"]
@@ -233,6 +229,8 @@ class Probes:
         self._tracepoints = tuple(self._bpf.tracepoint_fds)
         # attached TLS file -> (the functions probed, bcc's names of its uprobe events)
         self._tls: dict[str, tuple[list[str], set[bytes]]] = {}
+        self._tls_capture_loaded = False
+        self._kprobe_type: int = bcc.BPF.KPROBE
         self._events: _ringbuf.RingBuffer | None = None
         self._epoll: select.epoll | None = None
         self._on_events: EventCallback = lambda _records: None
@@ -268,6 +266,10 @@ class Probes:
             self._bpf.attach_tracepoint(tp=tracepoint, fn_name=b"tracepoint__" + tracepoint.replace(b":", b"__"))
         log.info("capture programs attached to %d tracepoints", len(self._tracepoints))
 
+    def _load_capture(self, name: bytes, prog_type: int, array: bytes) -> None:
+        capture = self._bpf.load_func(name, prog_type)
+        self._bpf[array][ctypes.c_int(0)] = ctypes.c_int(capture.fd)
+
     # ---- TLS libraries ----
     def attach_tls(self, path: str) -> list[str]:
         """Attach the OpenSSL probes to the library or executable at `path` (an absolute path the agent can
@@ -277,6 +279,14 @@ class Probes:
         missing or the kernel refuses."""
         if path in self._tls:
             return self._tls[path][0]
+        if not self._tls_capture_loaded:
+            # The uprobes' own copy of capture_chunk (a prog array holds one program type), verified on first
+            # use: ~0.35 s that agents tracing no TLS never pay.
+            try:
+                self._load_capture(b"capture_chunk_tls", self._kprobe_type, b"tls_chunk_progs")
+            except Exception as exc:
+                raise ProbeError(f"loading capture_chunk_tls failed: {exc}") from exc
+            self._tls_capture_loaded = True
         before = set(self._bpf.uprobe_fds)
         attached: list[str] = []
         try:
