@@ -180,11 +180,12 @@ _INFLIGHT_MAPS = (b"io_inflight", b"accept_inflight", b"connect_inflight", b"soc
 
 # OpenSSL functions the TLS probes attach to: symbol -> entry program. Each also gets the return probe,
 # except SSL_free, which only forgets its SSL object. SSL_read_ex/SSL_write_ex are new in 1.1.1;
-# SSL_connect and SSL_accept run SSL_do_handshake.
+# SSL_connect and SSL_accept run SSL_do_handshake. Only SSL_read and SSL_write are required: without the
+# handshake probe, a first request a server read ahead with the handshake is missed.
 TLS_CALL_PROBES = {b"SSL_read": b"tls_read_enter", b"SSL_read_ex": b"tls_read_ex_enter",
                    b"SSL_write": b"tls_write_enter", b"SSL_write_ex": b"tls_write_ex_enter",
                    b"SSL_do_handshake": b"tls_handshake_enter"}
-_TLS_REQUIRED = (b"SSL_read", b"SSL_write", b"SSL_do_handshake")
+_TLS_REQUIRED = (b"SSL_read", b"SSL_write")
 _TLS_FREE = (b"SSL_free", b"tls_free_enter")
 _TLS_RETURN = b"tls_return"
 _TLS_VERSIONS = {0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}  # SSL's `version` -> semconv
@@ -275,8 +276,8 @@ class Probes:
         """Attach the OpenSSL probes to the library or executable at `path` (an absolute path the agent can
         open, e.g. through /proc/<pid>/root). A uprobe lives on the file, so it fires in every process that
         maps it, now or later; the programs return at once for processes not selected. Returns the symbols
-        attached; raises ProbeError (nothing left attached) when SSL_read, SSL_write or SSL_do_handshake is
-        missing or the kernel refuses."""
+        attached; raises ProbeError (nothing left attached) when SSL_read or SSL_write is missing or the
+        kernel refuses."""
         if path in self._tls:
             return self._tls[path][0]
         if not self._tls_capture_loaded:
@@ -296,7 +297,7 @@ class Probes:
                 except Exception as exc:  # bcc: bare Exception, e.g. "could not determine address of symbol"
                     if symbol in _TLS_REQUIRED:
                         raise ProbeError(f"attaching to {symbol.decode()} in {path} failed: {exc}") from exc
-                    continue  # OpenSSL 1.1.0 has no _ex variants
+                    continue  # OpenSSL 1.1.0 has no _ex variants; a static copy may not export every one
                 self._bpf.attach_uretprobe(name=path.encode(), sym=symbol, fn_name=_TLS_RETURN)
                 attached.append(symbol.decode())
             self._bpf.attach_uprobe(name=path.encode(), sym=_TLS_FREE[0], fn_name=_TLS_FREE[1])
