@@ -27,7 +27,10 @@ _MAX_EXAMINED = 16384  # files remembered as OpenSSL or not
 class Library:
     """A file with OpenSSL in it, mapped executable by a process."""
 
-    key: tuple[str, int]  # (device, inode) from /proc/<pid>/maps: one attachment per file
+    # (device, inode) from /proc/<pid>/maps: one attachment per file. Containers see their overlay mount's
+    # device, so two of one image may attach the same layer file twice: both probes fire, the second entry
+    # stores the same call again and the second return finds it gone, so the plaintext still goes out once.
+    key: tuple[str, int]
     path: str  # as the process sees it
     host_path: str  # the same file from the agent's mount namespace: /proc/<pid>/root/<path> of a process
     # that maps it (the probes stay on the file when that process is gone)
