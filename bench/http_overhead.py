@@ -14,9 +14,13 @@ mean of the two untraced runs. Per arm:
   (c) agent CPU during the traced wrk run -> traced requests per agent-CPU-second, agent RSS;
   (d) in-kernel cost per request from `kernel.bpf_stats_enabled` (restored afterwards);
   (e) the agent's final `podspan: done` totals (spans, dropped, events lost).
+With --tls nginx serves HTTPS (a self-signed certificate; TLS 1.2, nginx 1.22's default; keep-alive) and wrk
+requests https://: the agent reads the plaintext with its OpenSSL uprobes. The fixed-rate latency client
+speaks plain HTTP only, so (b) is skipped; the uprobes also fire in wrk (untraced, same libssl), whose
+cost is part of what the throughput ratio shows.
 wrk, nginx, the agent, the receiver and the latency client all share the machine's cores.
 Nothing is asserted; the script prints a table and exits 0.
-Run (root): `.venv/bin/python bench/http_overhead.py [--duration 10] [--rate 2000] [--connections 4]`.
+Run (root): `.venv/bin/python bench/http_overhead.py [--duration 10] [--rate 2000] [--connections 4] [--tls]`.
 """
 
 from __future__ import annotations
@@ -42,8 +46,8 @@ HOST = harness.HOST
 # ---------------------------------------------------------------- wrk
 
 
-def run_wrk(port: int, duration: int) -> dict[str, float]:
-    cmd = ["wrk", "-t1", "-c16", f"-d{duration}s", f"http://{HOST}:{port}/"]
+def run_wrk(port: int, duration: int, scheme: str = "http") -> dict[str, float]:
+    cmd = ["wrk", "-t1", "-c16", f"-d{duration}s", f"{scheme}://{HOST}:{port}/"]
     out = subprocess.run(cmd, capture_output=True, text=True, check=True, timeout=duration + 30).stdout
     rps = re.search(r"Requests/sec:\s+([\d.]+)", out)
     total = re.search(r"(\d+) requests in", out)
@@ -113,6 +117,14 @@ def fixed_rate_latency(binary: pathlib.Path, port: int, rate: float, duration: f
     }
 
 
+def latency_run(binary: pathlib.Path, port: int, args: argparse.Namespace) -> dict[str, float]:
+    """The fixed-rate run, or (HTTPS: the client speaks plain HTTP only) the same fields, all NaN."""
+    if args.tls:
+        return dict.fromkeys(("p50_us", "p99_us", "p999_us", "max_us", "mean_us", "count", "scheduled", "warmup",
+                              "lat_incomplete", "lat_errors", "lat_non2xx", "late"), float("nan"))
+    return fixed_rate_latency(binary, port, args.rate, args.duration, args.connections)
+
+
 # ---------------------------------------------------------------- the run
 
 
@@ -123,7 +135,10 @@ def main(argv: list[str] | None = None) -> int:
                         help="requests/s of the fixed-rate latency run (bench/openloop.c)")
     parser.add_argument("--connections", type=int, default=4,
                         help="keep-alive connections of the latency client (the rate is spread round-robin)")
+    parser.add_argument("--tls", action="store_true",
+                        help="HTTPS: nginx with TLS, wrk on https:// (no fixed-rate latency run)")
     args = parser.parse_args(argv)
+    scheme = "https" if args.tls else "http"
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(harness.PYTHON, harness.ROOT), *sys.argv])
     if os.geteuid() != 0:
         print("needs root (eBPF, cgroups)", file=sys.stderr)
@@ -142,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
     agent_cmd: list[str] = []
     try:
         port = servers.free_port(HOST)
-        conf = servers.nginx_config(root, HOST, port)
+        conf = servers.nginx_config(root, HOST, port, tls=servers.self_signed_certificate(root) if args.tls else None)
         pod = runner.start("nginx", ["/usr/sbin/nginx", "-c", str(conf), "-p", str(root)],
                            log_path=root / "nginx.out")
         pods.wait_for_port(HOST, port)
@@ -151,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
         receiver, receiver_reader, grpc_port = harness.start_receiver()
         print(f"OTLP receiver pid {receiver.pid}, grpc port {grpc_port}", flush=True)
 
-        run_wrk(port, 2)  # warm-up
+        run_wrk(port, 2, scheme)  # warm-up
         for phase in ("untraced1", "traced", "untraced2"):
             steal0 = harness.cpu_steal_idle()
             if phase == "traced":
@@ -162,15 +177,16 @@ def main(argv: list[str] | None = None) -> int:
                 agent_info["startup_wall_s"] = time.monotonic() - started
                 attached = re.search(r"attached in ([\d.]+)s", line)
                 agent_info["attach_s"] = float(attached.group(1)) if attached else float("nan")
-                agent_ids = set(harness.bpf_programs()) - ids_before
-                agent_info["programs"] = float(len(agent_ids))
                 print(f"agent pid {agent.pid} attached ({line})", flush=True)
                 time.sleep(1.0)
+                # After the agent's first ticks: the TLS uprobe programs load when it attaches to libssl.
+                agent_ids = set(harness.bpf_programs()) - ids_before
+                agent_info["programs"] = float(len(agent_ids))
                 agent_info["cpu_attached_s"] = harness.tree_cpu_seconds(agent.pid)
                 subprocess.run(["sysctl", "-q", "-w", "kernel.bpf_stats_enabled=1"], check=True)
                 cpu0 = harness.tree_cpu_seconds(agent.pid)
                 bpf0 = harness.bpf_totals(agent_ids)
-                wrk = run_wrk(port, args.duration)
+                wrk = run_wrk(port, args.duration, scheme)
                 bpf1 = harness.bpf_totals(agent_ids)
                 time.sleep(1.5)  # let the agent drain what the window produced (its CPU counts)
                 cpu1 = harness.tree_cpu_seconds(agent.pid)
@@ -178,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
                 agent_info["bpf_ns"] = float(bpf1[0] - bpf0[0])
                 agent_info["bpf_runs"] = float(bpf1[1] - bpf0[1])
                 lat_bpf0 = harness.bpf_totals(agent_ids)
-                latency = fixed_rate_latency(openloop, port, args.rate, args.duration, args.connections)
+                latency = latency_run(openloop, port, args)
                 lat_bpf1 = harness.bpf_totals(agent_ids)
                 agent_info["lat_bpf_ns"] = float(lat_bpf1[0] - lat_bpf0[0])
                 subprocess.run(["sysctl", "-q", "-w", f"kernel.bpf_stats_enabled={stats_before}"], check=True)
@@ -189,8 +205,8 @@ def main(argv: list[str] | None = None) -> int:
                 agent_info["exit"] = float(agent.returncode)
                 agent = None
             else:
-                wrk = run_wrk(port, args.duration)
-                latency = fixed_rate_latency(openloop, port, args.rate, args.duration, args.connections)
+                wrk = run_wrk(port, args.duration, scheme)
+                latency = latency_run(openloop, port, args)
             steal1 = harness.cpu_steal_idle()
             elapsed = max(1, steal1[2] - steal0[2])
             results[phase] = {**wrk, **latency, "steal_pct": 100 * (steal1[0] - steal0[0]) / elapsed,

@@ -21,8 +21,8 @@
 #include <linux/socket.h>
 /* One header per concern, each including what it needs: podspan_events.h (the contract with
  * userspace), podspan_config.h (options), podspan_maps.h (structs, maps, stats, selection),
- * podspan_output.h (ring buffer), podspan_conns.h, podspan_udp.h, podspan_process.h, podspan_http2.h
- * and podspan_capture.h (the data path). bcc rewrites map calls and tracepoint `args` only in the file
+ * podspan_output.h (ring buffer), podspan_conns.h, podspan_udp.h, podspan_process.h, podspan_http2.h,
+ * podspan_tls_state.h and podspan_capture.h (the data path), and podspan_tls.h (the TLS library probes). bcc rewrites map calls and tracepoint `args` only in the file
  * it compiles, so the loader inlines these headers into this file first. This file holds every
  * program the loader attaches or tail-calls. */
 #include "podspan_events.h"
@@ -34,6 +34,7 @@
 #include "podspan_process.h"
 #include "podspan_http2.h"
 #include "podspan_capture.h"
+#include "podspan_tls.h"
 
 /* ---- socket / bind: UDP candidates ---- */
 
@@ -90,7 +91,10 @@ TRACEPOINT_PROBE(sched, sched_process_exec) { return process_exec(); }
 
 /* Tail-called through chunk_progs[0], which the loader fills: capturing runs in one program so the
  * verifier checks its loops once, not once per syscall exit tracepoint. */
-int capture_chunk(void *ctx) { return capture_job(ctx); }
+int capture_chunk(void *ctx) { return capture_job(ctx, 0); }
+/* The same for the TLS library probes, through tls_chunk_progs[0]: a uprobe can tail-call only a program
+ * of its own type. */
+int capture_chunk_tls(struct pt_regs *ctx) { return capture_job(ctx, 1); }
 
 /* MAY_OPEN: whether the syscall can name a destination, so a UDP socket's first send opens a flow.
  * ARG(field, n): the syscall's argument n, named `field` in its tracepoint. */
@@ -121,9 +125,12 @@ int capture_chunk(void *ctx) { return capture_job(ctx); }
 #endif
 
 IO_TRACEPOINTS(read, IO_BUF, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(buf, 2))
-IO_TRACEPOINTS(recvfrom, IO_BUF, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(ubuf, 2))
+/* MSG_PEEK (nginx peeks at a connection's first byte to tell TLS from plain HTTP): the bytes are read again. */
+IO_TRACEPOINTS(recvfrom, IO_BUF, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(ubuf, 2),
+               .peek = (ARG(flags, 4) & PODSPAN_MSG_PEEK) != 0)
 IO_TRACEPOINTS(readv, IO_IOVEC, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(vec, 2), .count = ARG(vlen, 3))
-IO_TRACEPOINTS(recvmsg, IO_MSGHDR, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(msg, 2))
+IO_TRACEPOINTS(recvmsg, IO_MSGHDR, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(msg, 2),
+               .peek = (ARG(flags, 3) & PODSPAN_MSG_PEEK) != 0)
 IO_TRACEPOINTS(write, IO_BUF, PODSPAN_DIR_EGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(buf, 2))
 IO_TRACEPOINTS(sendto, IO_BUF, PODSPAN_DIR_EGRESS, ARG(addr, 5) != 0, .fd = ARG(fd, 1), .ptr = ARG(buff, 2),
                .addr = ARG(addr, 5), .addr_len = ARG(addr_len, 6))
@@ -134,3 +141,13 @@ IO_TRACEPOINTS(sendfile64, IO_NODATA, PODSPAN_DIR_EGRESS, 0, .fd = ARG(out_fd, 1
 IO_TRACEPOINTS(recvmmsg, IO_MMSG, PODSPAN_DIR_INGRESS, 0, .fd = ARG(fd, 1), .ptr = ARG(mmsg, 2))
 IO_TRACEPOINTS(sendmmsg, IO_MMSG, PODSPAN_DIR_EGRESS, 1, .fd = ARG(fd, 1), .ptr = ARG(mmsg, 2))
 #endif
+
+/* ---- TLS libraries (OpenSSL): uprobes the loader attaches per library found in traced processes ---- */
+
+int tls_read_enter(struct pt_regs *ctx) { return tls_call_enter(ctx, PODSPAN_DIR_INGRESS, 0); }
+int tls_read_ex_enter(struct pt_regs *ctx) { return tls_call_enter(ctx, PODSPAN_DIR_INGRESS, 1); }
+int tls_write_enter(struct pt_regs *ctx) { return tls_call_enter(ctx, PODSPAN_DIR_EGRESS, 0); }
+int tls_write_ex_enter(struct pt_regs *ctx) { return tls_call_enter(ctx, PODSPAN_DIR_EGRESS, 1); }
+int tls_handshake_enter(struct pt_regs *ctx) { return tls_call_enter(ctx, PODSPAN_DIR_NONE, 0); }
+int tls_return(struct pt_regs *ctx) { return tls_call_return(ctx); }
+int tls_free_enter(struct pt_regs *ctx) { return tls_free(ctx); }

@@ -30,8 +30,8 @@
  *   Run        start_ns, end_ns, bytes, chunks, direction        struct podspan_run
  *   Event      kind, role, direction, flags, tgid, tid, fd, conn_id, cgroup_id, ts_ns, prev (a Run),
  *              chunk_bytes, data
- *              kind DATA or CONTINUATION (struct podspan_data_event): data = the captured bytes,
- *              min(captured, record length - DATA_OFFSET) of them;
+ *              kind DATA, CONTINUATION or TLS (struct podspan_data_event): data = the captured bytes,
+ *              min(captured, record length - DATA_OFFSET) of them (none for TLS);
  *              kind CLOSE or EXIT (struct podspan_event_header): chunk_bytes 0, data b"".
  *   OpenEvent  kind (OPEN), role, direction, flags, tgid, tid, fd, conn_id, cgroup_id, ts_ns, prev,
  *              listen_fd, peer, listen_tgid                      struct podspan_open_event
@@ -39,7 +39,7 @@
  *   Malformed  kind (MALFORMED = 0), raw_kind, size: a record too short for its kind, or of no known
  *              kind; raw_kind is its first byte (-1 for an empty record), size its length.
  *
- * Constants: the event kinds OPEN, DATA, CLOSE, CONTINUATION, EXIT and MALFORMED; HEADER_SIZE,
+ * Constants: the event kinds OPEN, DATA, CLOSE, CONTINUATION, EXIT, TLS and MALFORMED; HEADER_SIZE,
  * OPEN_SIZE and DATA_OFFSET, the sizes the decoder requires.
  *
  * Single-phase init; the types are static and the module has no other state.
@@ -195,6 +195,7 @@ static PyObject *decode_record(const unsigned char *rec, size_t len) {
     switch (kind) {
     case PODSPAN_EV_DATA:
     case PODSPAN_EV_CONTINUATION:
+    case PODSPAN_EV_TLS:
         need = DATA_OFFSET;
         break;
     case PODSPAN_EV_CLOSE:
@@ -237,7 +238,7 @@ static PyObject *decode_record(const unsigned char *rec, size_t len) {
     struct podspan_event_header hdr;
     memcpy(&hdr, rec, sizeof hdr);
     PyObject *chunk_bytes, *data;
-    if (kind == PODSPAN_EV_DATA || kind == PODSPAN_EV_CONTINUATION) {
+    if (kind == PODSPAN_EV_DATA || kind == PODSPAN_EV_CONTINUATION || kind == PODSPAN_EV_TLS) {
         __u32 fixed[2]; /* chunk_bytes, captured */
         _Static_assert(offsetof(struct podspan_data_event, captured) ==
                            offsetof(struct podspan_data_event, chunk_bytes) + sizeof(__u32),
@@ -533,6 +534,7 @@ PyMODINIT_FUNC PyInit__ringbuf(void) {
         {"CLOSE", PODSPAN_EV_CLOSE},
         {"CONTINUATION", PODSPAN_EV_CONTINUATION},
         {"EXIT", PODSPAN_EV_EXIT},
+        {"TLS", PODSPAN_EV_TLS},
         {"MALFORMED", MALFORMED},
         {"HEADER_SIZE", (long)HEADER_SIZE},
         {"OPEN_SIZE", (long)OPEN_SIZE},

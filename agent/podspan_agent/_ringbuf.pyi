@@ -14,6 +14,7 @@ DATA: Final = 2
 CLOSE: Final = 3
 CONTINUATION: Final = 4
 EXIT: Final = 5
+TLS: Final = 6
 MALFORMED: Final = 0
 HEADER_SIZE: Final[int]  # sizeof(struct podspan_event_header)
 OPEN_SIZE: Final[int]  # sizeof(struct podspan_open_event)
@@ -36,10 +37,11 @@ class Run(structseq[int], tuple[int, int, int, int, int]):
 
 @final
 class Event(structseq[object], tuple[int, int, int, int, int, int, int, int, int, int, Run, int, bytes]):
-    """DATA/CONTINUATION (their captured bytes in `data`), CLOSE and EXIT (chunk_bytes 0, data b"")."""
+    """DATA/CONTINUATION (their captured bytes in `data`), TLS (data b""), CLOSE and EXIT (chunk_bytes 0,
+    data b"")."""
 
     @property
-    def kind(self) -> Literal[2, 3, 4, 5]: ...
+    def kind(self) -> Literal[2, 3, 4, 5, 6]: ...
     @property
     def role(self) -> int: ...
     @property

@@ -16,6 +16,7 @@ class EventKind(enum.IntEnum):
     CLOSE = 3
     CONTINUATION = 4
     EXIT = 5
+    TLS = 6
 
 
 class Direction(enum.IntEnum):
@@ -38,12 +39,15 @@ class Stat(enum.IntEnum):
     SENDFILE = 4
     MMSG_SKIPPED = 5
     CONTINUATIONS = 6
+    TLS_CIPHERTEXT = 7
+    TLS_UNMAPPED = 8
 
 
 class ConnFlag(enum.IntFlag):
     DATAGRAM = 1
     UNCONNECTED = 2
     HTTP2 = 4
+    TLS = 8
 
 
 STAT_COUNT = len(Stat)

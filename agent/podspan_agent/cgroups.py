@@ -39,6 +39,15 @@ def cgroup_id(path: pathlib.Path) -> int:
     return os.stat(path).st_ino
 
 
+def processes(path: pathlib.Path) -> list[int]:
+    """The processes (tgids) in cgroup `path` itself, not its descendants: what the cgroup filter traces.
+    Empty when the cgroup is gone."""
+    try:
+        return [int(line) for line in (path / "cgroup.procs").read_text().split()]
+    except (OSError, ValueError):
+        return []
+
+
 # CRI runtime (container id prefix) -> the systemd scope prefix the runtime uses.
 _SCOPE_PREFIX = {"containerd": "cri-containerd", "cri-o": "crio", "docker": "docker"}
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import collections.abc
 import logging
 import os
 import pathlib
@@ -12,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from podspan_agent import cgroups, kernel_headers, loader, process_info, tracer
+from podspan_agent import cgroups, kernel_headers, loader, process_info, tls, tracer
 from podspan_agent.export import otlp, otlp_metrics, otlp_settings, sinks
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base, registry
@@ -66,6 +67,8 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--protocols", help=f"comma-separated subset of: {','.join(registry.NAMES)}")
     trace.add_argument("--capture-size", type=int, default=512, help="bytes captured per message")
     trace.add_argument("--capture-headers", action="store_true", help="record HTTP headers (redacted)")
+    trace.add_argument("--no-tls", action="store_true",
+                       help="do not read TLS plaintext from OpenSSL (uprobes); TLS connections then yield no spans")
     trace.add_argument("--no-otlp-metrics", dest="otlp_metrics", action="store_false",
                        help="with an OTLP endpoint, do not also push RED metrics to it (/v1/metrics, every "
                             "$OTEL_METRIC_EXPORT_INTERVAL ms, default 60000)")
@@ -177,11 +180,13 @@ def _trace(args: argparse.Namespace) -> int:
         if args.duration is not None:
             threading.Timer(args.duration, stop.set).start()
         last_summary = [time.monotonic()]
+        libraries = _TlsFollower(None if args.no_tls else tls.Tracker(probes), list(selected.values()), pids)
 
         def on_tick() -> None:
             if endpoint is not None:
                 collector.publish(prometheus.Health.of(the_tracer.stats(), outputs.export_stats(),
                                                        probes.tracepoints_attached))
+            libraries.follow(the_tracer.table.tls_processes)
             if time.monotonic() - last_summary[0] >= 1.0:
                 last_summary[0] = time.monotonic()
                 outputs.summary(the_tracer.stats())
@@ -196,6 +201,33 @@ def _trace(args: argparse.Namespace) -> int:
             endpoint.close()
     outputs.summary(final_stats, final=True)
     return 0
+
+
+class _TlsFollower:
+    """Standalone mode's TLS discovery: the selected processes' OpenSSL attached and reported on stderr as it
+    changes, and processes whose TLS stack is not probed named once each."""
+
+    _EVERY_S = 2.0  # like the node agent's reconcile: processes that start later are picked up
+
+    def __init__(self, tracker: tls.Tracker | None, directories: list[pathlib.Path], pids: list[int]) -> None:
+        self._tracker, self._directories, self._pids = tracker, directories, pids
+        self._next = 0.0
+        self._reported: set[str] = set()
+
+    def follow(self, tls_processes: collections.abc.Iterable[tuple[int, int]]) -> None:
+        if self._tracker is None or time.monotonic() < self._next:
+            return
+        self._next = time.monotonic() + self._EVERY_S
+        traced = [*self._pids, *(pid for directory in self._directories for pid in cgroups.processes(directory))]
+        self._tracker.sync(traced)
+        lines = [f"pid {pid}: {state.describe()}" for pid in traced for state in self._tracker.libraries(pid)]
+        lines += [f"pid {pid}: TLS connections through a TLS stack that is not probed (only OpenSSL with socket "
+                  f"BIOs is): no spans for them"
+                  for pid in self._tracker.unsupported(tls_processes)]
+        for line in lines:
+            if line not in self._reported:
+                self._reported.add(line)
+                print(f"podspan: TLS {line}", file=sys.stderr, flush=True)
 
 
 def _run(args: argparse.Namespace) -> int:

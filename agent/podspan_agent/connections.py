@@ -27,6 +27,9 @@ _MAX_OPEN_REQUESTS = 64
 _MAX_DROP_CGROUPS = 4096
 # Plain ints on the per-event path: an IntFlag operation builds a new enum member each time.
 _DATAGRAM = int(bpf_events.ConnFlag.DATAGRAM)
+_TLS = int(bpf_events.ConnFlag.TLS)
+# Processes remembered as having opened TLS connections (for the TLS library report), most recent kept.
+_MAX_TLS_PROCESSES = 4096
 _CLIENT, _SERVER = int(bpf_events.Role.CLIENT), int(bpf_events.Role.SERVER)
 _INGRESS, _EGRESS = int(bpf_events.Direction.INGRESS), int(bpf_events.Direction.EGRESS)
 
@@ -54,6 +57,8 @@ class ConnectionInfo:
     peer: sockaddr.Endpoint | None
     local: sockaddr.Endpoint | None
     datagram: bool  # UDP: every message is one datagram
+    tls: bool  # its bytes came decrypted from a TLS library's probes
+    tls_version: str | None  # "1.3", when the kernel could read it after the handshake
 
 
 @dataclasses.dataclass(slots=True)
@@ -71,6 +76,9 @@ class Connection:
     detect_attempts: int = 0
     pending: Run | None = None
     flags: int = 0  # bpf_events.ConnFlag bits: the kernel's capture mode
+    decrypted: bool = False  # a TLS connection whose plaintext the TLS probes delivered
+    tls_version: str | None = None
+    tls_version_read: bool = False  # looked up once, before its first exchange
     # start_ns of a request run -> (fingerprint, tid): attached to its exchange's record
     requests: collections.OrderedDict[int, tuple[int, int]] = dataclasses.field(
         default_factory=collections.OrderedDict
@@ -81,7 +89,7 @@ class Connection:
         """The connection's frozen snapshot, made once and shared by all its exchanges."""
         if self._info is None:
             self._info = ConnectionInfo(self.conn_id, self.tgid, self.fd, self.role, self.cgroup_id, self.peer,
-                                        self.local, self.datagram)
+                                        self.local, self.datagram, bool(self.flags & _TLS), self.tls_version)
         return self._info
 
     @property
@@ -116,6 +124,8 @@ class TableStats:
     continuations_dropped: int = 0
     ended_by_exit: int = 0  # connections their process left open when it exited or was killed
     replaced: int = 0  # connections still tracked when their fd was opened again (their close event was lost)
+    tls_handshakes: int = 0  # connections the kernel saw start TLS (their ciphertext is not captured)
+    tls_undecrypted: int = 0  # TLS connections that ended with no plaintext from a TLS library probe
 
 
 class ConnectionTable:
@@ -126,8 +136,10 @@ class ConnectionTable:
         detect: registry.Detector,
         forget: Callable[[int, int, int], None],
         max_connections: int = 65536,
+        tls_version: Callable[[int], str | None] = lambda _conn_id: None,
     ) -> None:
         self._detect = detect
+        self._tls_version = tls_version  # conn_id -> the TLS version the kernel recorded for it
         self._exchanges: list[Exchange] = []  # produced since the last take_exchanges()
         self._forget = forget  # (tgid, fd, conn_id): drop the kernel's entry if it still holds that connection
         self._max = max_connections
@@ -136,6 +148,9 @@ class ConnectionTable:
         self._listen_cache: dict[tuple[int, int], sockaddr.Endpoint | None] = {}
         self._closed_drops: collections.Counter[int] = collections.Counter()  # cgroup id -> parser drops
         self.stats = TableStats()
+        # (cgroup id, tgid) -> TLS handshakes seen outside the probed OpenSSL calls: what the TLS library
+        # report needs to name processes whose TLS stack is not probed.
+        self.tls_processes: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
 
     def set_detector(self, detect: registry.Detector) -> None:
         """New connections are detected (and their parsers configured) by `detect`; existing ones keep
@@ -172,22 +187,30 @@ class ConnectionTable:
         self.stats.opened += 1
 
     def on_data(self, hdr: _ringbuf.Event, data: bytes) -> None:
-        conn = self._conns.get(hdr.conn_id)
-        if conn is None:
-            # Its open event was lost or evicted: track what we can from here on.
-            conn = Connection(hdr.conn_id, hdr.tgid, hdr.fd, bpf_events.Role(hdr.role), hdr.cgroup_id,
-                              flags=hdr.flags)
-            self._insert(conn)
-            self.stats.unknown_connections += 1
-        else:
-            self._conns.move_to_end(hdr.conn_id)
-        conn.flags = hdr.flags  # the kernel switches capture mode when it sees the HTTP/2 preface
+        conn = self._tracked(hdr)
+        # The kernel switches capture mode when it sees the HTTP/2 preface; on a TLS connection only the
+        # TLS probes' plaintext comes as data.
+        conn.flags = hdr.flags
+        if hdr.flags & _TLS:
+            conn.decrypted = True
         self._finish_run(conn, hdr.prev)
         run = Run(conn.from_client(hdr.direction), data, hdr.ts_ns, hdr.tid)
         conn.pending = run
         conn.tid = hdr.tid
         if run.from_client:
             self._note_request(conn, run)
+
+    def on_tls(self, hdr: _ringbuf.Event) -> None:
+        """The connection started TLS (a handshake record): from here on only plaintext from the TLS
+        library probes comes as data; the run in progress is unaffected."""
+        conn = self._tracked(hdr)
+        conn.flags = hdr.flags
+        self.stats.tls_handshakes += 1
+        key = (hdr.cgroup_id, hdr.tgid)
+        self.tls_processes[key] = self.tls_processes.get(key, 0) + 1
+        self.tls_processes.move_to_end(key)
+        while len(self.tls_processes) > _MAX_TLS_PROCESSES:
+            self.tls_processes.popitem(last=False)
 
     def on_continuation(self, hdr: _ringbuf.Event, data: bytes) -> None:
         """More bytes of the pending run: a later chunk the kernel copied because the run's first
@@ -220,6 +243,8 @@ class ConnectionTable:
     def finish(self, conn: Connection, last: _ringbuf.Run | None) -> None:
         """End a connection: its pending run ends as `last` says (undelivered if unknown), and its
         parser gives up what it still holds."""
+        if conn.flags & _TLS and not conn.decrypted:
+            self.stats.tls_undecrypted += 1
         self._remove(conn)
         self._finish_run(conn, last)
         self._flush_parser(conn)
@@ -261,6 +286,18 @@ class ConnectionTable:
         }
 
     # ---- internals ----
+    def _tracked(self, hdr: _ringbuf.Event) -> Connection:
+        """The event's connection, made from its header if its open event was lost or it was evicted."""
+        conn = self._conns.get(hdr.conn_id)
+        if conn is None:
+            conn = Connection(hdr.conn_id, hdr.tgid, hdr.fd, bpf_events.Role(hdr.role), hdr.cgroup_id,
+                              flags=hdr.flags)
+            self._insert(conn)
+            self.stats.unknown_connections += 1
+        else:
+            self._conns.move_to_end(hdr.conn_id)
+        return conn
+
     def _insert(self, conn: Connection) -> None:
         stale = self._by_process.get(conn.tgid, {}).get(conn.fd)
         if stale is not None:
@@ -351,6 +388,8 @@ class ConnectionTable:
         conn.parser = None  # its drops now live in _closed_drops
 
     def _emit(self, conn: Connection, records: list[base.Record]) -> None:
+        if conn.decrypted and not conn.tls_version_read:  # before its snapshot is made
+            conn.tls_version, conn.tls_version_read = self._tls_version(conn.conn_id), True
         for record in records:
             fingerprint, tid = conn.requests.get(record.start_ns, (0, conn.tid))
             self.stats.records += 1

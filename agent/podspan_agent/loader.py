@@ -175,7 +175,20 @@ _MAX_BATCHES_PER_POLL = 64
 
 # Per-thread syscall state stashed on enter for the exit handler, and what a fork hands to its child
 # when the child first runs: stale after a detach.
-_INFLIGHT_MAPS = (b"io_inflight", b"accept_inflight", b"connect_inflight", b"socket_inflight", b"forks_inflight")
+_INFLIGHT_MAPS = (b"io_inflight", b"accept_inflight", b"connect_inflight", b"socket_inflight", b"forks_inflight",
+                  b"tls_calls")
+
+# OpenSSL functions the TLS probes attach to: symbol -> entry program. Each also gets the return probe,
+# except SSL_free, which only forgets its SSL object. SSL_read_ex/SSL_write_ex are new in 1.1.1;
+# SSL_connect and SSL_accept run SSL_do_handshake. Only SSL_read and SSL_write are required: without the
+# handshake probe, a first request a server read ahead with the handshake is missed.
+TLS_CALL_PROBES = {b"SSL_read": b"tls_read_enter", b"SSL_read_ex": b"tls_read_ex_enter",
+                   b"SSL_write": b"tls_write_enter", b"SSL_write_ex": b"tls_write_ex_enter",
+                   b"SSL_do_handshake": b"tls_handshake_enter"}
+_TLS_REQUIRED = (b"SSL_read", b"SSL_write")
+_TLS_FREE = (b"SSL_free", b"tls_free_enter")
+_TLS_RETURN = b"tls_return"
+_TLS_VERSIONS = {0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}  # SSL's `version` -> semconv
 
 
 class Probes:
@@ -200,8 +213,7 @@ class Probes:
         except Exception as exc:  # bcc raises bare Exception on compile/attach failures
             raise ProbeError(f"loading {source.name} failed: {exc}") from exc
         try:  # the exit programs tail-call the capture program through this array
-            capture = self._bpf.load_func(b"capture_chunk", bcc.BPF.TRACEPOINT)
-            self._bpf[b"chunk_progs"][ctypes.c_int(0)] = ctypes.c_int(capture.fd)
+            self._load_capture(b"capture_chunk", bcc.BPF.TRACEPOINT, b"chunk_progs")
         except Exception as exc:
             self._bpf.cleanup()
             raise ProbeError(f"loading capture_chunk failed: {exc}") from exc
@@ -213,8 +225,13 @@ class Probes:
         self._dgram_socks = self._bpf[b"dgram_socks"]
         self._stats = self._bpf[b"stats"]
         self._lost_by_cgroup = self._bpf[b"lost_by_cgroup"]
+        self._tls_versions = self._bpf[b"tls_versions"]
         # bcc attached every TRACEPOINT_PROBE while loading; remember them to re-attach after detach().
         self._tracepoints = tuple(self._bpf.tracepoint_fds)
+        # attached TLS file -> (the functions probed, bcc's names of its uprobe events)
+        self._tls: dict[str, tuple[list[str], set[bytes]]] = {}
+        self._tls_capture_loaded = False
+        self._kprobe_type: int = bcc.BPF.KPROBE
         self._events: _ringbuf.RingBuffer | None = None
         self._epoll: select.epoll | None = None
         self._on_events: EventCallback = lambda _records: None
@@ -253,6 +270,70 @@ class Probes:
         for tracepoint in self._tracepoints:
             self._bpf.attach_tracepoint(tp=tracepoint, fn_name=b"tracepoint__" + tracepoint.replace(b":", b"__"))
         log.info("capture programs attached to %d tracepoints", len(self._tracepoints))
+
+    def _load_capture(self, name: bytes, prog_type: int, array: bytes) -> None:
+        capture = self._bpf.load_func(name, prog_type)
+        self._bpf[array][ctypes.c_int(0)] = ctypes.c_int(capture.fd)
+
+    # ---- TLS libraries ----
+    def attach_tls(self, path: str) -> list[str]:
+        """Attach the OpenSSL probes to the library or executable at `path` (an absolute path the agent can
+        open, e.g. through /proc/<pid>/root). A uprobe lives on the file, so it fires in every process that
+        maps it, now or later; the programs return at once for processes not selected. Returns the symbols
+        attached; raises ProbeError (nothing left attached) when SSL_read or SSL_write is missing or the
+        kernel refuses."""
+        if path in self._tls:
+            return self._tls[path][0]
+        if not self._tls_capture_loaded:
+            # The uprobes' own copy of capture_chunk (a prog array holds one program type), verified on first
+            # use: ~0.35 s that agents tracing no TLS never pay.
+            try:
+                self._load_capture(b"capture_chunk_tls", self._kprobe_type, b"tls_chunk_progs")
+            except Exception as exc:
+                raise ProbeError(f"loading capture_chunk_tls failed: {exc}") from exc
+            self._tls_capture_loaded = True
+        before = set(self._bpf.uprobe_fds)
+        attached: list[str] = []
+        try:
+            for symbol, entry in TLS_CALL_PROBES.items():
+                try:
+                    self._bpf.attach_uprobe(name=path.encode(), sym=symbol, fn_name=entry)
+                except Exception as exc:  # bcc: bare Exception, e.g. "could not determine address of symbol"
+                    if symbol in _TLS_REQUIRED:
+                        raise ProbeError(f"attaching to {symbol.decode()} in {path} failed: {exc}") from exc
+                    continue  # OpenSSL 1.1.0 has no _ex variants; a static copy may not export every one
+                self._bpf.attach_uretprobe(name=path.encode(), sym=symbol, fn_name=_TLS_RETURN)
+                attached.append(symbol.decode())
+            self._bpf.attach_uprobe(name=path.encode(), sym=_TLS_FREE[0], fn_name=_TLS_FREE[1])
+        except Exception as exc:
+            self._detach_events(set(self._bpf.uprobe_fds) - before)
+            if isinstance(exc, ProbeError):
+                raise
+            raise ProbeError(f"attaching the TLS probes to {path} failed: {exc}") from exc
+        self._tls[path] = (attached, set(self._bpf.uprobe_fds) - before)
+        log.info("TLS probes attached to %s (%s)", path, ", ".join(attached))
+        return attached
+
+    def tls_version(self, conn_id: int) -> str | None:
+        """The TLS version connection `conn_id` negotiated ("1.2", "1.3"), when the kernel saw its handshake
+        succeed and the SSL object holds it where OpenSSL 1.1 and 3.0-3.1 keep it; else None."""
+        try:
+            raw = self._tls_versions[ctypes.c_uint64(conn_id)].value
+        except KeyError:
+            return None
+        return _TLS_VERSIONS.get(raw)
+
+    def detach_tls(self, path: str) -> None:
+        """Remove the probes attach_tls(`path`) placed."""
+        found = self._tls.pop(path, None)
+        if found is not None:
+            self._detach_events(found[1])
+            log.info("TLS probes detached from %s", path)
+
+    def _detach_events(self, events: set[bytes]) -> None:
+        for event in events:
+            with contextlib.suppress(Exception):  # gone already: nothing to undo
+                self._bpf.detach_uprobe_event(event)
 
     # ---- selection ----
     def trace_cgroup(self, cgroup_id: int) -> None:

@@ -24,7 +24,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from kubernetes import watch as k8s_watch
 
-from podspan_agent import cgroups, kernel_headers, loader, process_info, profile_view, sampling, tracer
+from podspan_agent import cgroups, kernel_headers, loader, process_info, profile_view, sampling, tls, tracer
 from podspan_agent.export import otlp, otlp_metrics, otlp_settings
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base
@@ -49,6 +49,7 @@ class TargetPlan:
 
     status: models.TargetStatus
     cgroup_id: int | None
+    cgroup_dir: pathlib.Path | None
     resource: dict[str, base.AttributeValue]
     profiles: tuple[str, ...]
     container_hex: str | None
@@ -83,7 +84,7 @@ def plan(spec: models.NodeTraceConfigSpec, node: str, mount: pathlib.Path) -> li
         for container in pod.containers:
             resource = _pod_resource(pod, container.name, node)
             parsed = split_container_id(container.container_id or "")
-            cgroup_id = None
+            cgroup_id, directory = None, None
             state, reason, message = models.TargetState.WAITING, "", ""
             if container.container_id is None:
                 reason, message = "ContainerNotStarted", "no container id reported yet"
@@ -100,7 +101,7 @@ def plan(spec: models.NodeTraceConfigSpec, node: str, mount: pathlib.Path) -> li
             status = models.TargetStatus(pod_uid=pod.uid, container=container.name,
                                          container_id=container.container_id, state=state,
                                          reason=reason, message=message)
-            plans.append(TargetPlan(status, cgroup_id, resource, tuple(container.profiles),
+            plans.append(TargetPlan(status, cgroup_id, directory, resource, tuple(container.profiles),
                                     parsed[1] if parsed else None))
     return plans
 
@@ -335,6 +336,8 @@ class NodeAgent:
         self._capture = base.CaptureSettings()
         self.tracer = tracer.Tracer(probes, tracer.TracerSettings(capture=self._capture), [self.router],
                                     self.resources, on_pair=self.router.record_pair)
+        self._tls = tls.Tracker(probes)
+        self._tls_targets: list[TargetPlan] = []  # attached targets some profile of which reads TLS
         self._applied_version = -1
         self._generation: int | None = None
         self._plans: list[TargetPlan] = []
@@ -349,6 +352,7 @@ class NodeAgent:
             self.tracer.run(stop, self._tick)
         finally:
             self._watcher.stopping.set()
+            self._tls.close()
             self.router.shutdown()
 
     def _tick(self) -> None:
@@ -393,6 +397,10 @@ class NodeAgent:
         if capture != self._capture:
             self.tracer.set_capture(capture)
             self._capture = capture
+        reads_tls = {p.key for p in spec.profiles if p.capture.tls}
+        self._tls_targets = [p for p in plans if p.cgroup_dir is not None and reads_tls & set(p.profiles)]
+        # On every reconcile: processes that started (or loaded libssl) since are picked up.
+        self._tls.sync(pid for p in self._tls_targets if p.cgroup_dir for pid in cgroups.processes(p.cgroup_dir))
         if [p.status for p in plans] != [p.status for p in self._plans]:
             self._status_dirty = True
             log.info("applied NodeTraceConfig/%s: %d attached, %d waiting", self.node, len(wanted),
@@ -406,12 +414,22 @@ class NodeAgent:
             heartbeat_time=datetime.datetime.now(datetime.UTC),
             agent_version=AGENT_VERSION,
             header_source=self._headers.describe(),
-            targets=[p.status for p in self._plans],
+            targets=[self._with_tls(p) for p in self._plans],
             profiles=self.router.counters(lost, self.tracer.table.parser_drops_by_cgroup()),
             probes_attached=self._probes.attached,
         )
         if patch_status(self._custom, self.node, status):
             self._status_dirty = False
+
+    def _with_tls(self, target: TargetPlan) -> models.TargetStatus:
+        """The target's status with what its processes use for TLS (when a profile of it reads TLS)."""
+        if target not in self._tls_targets or target.cgroup_dir is None or target.cgroup_id is None:
+            return target.status
+        pids = cgroups.processes(target.cgroup_dir)
+        found = [state.describe() for pid in pids for state in self._tls.libraries(pid)]
+        unprobed = [f"pid {pid} ({process_info.executable_name(pid)})"
+                    for pid in self._tls.unsupported(self.tracer.table.tls_processes, target.cgroup_id)]
+        return target.status.model_copy(update={"tls": list(dict.fromkeys(found))[:32], "tls_unprobed": unprobed[:32]})
 
 
 def patch_status(custom: k8s.CustomObjectsApi, node: str, status: models.NodeTraceConfigStatus) -> bool:

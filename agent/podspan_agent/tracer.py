@@ -31,6 +31,7 @@ _DATA: Final = _ringbuf.DATA
 _CLOSE: Final = _ringbuf.CLOSE
 _CONTINUATION: Final = _ringbuf.CONTINUATION
 _EXIT: Final = _ringbuf.EXIT
+_TLS: Final = _ringbuf.TLS
 
 log = logging.getLogger(__name__)
 
@@ -81,6 +82,7 @@ class Tracer:
             registry.detector(settings.protocols, settings.capture),
             probes.forget_connection,
             settings.max_connections,
+            probes.tls_version,
         )
         self.correlator = correlation.Correlator(self._release, self.table.busy_threads, settings.hold_ns,
                                                  on_pair=on_pair)
@@ -111,6 +113,8 @@ class Tracer:
                     table.on_continuation(record, record.data)
                 elif record.kind == _EXIT:
                     table.on_exit(record.tgid, self._kernel_run)
+                elif record.kind == _TLS:
+                    table.on_tls(record)
                 else:  # too short for its kind, or of no known kind
                     self.malformed_events += 1
             except Exception:  # a bug must cost one event, never the batch or the agent

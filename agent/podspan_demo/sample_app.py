@@ -2,8 +2,10 @@
 optionally reads users through a Redis cache from PostgreSQL.
 
 Run as `python -m podspan_demo.sample_app frontend --port 8080 --backend http://127.0.0.1:8081`
-or `... backend --port 8081 [--redis HOST:PORT --postgres HOST:PORT]`. Standard library only (tiny
-RESP and PostgreSQL simple-query clients), so the traced process is plain CPython.
+or `... backend --port 8081 [--redis HOST:PORT --postgres HOST:PORT]`; with `--tls-cert/--tls-key` a
+service speaks HTTPS (the `ssl` module: OpenSSL), and a frontend calls an `https://` backend trusting
+`--backend-ca`. Standard library only (tiny RESP and PostgreSQL simple-query clients), so the traced
+process is plain CPython.
 """
 
 from __future__ import annotations
@@ -14,6 +16,7 @@ import http.server
 import json
 import random
 import socket
+import ssl
 import struct
 import time
 import urllib.parse
@@ -128,6 +131,7 @@ class BackendHandler(http.server.BaseHTTPRequestHandler):
 
 class FrontendHandler(BackendHandler):
     backend: urllib.parse.SplitResult
+    backend_tls: ssl.SSLContext | None = None  # an https:// backend
 
     def do_GET(self) -> None:
         url = urllib.parse.urlsplit(self.path)
@@ -137,7 +141,8 @@ class FrontendHandler(BackendHandler):
             if url.query:
                 target += "?" + url.query
             host = self.backend.hostname or "127.0.0.1"
-            conn = http.client.HTTPConnection(host, self.backend.port, timeout=5)
+            conn = (http.client.HTTPSConnection(host, self.backend.port, timeout=5, context=self.backend_tls)
+                    if self.backend_tls is not None else http.client.HTTPConnection(host, self.backend.port, timeout=5))
             try:
                 conn.request("GET", target, headers={"User-Agent": "sample-frontend"})
                 response = conn.getresponse()
@@ -158,13 +163,25 @@ def main() -> None:
     parser.add_argument("--redis", type=_address, metavar="HOST:PORT", help="backend: cache users in Redis")
     parser.add_argument("--postgres", type=_address, metavar="HOST:PORT",
                         help="backend: read users from PostgreSQL (table users(id, name), trust auth)")
+    parser.add_argument("--tls-cert", help="serve HTTPS with this certificate (PEM) ...")
+    parser.add_argument("--tls-key", help="... and this private key (PEM)")
+    parser.add_argument("--backend-ca", help="frontend: CA certificate (PEM) an https:// backend must chain to")
     args = parser.parse_args()
+    if bool(args.tls_cert) != bool(args.tls_key):
+        parser.error("--tls-cert and --tls-key go together")
     BackendHandler.redis, BackendHandler.postgres = args.redis, args.postgres
     handler: type[BackendHandler] = BackendHandler
     if args.role == "frontend":
         FrontendHandler.backend = urllib.parse.urlsplit(args.backend)
+        if FrontendHandler.backend.scheme == "https":
+            FrontendHandler.backend_tls = ssl.create_default_context(cafile=args.backend_ca)
         handler = FrontendHandler
-    http.server.ThreadingHTTPServer((args.bind, args.port), handler).serve_forever()
+    server = http.server.ThreadingHTTPServer((args.bind, args.port), handler)
+    if args.tls_cert:
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(args.tls_cert, args.tls_key)
+        server.socket = context.wrap_socket(server.socket, server_side=True)
+    server.serve_forever()
 
 
 if __name__ == "__main__":

@@ -20,11 +20,31 @@ def nginx_binary() -> str:
     return shutil.which("nginx") or "/usr/sbin/nginx"
 
 
-def nginx_config(root: pathlib.Path, host: str, port: int, upstream: int | None = None) -> pathlib.Path:
+def self_signed_certificate(directory: pathlib.Path, host: str = "127.0.0.1") -> tuple[pathlib.Path, pathlib.Path]:
+    """A fresh self-signed certificate for `host` (an IP address) and localhost, made with the `openssl`
+    tool: (certificate, key), PEM files in `directory`; the certificate is its own CA."""
+    cert, key = directory / "tls-cert.pem", directory / "tls-key.pem"
+    made = subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1", "-nodes",
+         "-keyout", str(key), "-out", str(cert), "-days", "2", "-subj", "/CN=localhost",
+         "-addext", f"subjectAltName=IP:{host},DNS:localhost"],
+        capture_output=True, text=True, timeout=60)
+    if made.returncode != 0:
+        raise RuntimeError(f"openssl req failed: {made.stderr.strip()[-500:]}")
+    return cert, key
+
+
+def nginx_config(root: pathlib.Path, host: str, port: int, upstream: int | None = None,
+                 tls: tuple[pathlib.Path, pathlib.Path] | None = None, http2: bool = False) -> pathlib.Path:
     """One worker as root (temp dirs are private), no access log, a static file at / and
     a `return 200` at /api/ (and with `upstream`, /upstream/ proxied to that port on `host`); every
-    path nginx writes stays under `root`."""
+    path nginx writes stays under `root`. `tls`: (certificate, key) to serve HTTPS instead, and with
+    `http2` HTTP/2 too (clients choose it by ALPN)."""
     proxied = f"location /upstream/ {{ proxy_pass http://{host}:{upstream}; }}" if upstream else ""
+    listen = f"{host}:{port}"
+    if tls:
+        listen += (" ssl http2" if http2 else " ssl") + f";\n        ssl_certificate {tls[0]};\n" \
+                  f"        ssl_certificate_key {tls[1]}"
     (root / "html").mkdir(exist_ok=True)
     (root / "html" / "index.html").write_text("<h1>podspan</h1>\n")
     conf = root / "nginx.conf"
@@ -44,7 +64,7 @@ http {{
     uwsgi_temp_path {root}/uwsgi;
     scgi_temp_path {root}/scgi;
     server {{
-        listen {host}:{port};
+        listen {listen};
         root {root}/html;
         location /api/ {{ return 200 '{{"ok":true}}'; }}
         {proxied}

@@ -8,6 +8,7 @@
 
 #include "podspan_udp.h"
 #include "podspan_http2.h"
+#include "podspan_tls_state.h"
 
 #ifdef PODSPAN_ARGS_AT_EXIT
 #include <asm/ptrace.h>
@@ -16,12 +17,14 @@
 #define PODSPAN_SYSCALL_ARG1(regs) ((regs)->di)
 #define PODSPAN_SYSCALL_ARG2(regs) ((regs)->si)
 #define PODSPAN_SYSCALL_ARG3(regs) ((regs)->dx)
+#define PODSPAN_SYSCALL_ARG4(regs) ((regs)->r10)
 #define PODSPAN_SYSCALL_ARG5(regs) ((regs)->r8)
 #define PODSPAN_SYSCALL_ARG6(regs) ((regs)->r9)
 #else
 #define PODSPAN_SYSCALL_ARG1(regs) ((regs)->orig_x0)
 #define PODSPAN_SYSCALL_ARG2(regs) ((regs)->regs[1])
 #define PODSPAN_SYSCALL_ARG3(regs) ((regs)->regs[2])
+#define PODSPAN_SYSCALL_ARG4(regs) ((regs)->regs[3])
 #define PODSPAN_SYSCALL_ARG5(regs) ((regs)->regs[4])
 #define PODSPAN_SYSCALL_ARG6(regs) ((regs)->regs[5])
 #endif
@@ -34,6 +37,8 @@ static __always_inline struct pt_regs *syscall_regs(void)
 /* `may_open`: the syscall can carry a destination (sendto with an address, sendmsg, sendmmsg). */
 static __always_inline int io_enter(struct io_args *io, int may_open)
 {
+    if (io->peek)
+        return 0;
     __u64 pid_tgid = bpf_get_current_pid_tgid();
     struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io->fd};
     /* The connection lookup comes first: it also filters files, pipes and
@@ -172,6 +177,8 @@ static __always_inline __u64 end_chunk_event(struct podspan_data_event *ev, stru
         conn->captured += ev->captured;
         conn->continuations += 1;
         count(PODSPAN_STAT_CONTINUATIONS);
+    } else if (!every_chunk && detect_tls(conn, ev)) {
+        /* Ciphertext: the connection's plaintext run stays as it was. */
     } else {
         if (!every_chunk)
             detect_http2(conn, ev);
@@ -185,6 +192,17 @@ static __always_inline __u64 end_chunk_event(struct podspan_data_event *ev, stru
     }
     ev->chunk_bytes = piece;
     return piece;
+}
+
+/* Tail-call capture_chunk: from the syscall tracepoints through chunk_progs, from the TLS library probes
+ * (another program type, which one prog array cannot mix) through tls_chunk_progs, to capture_chunk_tls.
+ * `from_uprobe` is a constant at every call site, so each program references one of the arrays. */
+static __always_inline void call_capture(void *ctx, int from_uprobe)
+{
+    if (from_uprobe)
+        tls_chunk_progs.call(ctx, 0);
+    else
+        chunk_progs.call(ctx, 0);
 }
 
 static __always_inline void emit_chunk_event(struct podspan_data_event *ev)
@@ -224,7 +242,7 @@ static __always_inline int on_chunk(struct data_scratch *s, struct podspan_conn 
  * tail-calls itself for the next piece (HTTP/2) or the next message of sendmmsg/recvmmsg (up to
  * PODSPAN_MAX_MMSG). The defaults stay within the kernel's 33 tail calls per syscall even for
  * PODSPAN_MAX_MMSG messages of PODSPAN_MAX_PIECES pieces each. */
-static __always_inline int capture_job(void *ctx)
+static __always_inline int capture_job(void *ctx, int from_uprobe)
 {
     __u32 zero = 0;
     struct data_scratch *s = data_scratch.lookup(&zero);
@@ -260,7 +278,7 @@ static __always_inline int capture_job(void *ctx)
     }
     if (on_chunk(s, conn, &src, bytes)) {
         job->piece += 1;
-        chunk_progs.call(ctx, 0);
+        call_capture(ctx, from_uprobe);
         return 0;
     }
     if (shape != IO_MMSG)
@@ -269,7 +287,7 @@ static __always_inline int capture_job(void *ctx)
     job->done = 0;
     job->piece = 0;
     if (job->message < job->result && job->message < PODSPAN_MAX_MMSG)
-        chunk_progs.call(ctx, 0);
+        call_capture(ctx, from_uprobe);
     else if (job->result > PODSPAN_MAX_MMSG)
         count_n(PODSPAN_STAT_MMSG_SKIPPED, job->result - PODSPAN_MAX_MMSG);
     return 0;
@@ -279,7 +297,8 @@ static __always_inline int capture_job(void *ctx)
  * connection in run mode, from one flat buffer, or from an iovec array whose first iovec holds what the
  * chunk may capture or at least PODSPAN_GATHER_ENOUGH bytes (capture() would stop there too). Returns
  * -1, having done nothing, when capture_chunk must gather the chunk. */
-static __always_inline int capture_inline(void *ctx, struct podspan_conn *conn, struct chunk_job *job)
+static __always_inline int capture_inline(void *ctx, struct podspan_conn *conn, struct chunk_job *job,
+                                          int from_uprobe)
 {
     int continuation = continues_run(conn, &job->io);
     __u64 rest = job->result;
@@ -310,23 +329,25 @@ static __always_inline int capture_inline(void *ctx, struct podspan_conn *conn, 
     if (piece < rest) { /* the run began with the HTTP/2 preface: capture_chunk sends the other pieces */
         job->piece = 1;
         s->job = *job;
-        chunk_progs.call(ctx, 0);
+        call_capture(ctx, from_uprobe);
     }
     return 0;
 }
 
 /* A read/write-family syscall moved `ret` > 0 bytes on a tracked connection (`conn`), or (io->open, conn
- * NULL) sent on a UDP socket that may open a flow. */
+ * NULL) sent on a UDP socket that may open a flow; or (`from_uprobe`) a TLS call moved `ret` bytes of
+ * plaintext on `conn`. `now`: when the chunk moved. */
 static __always_inline int on_io(void *ctx, __u64 pid_tgid, long ret, const struct io_args *io,
-                                 struct podspan_conn *conn)
+                                 struct podspan_conn *conn, int from_uprobe, __u64 now)
 {
-    struct chunk_job job = {.io = *io, .pid_tgid = pid_tgid, .result = ret, .now = bpf_ktime_get_ns()};
+    struct chunk_job job = {.io = *io, .pid_tgid = pid_tgid, .result = ret, .now = now};
     if (conn && io->shape != IO_MMSG) {
         /* Most chunks continue a run and need no capture. */
         if (fold_chunk(conn, io, ret, job.now))
             return 0;
         if ((io->shape == IO_BUF || io->shape == IO_IOVEC) &&
-            !(conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2)) && capture_inline(ctx, conn, &job) == 0)
+            !(conn->flags & (PODSPAN_CONN_DATAGRAM | PODSPAN_CONN_HTTP2)) &&
+            capture_inline(ctx, conn, &job, from_uprobe) == 0)
             return 0;
     }
     __u32 zero = 0;
@@ -334,8 +355,8 @@ static __always_inline int on_io(void *ctx, __u64 pid_tgid, long ret, const stru
     if (!s)
         return 0;
     s->job = job;
-    chunk_progs.call(ctx, 0);
-    return 0; /* reached only if the tail call failed: before the loader filled chunk_progs */
+    call_capture(ctx, from_uprobe);
+    return 0; /* reached only if the tail call failed: before the loader filled the prog array */
 }
 
 #ifdef PODSPAN_ARGS_AT_EXIT
@@ -345,14 +366,18 @@ static __always_inline int on_io(void *ctx, __u64 pid_tgid, long ret, const stru
  * the table. */
 static __always_inline int io_exit(void *ctx, __u64 pid_tgid, long ret, struct io_args *io, int may_open)
 {
+    if (io->peek)
+        return 0;
     struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io->fd};
     struct podspan_conn *conn = conns.lookup(&key);
     if (!conn) {
         if (!may_open || !dgram_socks.lookup(&key))
             return 0;
         io->open = 1;
+    } else if (tls_ciphertext(pid_tgid, io->fd, conn)) {
+        return 0;
     }
-    return on_io(ctx, pid_tgid, ret, io, conn);
+    return on_io(ctx, pid_tgid, ret, io, conn, 0, bpf_ktime_get_ns());
 }
 #else
 static __always_inline int io_exit(void *ctx, long ret)
@@ -369,10 +394,10 @@ static __always_inline int io_exit(void *ctx, long ret)
     if (!io.open) {
         struct podspan_conn_key key = {.tgid = pid_tgid >> 32, .fd = io.fd};
         conn = conns.lookup(&key);
-        if (!conn)
+        if (!conn || tls_ciphertext(pid_tgid, io.fd, conn))
             return 0;
     }
-    return on_io(ctx, pid_tgid, ret, &io, conn);
+    return on_io(ctx, pid_tgid, ret, &io, conn, 0, bpf_ktime_get_ns());
 }
 #endif
 

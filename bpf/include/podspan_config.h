@@ -39,6 +39,7 @@
 #endif
 
 #define PODSPAN_EINPROGRESS 115
+#define PODSPAN_MSG_PEEK 2
 
 /* Where the data path gets a syscall's arguments. With kernel BTF and bpf_task_pt_regs (5.15;
  * PODSPAN_HAVE_TASK_PT_REGS, set by the loader), the exit program reads them from the registers the task

@@ -33,6 +33,9 @@ enum podspan_event_kind {
                                     bytes (struct podspan_data_event) follow the run's captured bytes */
     PODSPAN_EV_EXIT = 5, /* a traced process is gone (exit, kill): its sockets closed without close(); the header
                             only (tgid; conn_id 0, fd -1) */
+    PODSPAN_EV_TLS = 6,  /* a run began with a TLS handshake record: the connection is TLS from here on and its
+                            ciphertext is not captured (only plaintext from the TLS library probes is); the layout
+                            of a DATA event with nothing captured, `prev` unchanged */
 };
 
 enum podspan_direction {
@@ -55,7 +58,10 @@ enum podspan_stat {
     PODSPAN_STAT_SENDFILE = 4,     /* sendfile chunks accounted without data */
     PODSPAN_STAT_MMSG_SKIPPED = 5, /* sendmmsg/recvmmsg messages beyond the per-call limit: no event */
     PODSPAN_STAT_CONTINUATIONS = 6, /* later chunks of a run captured with a CONTINUATION event */
-    PODSPAN_STAT_MAX = 7,
+    PODSPAN_STAT_TLS_CIPHERTEXT = 7, /* syscall chunks on TLS connections, not captured (their plaintext may be) */
+    PODSPAN_STAT_TLS_UNMAPPED = 8, /* TLS library calls that moved plaintext on no connection we know (e.g. a memory
+                                      BIO, or an SSL object never seen doing I/O on a tracked socket): not captured */
+    PODSPAN_STAT_MAX = 9,
 };
 
 /* Per-connection capture mode, in the conns value and in every event header. */
@@ -64,6 +70,8 @@ enum podspan_conn_flag {
     PODSPAN_CONN_UNCONNECTED = 2, /* UDP without connect(): opened by its first send, whose destination is the peer */
     PODSPAN_CONN_HTTP2 = 4,       /* a run began with the HTTP/2 client preface: every chunk is its own run (a long
                                      one several, of PODSPAN_CHUNK_CAPTURE_SIZE), so no HEADERS frame goes unseen */
+    PODSPAN_CONN_TLS = 8,         /* TLS (a handshake record seen, or ciphertext moved inside an SSL_read/SSL_write
+                                     call): syscall bytes are not captured, the TLS probes' plaintext is */
 };
 
 /* A run: bytes moved in one direction between two direction changes. */

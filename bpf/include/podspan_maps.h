@@ -26,7 +26,8 @@ struct io_args {
     __u8 shape;
     __u8 direction;
     __u8 open; /* no connection yet: a send on a UDP socket opens an unconnected flow on success */
-    __u8 _pad[5];
+    __u8 peek; /* recvfrom/recvmsg with MSG_PEEK: the bytes stay queued for the next read, which captures them */
+    __u8 _pad[4];
 };
 
 struct accept_args {
@@ -148,6 +149,8 @@ BPF_PERCPU_ARRAY(data_scratch, struct data_scratch, 1);
 /* [0] = capture_chunk, filled by the loader. Capturing runs in one tail-called program so the
  * verifier checks its loops once, not once per syscall exit tracepoint. */
 BPF_PROG_ARRAY(chunk_progs, 1);
+/* [0] = capture_chunk_tls: the same for the TLS library probes, whose program type differs. */
+BPF_PROG_ARRAY(tls_chunk_progs, 1);
 BPF_RINGBUF_OUTPUT(events, PODSPAN_RINGBUF_PAGES);
 
 static __always_inline void count_n(__u32 stat, __u64 n)

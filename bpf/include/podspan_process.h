@@ -6,6 +6,7 @@
 #define PODSPAN_PROCESS_H
 
 #include "podspan_conns.h"
+#include "podspan_tls_state.h"
 
 #ifdef PODSPAN_HAVE_EXIT
 /* A process that exits or is killed closes its sockets without close(): the EXIT event lets userspace
@@ -14,6 +15,7 @@
  * decides from the tracepoint's fields). */
 static __always_inline int process_exit(__u64 pid_tgid, int last)
 {
+    tls_thread_exit(pid_tgid); /* every thread that exits */
     if (!last)
         return 0;
 #ifdef PODSPAN_HAVE_EXIT_GROUP_DEAD

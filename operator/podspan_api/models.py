@@ -260,6 +260,10 @@ class Capture(Model):
         pydantic.Field(default_factory=list, max_length=256,
                        description="http.route templates such as /users/{id}; without them ids, numbers "
                                    "and UUIDs in paths are replaced by {id}.")
+    tls: bool = pydantic.Field(
+        default=True, description="Read TLS plaintext from the OpenSSL the pods' processes use (uprobes on "
+                                  "libssl or an executable that links it statically), so HTTPS and TLS database "
+                                  "traffic yield spans; off, TLS connections yield none.")
 
 
 class Filters(Model):
@@ -505,6 +509,16 @@ class TargetStatus(Model):
                     "error: see reason.")
     reason: str = pydantic.Field(default="", description="CamelCase reason, e.g. CgroupNotFound.")
     message: str = pydantic.Field(default="", description="Details.")
+    tls: list[Annotated[str, pydantic.StringConstraints(max_length=512)]] = pydantic.Field(
+        default_factory=list, max_length=32,
+        description="TLS libraries the container's processes use and whether the TLS probes are attached, e.g. "
+                    "'openssl-3.0.19 (libssl.so.3): attached'. Empty when no profile of the container reads TLS "
+                    "(capture.tls) or its processes use none.")
+    tls_unprobed: list[ShortText] = pydantic.Field(
+        default_factory=list, max_length=32,
+        description="Processes, e.g. 'pid 42 (node)', whose TLS handshakes ran outside the probed OpenSSL calls: "
+                    "a TLS stack that is not probed (Go crypto/tls, BoringSSL, rustls) or OpenSSL over memory "
+                    "BIOs (Node.js). Their TLS connections yield no spans.")
 
 
 class ProfileCounters(Model):

@@ -24,6 +24,7 @@ NODES_NOT_REPORTING = "NodesNotReporting"
 PROBE_ERRORS = "ProbeErrors"
 EVENTS_LOST = "EventsLost"
 EXPORT_FAILING = "ExportFailing"
+TLS_NOT_READABLE = "TLSNotReadable"
 INVALID_SPEC = "InvalidSpec"
 
 _MESSAGE_CHARS = 300  # of an agent's error quoted in a condition message
@@ -47,6 +48,8 @@ class _Tally:
     probe_errors: dict[str, str] = dataclasses.field(default_factory=dict)  # node -> its first probe error
     failed: list[str] = dataclasses.field(default_factory=list)  # probes never loaded: nothing applied
     export_errors: dict[str, str] = dataclasses.field(default_factory=dict)  # node -> its exporter's error
+    # "<node>/<pod uid>/<container>" -> its processes whose TLS stack is not probed
+    tls_unprobed: dict[str, list[str]] = dataclasses.field(default_factory=dict)
     traced: int = 0
     exported: int = 0
     dropped: int = 0
@@ -98,6 +101,9 @@ def _tally(key: str, configs: Iterable[render.NodeConfig], now: datetime.datetim
         attached = {(t.pod_uid, t.container) for t in status.targets
                     if t.state == models.TargetState.ATTACHED}
         tally.traced += len({uid for uid, _ in attached & wanted})
+        for target in status.targets:
+            if target.tls_unprobed and (target.pod_uid, target.container) in wanted:
+                tally.tls_unprobed[f"{config.name}/{target.pod_uid}/{target.container}"] = target.tls_unprobed
         if counters.export_error:
             tally.export_errors[config.name] = counters.export_error
     return tally
@@ -139,6 +145,12 @@ def _ready_and_degraded(profile: render.Profile, matched: int, t: _Tally,
                                           f"({t.dropped} spans dropped so far); {_first_error(t.export_errors)}")
     elif t.lost:
         degraded = (True, EVENTS_LOST, f"{t.lost} kernel events lost since the agents started")
+    elif t.tls_unprobed:
+        first = sorted(t.tls_unprobed)[0]
+        degraded = (True, TLS_NOT_READABLE,
+                    f"{len(t.tls_unprobed)} containers open TLS connections through a TLS stack that is not probed "
+                    f"(only OpenSSL with socket BIOs is), so those yield no spans; {first}: "
+                    f"{', '.join(t.tls_unprobed[first][:3])}"[:_MESSAGE_CHARS])
     else:
         degraded = (False, AS_EXPECTED, "all nodes report, no probe errors, no lost events")
     return ready, degraded

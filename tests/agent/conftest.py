@@ -106,5 +106,26 @@ def gated(gate: pathlib.Path, argv: list[str], stdin: pathlib.Path | None = None
     return ["sh", "-c", wait + 'stdin=$1; shift; exec "$@" < "$stdin"', str(gate), str(stdin), *argv]
 
 
+SERVER_KIND, CLIENT_KIND = 2, 3  # OTLP SpanKind values
+
+
+def frontend_backend_trace(
+    spans: list[otlp_receiver.ReceivedSpan], frontend: str, backend: str
+) -> tuple[otlp_receiver.ReceivedSpan, otlp_receiver.ReceivedSpan, otlp_receiver.ReceivedSpan]:
+    """The three spans of one request through the sample app (the frontend's server span, its call, the
+    backend's server span, by service.name), checked to be one trace of parent and children, nested in time."""
+    by_role = {(s.resource.get("service.name"), s.kind): s for s in spans}
+    entry, call = by_role[(frontend, SERVER_KIND)], by_role[(frontend, CLIENT_KIND)]
+    backend_span = by_role[(backend, SERVER_KIND)]
+    assert entry.parent_span_id is None
+    assert call.parent_span_id == entry.span_id
+    assert backend_span.parent_span_id == call.span_id
+    assert entry.trace_id == call.trace_id == backend_span.trace_id != 0
+    # Nesting in time: the backend call happens inside the frontend's handling.
+    assert entry.start_ns <= call.start_ns <= backend_span.start_ns
+    assert backend_span.end_ns <= call.end_ns <= entry.end_ns
+    return entry, call, backend_span
+
+
 free_port = servers.free_port
 nginx_binary = servers.nginx_binary

@@ -2,17 +2,19 @@
 
 from __future__ import annotations
 
+import http.client
 import json
 import os
 import pathlib
 import signal
+import ssl
 import subprocess
 import sys
 import time
 
 import pytest
 
-from podspan_demo import pods
+from podspan_demo import pods, servers
 from tests.agent import conftest
 from tests.support import bpftool, otlp_receiver
 
@@ -119,3 +121,32 @@ def test_duration_and_jsonl_output(pod_runner: pods.PodRunner, tmp_path: pathlib
     records = [json.loads(line) for line in out.read_text().splitlines()]
     assert sorted(r["attributes"]["url.path"] for r in records) == ["/healthz", "/users/9"]
     assert all(len(r["trace_id"]) == 32 for r in records)
+
+
+@pytest.mark.parametrize("no_tls", [False, True])
+def test_https_server_and_no_tls(pod_runner: pods.PodRunner, tmp_path: pathlib.Path, no_tls: bool) -> None:
+    cert, key = servers.self_signed_certificate(tmp_path)
+    port = conftest.free_port()
+    app = pod_runner.start("app", [*conftest.SAMPLE_APP, "backend", "--port", str(port), "--tls-cert", str(cert),
+                                   "--tls-key", str(key)])
+    pods.wait_for_port("127.0.0.1", port)
+    out = tmp_path / "spans.jsonl"
+    agent = _start_agent(["trace", "--pid", str(app.pid), "--duration", "4", "--output", "jsonl",
+                          "--output-file", str(out), *(["--no-tls"] if no_tls else [])])
+    assert agent.stderr is not None
+    if not no_tls:  # the TLS library is announced before the first requests are worth sending
+        line = next(line for line in agent.stderr if line.startswith("podspan: TLS"))
+        assert line.startswith(f"podspan: TLS pid {app.pid}: openssl-3.") and line.rstrip().endswith(
+            "(libssl.so.3): attached"), line
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ssl.create_default_context(cafile=cert))
+    conn.request("GET", "/users/10")
+    conn.getresponse().read()
+    conn.close()
+    _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    if no_tls:
+        assert records == [] and "podspan: TLS" not in stderr
+    else:
+        seen = [(r["attributes"]["url.path"], r["attributes"]["url.scheme"]) for r in records]
+        assert seen == [("/users/10", "https")]

@@ -53,7 +53,7 @@ def _profile(key: str, name: str) -> models.ResolvedProfile:
 def _plan(cgroup_id: int, profile: str) -> node_agent.TargetPlan:
     status = models.TargetStatus(pod_uid=f"uid-{cgroup_id}", container="app", container_id="containerd://ab",
                                  state=models.TargetState.ATTACHED)
-    return node_agent.TargetPlan(status, cgroup_id, {}, (profile,), None)
+    return node_agent.TargetPlan(status, cgroup_id, None, {}, (profile,), None)
 
 
 def test_overflow_is_counted_for_the_pod_that_lost_events_only(pod_runner: pods.PodRunner,

@@ -9,6 +9,7 @@ import os
 import pathlib
 import shutil
 import signal
+import ssl
 import subprocess
 import sys
 import time
@@ -16,7 +17,7 @@ from typing import Any
 
 from podspan_agent import loader
 from podspan_api import models
-from podspan_demo import pods
+from podspan_demo import pods, servers
 from tests.agent import conftest
 from tests.support import bpftool, otlp_receiver
 from tests.support import k8s_api_emulator as emu
@@ -46,12 +47,13 @@ def _target(pod: pods.Pod, name: str) -> models.PodTarget:
     )
 
 
-def _spec(targets: list[models.PodTarget], endpoint: str) -> dict[str, Any]:
+def _spec(targets: list[models.PodTarget], endpoint: str, tls: bool = True) -> dict[str, Any]:
     profile = models.ResolvedProfile(
         key=PROFILE, kind=models.ProfileKind.TRACE_PROFILE, namespace="shop", name="web",
         protocols=[models.Protocol("http")],
         export=models.Export(otlp=models.OtlpExport(endpoint=endpoint, protocol=models.OtlpProtocol.GRPC,
                                                     insecure=True)),
+        capture=models.Capture(tls=tls),
         resource_attributes={"deployment.environment.name": "e2e"},
     )
     return models.NodeTraceConfigSpec(targets=targets, profiles=[profile]).to_k8s()
@@ -160,3 +162,50 @@ def test_probe_load_failure_is_reported_then_recovered(
         _, stderr = agent.communicate(timeout=60)
     assert agent.returncode == 0, stderr
     assert "cannot load the capture program" in stderr
+
+
+def test_tls_libraries_in_status_and_capture_tls_switch(
+    api: emu.EmulatorThread, pod_runner: pods.PodRunner, receiver: otlp_receiver.OtlpReceiver,
+    tmp_path: pathlib.Path,
+) -> None:
+    kc = emu.KubeClient(api.url)
+    cert, key = servers.self_signed_certificate(tmp_path)
+    port = conftest.free_port()
+    pod = pod_runner.start("web-tls", [*conftest.SAMPLE_APP, "backend", "--port", str(port), "--tls-cert", str(cert),
+                                       "--tls-key", str(key)])
+    pods.wait_for_port("127.0.0.1", port)
+    targets = [_target(pod, "web-tls")]
+    kc.create(NTC, {"apiVersion": "podspan.dev/v1alpha1", "kind": "NodeTraceConfig",
+                    "metadata": {"name": NODE}, "spec": _spec(targets, receiver.grpc_endpoint)})
+    agent = subprocess.Popen([sys.executable, "-m", "podspan_agent.cli", "run", "--node", NODE],
+                             env={**os.environ, "KUBECONFIG": str(api.kubeconfig)}, stderr=subprocess.PIPE, text=True)
+
+    def target_tls() -> list[str] | None:
+        found = ((kc.get(NTC, NODE) or {}).get("status") or {}).get("targets") or []
+        if not found or found[0]["state"] != "attached":
+            return None
+        assert found[0]["tlsUnprobed"] == []  # Python's ssl is OpenSSL over sockets: all of it is probed
+        return list(found[0]["tls"])
+
+    try:
+        [library] = _wait(target_tls, "the target's TLS library in status")
+        assert library.startswith("openssl-3.") and library.endswith("(libssl.so.3): attached"), library
+        assert any(name.endswith("/usr/lib/x86_64-linux-gnu/libssl.so.3") for name in bpftool.uprobe_files(agent.pid))
+        context = ssl.create_default_context(cafile=cert)
+        conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=context)
+        conn.request("GET", "/users/31")
+        conn.getresponse().read()
+        conn.close()
+        spans = receiver.wait_for(lambda got: any(s.attributes.get("url.path") == "/users/31" for s in got),
+                                  timeout=20)
+        span = next(s for s in spans if s.attributes.get("url.path") == "/users/31")
+        assert span.attributes["url.scheme"] == "https" and span.resource["k8s.pod.name"] == "web-tls"
+
+        # capture.tls off: the probes go and the status no longer lists the library.
+        kc.patch(NTC, NODE, {"spec": _spec(targets, receiver.grpc_endpoint, tls=False)})
+        _wait(lambda: target_tls() == [], "no TLS library in status with capture.tls off")
+        assert not bpftool.uprobe_files(agent.pid)
+    finally:
+        agent.send_signal(signal.SIGTERM)
+        _, stderr = agent.communicate(timeout=60)
+    assert agent.returncode == 0, stderr

@@ -15,7 +15,8 @@ KEY = "TraceProfile/shop/p"
 
 def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exported: int = 0,
            lost: int = 0, drops: int = 0, attached: bool = True, probe_errors: bool = False,
-           export_error: str | None = None, now: datetime.datetime = NOW) -> render.NodeConfig:
+           export_error: str | None = None, tls_unprobed: tuple[str, ...] = (),
+           now: datetime.datetime = NOW) -> render.NodeConfig:
     spec = models.NodeTraceConfigSpec(targets=[
         models.PodTarget(uid=f"{name}-{i}", namespace="shop", name=f"{name}-{i}", qos_class="BestEffort",
                          service_name="web", containers=[models.ContainerTarget(name="app", profiles=[KEY])])
@@ -23,7 +24,8 @@ def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exp
     st = models.NodeTraceConfigStatus(
         heartbeat_time=now - datetime.timedelta(seconds=age),
         targets=[models.TargetStatus(pod_uid=f"{name}-{i}", container="app",
-                                     state="attached" if attached else "waiting") for i in range(pods)],
+                                     state="attached" if attached else "waiting", tls_unprobed=list(tls_unprobed))
+                 for i in range(pods)],
         profiles=[models.ProfileCounters(profile=KEY, spans_exported=exported, events_lost=lost, parser_drops=drops,
                                          spans_dropped=40 if export_error else 0, export_error=export_error)]
         if reported
@@ -57,6 +59,8 @@ def test_reasons() -> None:
     assert reasons(1, config("a", 1, age=600))["Ready"] == ("False", "NodesNotReporting")
     assert reasons(1, config("a", 1, probe_errors=True))["Degraded"] == ("True", "ProbeErrors")
     assert reasons(1, config("a", 1, lost=3))["Degraded"] == ("True", "EventsLost")
+    assert reasons(1, config("a", 1, tls_unprobed=("pid 42 (node)",))) == {
+        "Ready": ("True", "Tracing"), "Degraded": ("True", "TLSNotReadable")}
     failing = reasons(2, config("a", 1, lost=3), config("b", 1, export_error="refused"))
     assert failing == {"Ready": ("True", "Tracing"), "Degraded": ("True", "ExportFailing")}
     invalid = tp("p", protocols=["smtp"])
@@ -114,3 +118,10 @@ def test_a_new_node_config_is_applying_until_its_agent_had_time_to_report() -> N
     old = dataclasses.replace(fresh, created=NOW - datetime.timedelta(seconds=600))
     s, _ = status.aggregate(tp("p"), 1, [old], NOW, 60)
     assert conditions(s) == {"Ready": ("False", "NodesNotReporting"), "Degraded": ("True", "NodesNotReporting")}
+
+
+def test_unprobed_tls_names_a_container_and_its_processes() -> None:
+    s, _ = status.aggregate(tp("p"), 2, [config("a", 2, tls_unprobed=("pid 42 (node)", "pid 43 (app)"))], NOW, 60)
+    degraded = next(c for c in s.conditions if c.type == "Degraded")
+    assert degraded.message.startswith("2 containers open TLS connections through a TLS stack that is not probed")
+    assert degraded.message.endswith("a/a-0/app: pid 42 (node), pid 43 (app)")

@@ -7,7 +7,7 @@ from podspan_agent import _ringbuf, bpf_events
 
 
 def data_event(hdr: bpf_events.EventHeader, data: bytes, chunk_bytes: int | None = None) -> _ringbuf.Event:
-    """A DATA or CONTINUATION event (its kind is `hdr.kind`) carrying `data`."""
+    """A DATA, CONTINUATION or TLS event (its kind is `hdr.kind`) carrying `data`."""
     fixed = bpf_events.DataEventFixed(hdr=hdr, chunk_bytes=len(data) if chunk_bytes is None else chunk_bytes,
                                       captured=len(data))
     record = _ringbuf.decode(bytes(fixed) + data)

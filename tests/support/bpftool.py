@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import collections
 import json
 import subprocess
 from typing import Any
@@ -20,3 +21,9 @@ def program_ids() -> set[int]:
 def attached_programs(pid: int) -> set[int]:
     """Ids of the programs process `pid` holds attached to tracepoints/kprobes (perf-event links)."""
     return {int(link["prog_id"]) for link in _show("perf") if link.get("pid") == pid}
+
+
+def uprobe_files(pid: int) -> collections.Counter[str]:
+    """Files process `pid` holds uprobes or uretprobes on, and how many on each."""
+    return collections.Counter(str(link["filename"]) for link in _show("perf")
+                               if link.get("pid") == pid and link.get("fd_type") in ("uprobe", "uretprobe"))

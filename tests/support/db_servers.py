@@ -147,9 +147,11 @@ def redis(spawn: Spawn = spawn_plain, extra_args: collections.abc.Sequence[str] 
 
 
 @contextlib.contextmanager
-def postgresql(spawn: Spawn = spawn_plain) -> collections.abc.Iterator[Server]:
+def postgresql(spawn: Spawn = spawn_plain,
+               tls: tuple[pathlib.Path, pathlib.Path] | None = None) -> collections.abc.Iterator[Server]:
     """A fresh cluster run as the `postgres` OS user (the server refuses root), password
-    (SCRAM) authentication over TCP, trust over its private unix socket; database `DATABASE`."""
+    (SCRAM) authentication over TCP, trust over its private unix socket; database `DATABASE`.
+    `tls`: (certificate, key) to accept TLS with (clients choose it with sslmode)."""
     _require("psql", "setpriv")
     bindir = postgresql_bin()
     port = servers.free_port(HOST)
@@ -166,6 +168,14 @@ def postgresql(spawn: Spawn = spawn_plain) -> collections.abc.Iterator[Server]:
                        check=True, capture_output=True, timeout=120)
         argv = [*as_postgres, str(bindir / "postgres"), "-D", str(data), "-p", str(port), "-k", tmp,
                 "-c", f"listen_addresses={HOST}", "-c", "fsync=off", "-c", "synchronous_commit=off"]
+        if tls is not None:
+            # The server reads them as `postgres` and refuses a key others may read.
+            for source, name, mode in ((tls[0], "server.crt", 0o644), (tls[1], "server.key", 0o600)):
+                shutil.copyfile(source, workdir / name)
+                shutil.chown(workdir / name, "postgres", "postgres")
+                (workdir / name).chmod(mode)
+            argv += ["-c", "ssl=on", "-c", f"ssl_cert_file={workdir / 'server.crt'}",
+                     "-c", f"ssl_key_file={workdir / 'server.key'}"]
 
         def admin(database: str) -> tuple[str, ...]:
             return ("psql", "-h", tmp, "-p", str(port), "-U", USER, "-d", database, "-X", "-q", "-v", "ON_ERROR_STOP=1")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from podspan_agent import bpf_events, connections
+from podspan_agent import _ringbuf, bpf_events, connections
 from podspan_agent.protocols import base, registry
 from tests.support import bpf_records
 
@@ -23,7 +23,13 @@ class Recorder:
     def __init__(self) -> None:
         self._taken: list[connections.Exchange] = []
         self.forgotten: list[tuple[int, int, int]] = []
-        self.table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), self._forget)
+        self.tls_lookups: list[int] = []
+        self.table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), self._forget,
+                                                 tls_version=self._tls_version)
+
+    def _tls_version(self, conn_id: int) -> str | None:
+        self.tls_lookups.append(conn_id)
+        return "1.3"
 
     @property
     def exchanges(self) -> list[connections.Exchange]:
@@ -125,3 +131,46 @@ def test_parser_drops_are_counted_per_cgroup_and_outlive_their_connection() -> N
     run.table.finish(conn, None)
     assert run.table.parser_drops_by_cgroup() == {0: 1}  # still there once it closed, and counted once
     assert sum(run.table.parser_drops_by_cgroup().values()) == 1
+
+
+def _tls_event(conn_id: int, ts: int, direction: int) -> _ringbuf.Event:
+    hdr = _header(bpf_events.EventKind.TLS, conn_id, 10, 3, ts, direction)
+    hdr.flags, hdr.cgroup_id = bpf_events.ConnFlag.TLS, 77
+    event = bpf_records.data_event(hdr, b"")
+    assert event.kind == bpf_events.EventKind.TLS
+    return event
+
+
+def test_a_tls_connection_without_plaintext_is_counted_for_its_process() -> None:
+    seen = Recorder()
+    seen.open(1)
+    seen.table.on_tls(_tls_event(1, 100, OUT))
+    close = _header(bpf_events.EventKind.CLOSE, 1, 10, 3, 300)
+    seen.table.on_close(bpf_records.header_event(close))
+    assert seen.exchanges == []
+    assert (seen.table.stats.tls_handshakes, seen.table.stats.tls_undecrypted) == (1, 1)
+    assert dict(seen.table.tls_processes) == {(77, 10): 1}
+    assert seen.forgotten == []  # ciphertext never went to protocol detection
+
+
+def test_plaintext_after_the_handshake_is_an_exchange_of_a_tls_connection() -> None:
+    seen = Recorder()
+    seen.open(1)
+    seen.table.on_tls(_tls_event(1, 100, OUT))  # the ClientHello: the run in progress (none) is unchanged
+    runs = ((200, OUT, REQUEST, None), (300, IN, RESPONSE, _run(OUT, 200, 200, len(REQUEST))),
+            (320, OUT, REQUEST, _run(IN, 300, 300, len(RESPONSE))),
+            (340, IN, RESPONSE, _run(OUT, 320, 320, len(REQUEST))))
+    for ts, direction, data, prev in runs:
+        hdr = _header(bpf_events.EventKind.DATA, 1, 10, 3, ts, direction)
+        hdr.flags = bpf_events.ConnFlag.TLS
+        if prev is not None:
+            hdr.prev = prev
+        event = bpf_records.data_event(hdr, data)
+        seen.table.on_data(event, event.data)
+    close = _header(bpf_events.EventKind.CLOSE, 1, 10, 3, 400)
+    close.prev = _run(IN, 340, 340, len(RESPONSE))
+    seen.table.on_close(bpf_records.header_event(close))
+    assert seen.paths() == [("/users/7", 200)] * 2
+    assert seen.exchanges[0].connection.tls and seen.exchanges[0].connection.tls_version == "1.3"
+    assert seen.tls_lookups == [1]  # once per connection, not per exchange
+    assert seen.table.stats.tls_undecrypted == 0

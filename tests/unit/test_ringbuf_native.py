@@ -52,7 +52,7 @@ def _expected(data: bytes) -> tuple[object, ...]:
     kind = data[0] if data else -1
     size = len(data)
     malformed = (_ringbuf.MALFORMED, kind, size)
-    if kind in (bpf_events.EventKind.DATA, bpf_events.EventKind.CONTINUATION):
+    if kind in (bpf_events.EventKind.DATA, bpf_events.EventKind.CONTINUATION, bpf_events.EventKind.TLS):
         if size < bpf_events.DATA_OFFSET:
             return malformed
         fixed = bpf_events.DataEventFixed.from_buffer_copy(data[: bpf_events.DATA_OFFSET])
@@ -83,7 +83,7 @@ def test_sizes_and_kinds_are_the_mirrors() -> None:
     sizes = (_ringbuf.HEADER_SIZE, _ringbuf.OPEN_SIZE, _ringbuf.DATA_OFFSET)
     assert sizes == (ctypes.sizeof(bpf_events.EventHeader), ctypes.sizeof(bpf_events.OpenEvent), bpf_events.DATA_OFFSET)
     kinds = {"OPEN": _ringbuf.OPEN, "DATA": _ringbuf.DATA, "CLOSE": _ringbuf.CLOSE,
-             "CONTINUATION": _ringbuf.CONTINUATION, "EXIT": _ringbuf.EXIT}
+             "CONTINUATION": _ringbuf.CONTINUATION, "EXIT": _ringbuf.EXIT, "TLS": _ringbuf.TLS}
     assert kinds == {kind.name: kind.value for kind in bpf_events.EventKind}
     assert _ringbuf.MALFORMED not in kinds.values()
 
@@ -153,7 +153,7 @@ def test_a_record_too_short_for_its_kind_is_malformed(kind: int) -> None:
 
 def test_empty_and_unknown_kinds_are_malformed() -> None:
     assert _check(b"") == (_ringbuf.MALFORMED, -1, 0)
-    for kind in (0, 6, 255):
+    for kind in (0, 7, 255):
         assert _check(bytes([kind]) + bytes(200)) == (_ringbuf.MALFORMED, kind, 201)
 
 
@@ -218,6 +218,9 @@ class _FakeProbes:
 
     def forget_connection(self, tgid: int, fd: int, conn_id: int) -> None:
         pass
+
+    def tls_version(self, conn_id: int) -> None:
+        return None
 
     def stats(self) -> dict[str, int]:
         return {}

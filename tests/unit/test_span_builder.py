@@ -12,8 +12,9 @@ PEER = sockaddr.Endpoint("10.0.0.7", 40000, socket.AF_INET)
 LOCAL = sockaddr.Endpoint("10.0.0.9", 8080, socket.AF_INET)
 
 
-def _build(role: bpf_events.Role, record: base.Record) -> model.SpanRecord:
-    conn = connections.Connection(1, 100, 5, role, 42, peer=PEER, local=LOCAL)
+def _build(role: bpf_events.Role, record: base.Record, flags: int = 0, tls_version: str | None = None
+           ) -> model.SpanRecord:
+    conn = connections.Connection(1, 100, 5, role, 42, peer=PEER, local=LOCAL, flags=flags, tls_version=tls_version)
     exchange = connections.Exchange(record, conn.info(), tid=100, fingerprint=0)
     return builder.SpanBuilder(lambda _conn: {"service.name": "svc"}, epoch_offset_ns=1000).build(exchange)
 
@@ -47,3 +48,20 @@ def test_http_errors_carry_error_type() -> None:
     assert "error.type" not in silent.attributes
     reset = _build(bpf_events.Role.CLIENT, _http(200, error="RST_STREAM CANCEL"))
     assert reset.error == "RST_STREAM CANCEL" and "error.type" not in reset.attributes
+
+
+def test_http_over_tls_has_the_https_scheme() -> None:
+    record = base.Record("http", "GET /", 10, 20, {"url.scheme": "http", "http.response.status_code": 200})
+    assert _build(bpf_events.Role.SERVER, record, flags=bpf_events.ConnFlag.TLS).attributes["url.scheme"] == "https"
+    assert _build(bpf_events.Role.SERVER, record).attributes["url.scheme"] == "http"
+    # A scheme the request named itself (an absolute-form target, HTTP/2's :scheme) is left as it is.
+    proxied = base.Record("http", "GET /", 10, 20, {"url.scheme": "ftp"})
+    assert _build(bpf_events.Role.CLIENT, proxied, flags=bpf_events.ConnFlag.TLS).attributes["url.scheme"] == "ftp"
+
+
+def test_the_tls_version_when_known() -> None:
+    record = _http(200)
+    known = _build(bpf_events.Role.SERVER, record, flags=bpf_events.ConnFlag.TLS, tls_version="1.2").attributes
+    assert (known["tls.protocol.name"], known["tls.protocol.version"]) == ("tls", "1.2")
+    unknown = _build(bpf_events.Role.SERVER, record, flags=bpf_events.ConnFlag.TLS).attributes
+    assert "tls.protocol.version" not in unknown and "tls.protocol.name" not in unknown

@@ -37,6 +37,8 @@ class SpanBuilder:
             cached = self._by_connection[conn.conn_id] = _connection_attributes(conn, kind)
         defaults, forced = cached
         attributes = {**defaults, **record.attributes, **forced}
+        if conn.tls and attributes.get("url.scheme") == "http":
+            attributes["url.scheme"] = "https"  # HTTP/1 has no scheme of its own: the connection's TLS is it
         error = _error(record, kind)
         status = attributes.get("http.response.status_code")
         if error is not None and isinstance(status, int) and status >= 400:
@@ -73,6 +75,9 @@ def _connection_attributes(conn: connections.ConnectionInfo, kind: model.SpanKin
     override the record's)."""
     defaults: Attributes = {}
     forced: Attributes = {"network.transport": "udp" if conn.datagram else "tcp"}
+    if conn.tls_version is not None:
+        forced["tls.protocol.name"] = "tls"
+        forced["tls.protocol.version"] = conn.tls_version
     peer, local = conn.peer, conn.local
     if peer is not None:
         forced["network.type"] = peer.network_type

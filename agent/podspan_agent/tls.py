@@ -1,0 +1,207 @@
+"""TLS library discovery: which OpenSSL each traced process maps (from /proc/<pid>/maps, opened through
+/proc/<pid>/root so a container's own files are found), kept attached by the loader once per file for as
+long as some traced process maps it, and reported per process."""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import re
+import struct
+from collections.abc import Iterable
+
+from podspan_agent import loader
+
+log = logging.getLogger(__name__)
+
+_LIBSSL = re.compile(r"/libssl\.so(?:\.[0-9.]+)?$")
+_LIBCRYPTO_VERSION = re.compile(rb"OpenSSL (\d+\.\d+\.\d+[a-z]?) ")
+# Executables (statically linked OpenSSL) get probes only if they export both.
+_REQUIRED_EXPORTS = (b"SSL_read", b"SSL_write")
+_SHT_DYNSYM, _STT_FUNC, _SHN_UNDEF = 11, 2, 0
+_MAX_EXAMINED = 16384  # files remembered as OpenSSL or not
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Library:
+    """A file with OpenSSL in it, mapped executable by a process."""
+
+    # (device, inode) from /proc/<pid>/maps: one attachment per file. Containers see their overlay mount's
+    # device, so two of one image may attach the same layer file twice: both probes fire, the second entry
+    # stores the same call again and the second return finds it gone, so the plaintext still goes out once.
+    key: tuple[str, int]
+    path: str  # as the process sees it
+    host_path: str  # the same file from the agent's mount namespace: /proc/<pid>/root/<path> of a process
+    # that maps it (the probes stay on the file when that process is gone)
+    name: str  # e.g. "openssl-3.0.19 (libssl.so.3)", "openssl (static, node)"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class LibraryState:
+    """What became of a library: attached (with the functions probed) or why not."""
+
+    library: Library
+    symbols: tuple[str, ...] = ()
+    error: str = ""
+
+    def describe(self) -> str:
+        if self.error:
+            return f"{self.library.name}: not attached ({self.error})"
+        return f"{self.library.name}: attached"
+
+
+def mapped_files(pid: int) -> dict[str, tuple[str, int]]:
+    """Executable file mappings of process `pid`: path -> (device, inode). Empty if it is gone."""
+    files: dict[str, tuple[str, int]] = {}
+    try:
+        with open(f"/proc/{pid}/maps") as maps:
+            for line in maps:
+                fields = line.split(maxsplit=5)
+                # address perms offset dev inode path; only a path-named, executable, existing file counts
+                if len(fields) < 6 or "x" not in fields[1] or fields[4] == "0":
+                    continue
+                path = fields[5].rstrip("\n")
+                if path.startswith("/") and not path.endswith(" (deleted)"):
+                    files[path] = (fields[3], int(fields[4]))
+    except (OSError, ValueError):
+        return {}
+    return files
+
+
+def is_libssl(path: str) -> bool:
+    """Whether `path` names OpenSSL's libssl (libssl.so, libssl.so.3, libssl.so.1.1)."""
+    return _LIBSSL.search(path) is not None
+
+
+def exports(path: str, names: Iterable[bytes]) -> set[bytes]:
+    """Which of `names` the ELF file at `path` defines as functions in its dynamic symbol table (what a
+    uprobe by name can find); empty for anything that is not a readable 64-bit little-endian ELF."""
+    wanted = set(names)
+    try:
+        with open(path, "rb") as elf:
+            ident = elf.read(64)
+            if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
+                return set()
+            shoff, = struct.unpack_from("<Q", ident, 0x28)
+            shentsize, shnum = struct.unpack_from("<HH", ident, 0x3A)
+            if shentsize < 64 or not 0 < shnum < 65536:
+                return set()
+            elf.seek(shoff)
+            table = elf.read(shentsize * shnum)
+            sections = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(len(table) // shentsize)]
+            for section in sections:
+                if section[1] != _SHT_DYNSYM or section[6] >= len(sections):
+                    continue
+                strtab = sections[section[6]]
+                elf.seek(strtab[4])
+                strings = elf.read(strtab[5])
+                if not any(b"\0" + name + b"\0" in strings for name in wanted):
+                    return set()  # the common case for an executable: no need to walk its symbols
+                elf.seek(section[4])
+                symbols = elf.read(section[5])
+                found = set()
+                for offset in range(0, len(symbols) - 23, 24):
+                    st_name, st_info, _other, st_shndx = struct.unpack_from("<IBBH", symbols, offset)
+                    if st_info & 0xF != _STT_FUNC or st_shndx == _SHN_UNDEF:
+                        continue
+                    end = strings.find(b"\0", st_name)
+                    if strings[st_name:end] in wanted:
+                        found.add(strings[st_name:end])
+                return found
+    except (OSError, struct.error):
+        return set()
+    return set()
+
+
+def _openssl_version(host_root: str, libssl_path: str) -> str | None:
+    """The OpenSSL release of a libssl, from the libcrypto next to it (libssl itself names no release)."""
+    directory, _, name = libssl_path.rpartition("/")
+    crypto = f"{host_root}{directory}/{name.replace('libssl', 'libcrypto', 1)}"
+    try:
+        with open(crypto, "rb") as library:
+            found = _LIBCRYPTO_VERSION.search(library.read())
+    except OSError:
+        return None
+    return found.group(1).decode() if found else None
+
+
+class Tracker:
+    """Keeps the TLS probes on exactly the OpenSSL files that traced processes map. Call `sync` with the
+    traced processes whenever the selection may have changed or processes may have started (it is cheap:
+    one read of /proc/<pid>/maps per process; files are examined once)."""
+
+    def __init__(self, probes: loader.Probes) -> None:
+        self._probes = probes
+        self._states: dict[tuple[str, int], LibraryState] = {}  # files in use by traced processes
+        self._by_pid: dict[int, tuple[tuple[str, int], ...]] = {}
+        # every file looked at: its Library.name if it holds OpenSSL, else None
+        self._examined: dict[tuple[str, int], str | None] = {}
+
+    def sync(self, pids: Iterable[int]) -> None:
+        by_pid: dict[int, tuple[tuple[str, int], ...]] = {}
+        seen: dict[tuple[str, int], Library] = {}  # each file as a process that maps it now sees it
+        for pid in pids:
+            found = self._libraries(pid)
+            by_pid[pid] = tuple(library.key for library in found)
+            for library in found:
+                seen.setdefault(library.key, library)
+        for key in set(seen) - set(self._states):
+            library = seen[key]
+            try:
+                symbols = tuple(self._probes.attach_tls(library.host_path))
+                self._states[key] = LibraryState(library, symbols)
+            except loader.ProbeError as exc:  # kept until no process maps it: not retried on every sync
+                log.warning("TLS library %s: %s", library.name, exc)
+                self._states[key] = LibraryState(library, error=str(exc))
+        for key in set(self._states) - set(seen):
+            state = self._states.pop(key)
+            if not state.error:
+                self._probes.detach_tls(state.library.host_path)
+        self._by_pid = by_pid
+
+    def libraries(self, pid: int) -> list[LibraryState]:
+        """The OpenSSL files process `pid` mapped at the last sync, and whether they are attached."""
+        return [self._states[key] for key in self._by_pid.get(pid, ()) if key in self._states]
+
+    def unsupported(self, tls_processes: Iterable[tuple[int, int]], cgroup_id: int | None = None) -> list[int]:
+        """Traced processes (of `cgroup_id`, or any) among `tls_processes`: (cgroup id, tgid) whose TLS
+        handshake the kernel saw outside every probed OpenSSL call. An OpenSSL handshake runs inside
+        SSL_do_handshake, SSL_read or SSL_write, so theirs comes from a TLS stack that is not probed (Go
+        crypto/tls, BoringSSL in grpcio, rustls, ...) or from OpenSSL over memory BIOs (Node.js), whose
+        plaintext cannot be tied to a socket: those connections yield no spans."""
+        return sorted({tgid for cgroup, tgid in tls_processes
+                       if tgid in self._by_pid and (cgroup_id is None or cgroup == cgroup_id)})
+
+    def close(self) -> None:
+        """Detach everything (the selection is empty)."""
+        self.sync(())
+
+    def _libraries(self, pid: int) -> list[Library]:
+        files = mapped_files(pid)
+        try:
+            exe = os.readlink(f"/proc/{pid}/exe")
+        except OSError:
+            exe = ""
+        root = f"/proc/{pid}/root"
+        found = []
+        if len(self._examined) > _MAX_EXAMINED:
+            self._examined.clear()
+        for path, key in files.items():
+            if key not in self._examined:
+                self._examined[key] = _examine(root, path, path == exe)
+            name = self._examined[key]
+            if name is not None:
+                found.append(Library(key, path, root + path, name))
+        return found
+
+
+def _examine(root: str, path: str, executable: bool) -> str | None:
+    """What the file at `path` (seen from `root`) is, as a Library.name, if it holds OpenSSL we can probe."""
+    name = path.rpartition("/")[2]
+    if is_libssl(path):
+        version = _openssl_version(root, path)
+        return f"openssl-{version} ({name})" if version else f"openssl ({name})"
+    if executable and exports(root + path, _REQUIRED_EXPORTS) == set(_REQUIRED_EXPORTS):
+        return f"openssl (static, {name})"
+    return None

@@ -1,0 +1,135 @@
+/* SPDX-License-Identifier: Apache-2.0
+ * TLS state the data path consults: the SSL_read/SSL_write call each thread is inside (set by the TLS
+ * library probes, podspan_tls.h), which SSL object moves its bytes on which connection, and the two
+ * checks of the syscall side: ciphertext is never captured, and a run that starts with a TLS handshake
+ * record marks its connection TLS.
+ */
+#ifndef PODSPAN_TLS_STATE_H
+#define PODSPAN_TLS_STATE_H
+
+#include "podspan_maps.h"
+
+/* An SSL_read/SSL_write(_ex) call in progress on one thread, from its entry to its return. */
+struct tls_call {
+    __u64 ssl;
+    __u64 buf;
+    __u64 size_ptr; /* the _ex variants: where the library stores the bytes it moved; 0 for the others */
+    __u64 conn_id;  /* the connection a syscall inside the call moved ciphertext on; 0 if none did */
+    __u64 start_ns; /* entry time: when a write's plaintext starts to leave */
+    __s32 fd;
+    __u8 direction; /* enum podspan_direction of the plaintext */
+    __u8 _pad[3];
+};
+
+/* SSL objects are per process: the pointer alone may repeat in another one. */
+struct ssl_key {
+    __u64 ssl;
+    __u32 tgid;
+    __u32 _pad;
+};
+
+/* The connection an SSL object was last seen moving ciphertext on: an SSL_read served from the
+ * library's buffer makes no syscall, and finds its connection here. */
+struct ssl_conn {
+    __u64 conn_id;
+    __s32 fd;
+    __u32 _pad;
+};
+
+/* LRU: a thread killed inside a call, an SSL object freed without SSL_free (a process that exits). */
+BPF_TABLE("lru_hash", __u64, struct tls_call, tls_calls, 16384);
+BPF_TABLE("lru_hash", struct ssl_key, struct ssl_conn, ssl_conns, PODSPAN_MAX_CONNS);
+/* conn_id -> the first 4 bytes of its SSL object after a successful handshake. In OpenSSL 1.1 and 3.0-3.1 that is
+ * `int version` (0x0301-0x0304 for TLS 1.0-1.3); 3.2+ starts the object with a type tag that is never one of
+ * those, so userspace takes only those values. Read once per connection by userspace; LRU: never deleted. */
+BPF_TABLE("lru_hash", __u64, __u32, tls_versions, PODSPAN_MAX_CONNS);
+#ifdef PODSPAN_TGID_FILTER
+/* Bit (tid & 63) of word (tid >> 6): the thread is inside a TLS call, so the data path looks the call up
+ * only then (one array read otherwise). Thread ids are below the same PID_MAX_LIMIT as tgids. */
+BPF_ARRAY(tls_tids, __u64, PODSPAN_TGID_LIMIT / 64);
+#endif
+
+/* Set (`inside`) or clear thread `tid`'s bit in tls_tids. */
+static __always_inline void mark_tls_thread(__u32 tid, int inside)
+{
+#ifdef PODSPAN_TGID_FILTER
+    __u32 word = tid >> 6;
+    __u64 bit = 1ULL << (tid & 63);
+    __u64 *bits = tls_tids.lookup(&word);
+    if (!bits)
+        return;
+    if (inside && !(*bits & bit))
+        __sync_fetch_and_or(bits, bit);
+    else if (!inside && (*bits & bit))
+        __sync_fetch_and_and(bits, ~bit);
+#endif
+}
+
+/* The TLS call thread `pid_tgid` is inside, or NULL. */
+static __always_inline struct tls_call *current_tls_call(__u64 pid_tgid)
+{
+#ifdef PODSPAN_TGID_FILTER
+    __u32 tid = (__u32)pid_tgid;
+    if (tid < PODSPAN_TGID_LIMIT) {
+        __u32 word = tid >> 6;
+        __u64 *bits = tls_tids.lookup(&word);
+        if (bits && !(*bits & (1ULL << (tid & 63))))
+            return NULL;
+    }
+#endif
+    return tls_calls.lookup(&pid_tgid);
+}
+
+/* A thread is gone: a call it was inside never returns, and its id may come back for another thread. */
+static __always_inline void tls_thread_exit(__u64 pid_tgid)
+{
+    if (current_tls_call(pid_tgid)) {
+        tls_calls.delete(&pid_tgid);
+        mark_tls_thread((__u32)pid_tgid, 0);
+    }
+}
+
+/* A read/write-family syscall moved bytes on tracked connection `conn`. Returns whether they are
+ * ciphertext, which is not captured: the connection is TLS. Inside a TLS call the syscall also tells
+ * which connection the call's SSL object uses (and so marks it TLS). */
+static __always_inline int tls_ciphertext(__u64 pid_tgid, __s32 fd, struct podspan_conn *conn)
+{
+    struct tls_call *call = current_tls_call(pid_tgid);
+    if (call) {
+        call->fd = fd;
+        call->conn_id = conn->conn_id;
+        conn->flags |= PODSPAN_CONN_TLS;
+    }
+    if (!(conn->flags & PODSPAN_CONN_TLS))
+        return 0;
+    count(PODSPAN_STAT_TLS_CIPHERTEXT);
+    return 1;
+}
+
+#define PODSPAN_TLS_HANDSHAKE 0x16
+#define PODSPAN_TLS_MAX_RECORD (16384 + 2048) /* TLSCiphertext.length limit */
+
+/* A new run whose captured bytes start with a TLS handshake record (record version TLS 1.0-1.3, a legal
+ * length; when the capture has it, a ClientHello or ServerHello message) marks its connection TLS and
+ * turns its event into a TLS event that carries no bytes. Returns whether it did. OpenSSL reads the
+ * 5-byte record header on its own, so that much is enough. */
+static __always_inline int detect_tls(struct podspan_conn *conn, struct podspan_data_event *ev)
+{
+    if (ev->captured < 5)
+        return 0;
+    const __u8 *d = ev->data;
+    __u32 length = ((__u32)d[3] << 8) | d[4];
+    if (d[0] != PODSPAN_TLS_HANDSHAKE || d[1] != 3 || d[2] < 1 || d[2] > 4 || length < 4 ||
+        length > PODSPAN_TLS_MAX_RECORD)
+        return 0;
+    if (ev->captured > 5 && d[5] != 1 && d[5] != 2)
+        return 0;
+    conn->flags |= PODSPAN_CONN_TLS;
+    ev->hdr.kind = PODSPAN_EV_TLS;
+    ev->hdr.flags = conn->flags;
+    ev->captured = 0;
+    count(PODSPAN_STAT_TLS_CIPHERTEXT);
+    return 1;
+}
+
+#endif /* PODSPAN_TLS_STATE_H */
