@@ -81,12 +81,13 @@ static PyObject *method_names[N_METHODS], *method_labels[N_METHODS]; /* "GET", "
 static PyObject *context_keys[N_CONTEXT], *counter_keys[N_COUNTERS];
 static PyObject *s_method, *s_method_original, *s_scheme, *s_path, *s_query, *s_route, *s_version,
     *s_address, *s_port, *s_user_agent, *s_request_body_size, *s_status_code, *s_response_body_size,
-    *s_request_header, *s_response_header;
+    *s_request_header, *s_response_header, *s_request_body, *s_response_body, *s_request_body_truncated,
+    *s_response_body_truncated;
 static PyObject *s_data, *s_size, *s_from_client, *s_start_ns, *s_end_ns, *s_headers, *s_query_setting,
-    *s_route_patterns;
+    *s_route_patterns, *s_bodies, *s_body_limit;
 static PyObject *v_other, *v_other_name, *v_other_label, *v_http, *v_asterisk, *v_version_11, *v_version_10,
     *v_no_response, *v_protocol, *v_slash, *v_comma, *v_more_suffix;
-static PyObject *record_type, *template_fn, *redact_query_fn, *redact_header_fn, *counter_type;
+static PyObject *record_type, *template_fn, *redact_query_fn, *redact_header_fn, *redact_body_fn, *counter_type;
 
 /* --------------------------------------------------------------------------- bytes */
 
@@ -491,6 +492,7 @@ typedef struct {
     PyObject_HEAD
     PyObject *settings, *patterns;
     char capture_headers, capture_query;
+    Py_ssize_t body_limit; /* bytes of each body recorded (CaptureSettings.bodies); 0: none */
     char tunnel; /* after CONNECT or 101 Switching Protocols the bytes are not HTTP/1 */
     char busy;   /* inside feed() or flush() */
     Entry *queue; /* a ring of `capacity` entries, grown on demand up to QUEUE_SLOTS: most connections wait
@@ -716,6 +718,25 @@ done:
 
 /* --------------------------------------------------------------------------- requests */
 
+/* The captured first bytes of a Content-Length body, at most body_limit, redacted (redact.body) into `key`;
+ * `truncated_key` is set when they are not the whole body. Chunked bodies are not recorded (their bytes
+ * interleave chunk sizes), nor a body whose head the capture cut. */
+static int add_body(const Parser *p, PyObject *attributes, PyObject *key, PyObject *truncated_key, const Run *r,
+                    const Head *h) {
+    if (p->body_limit <= 0 || !h->complete || h->body_size <= 0 || h->fields[F_TRANSFER_ENCODING].n >= 0)
+        return 0;
+    Py_ssize_t available = min_size(r->n, h->body_end) - h->end;
+    Py_ssize_t taken = min_size(available, p->body_limit);
+    if (taken <= 0)
+        return 0;
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)r->d + h->end, taken);
+    PyObject *text = raw ? PyObject_CallOneArg(redact_body_fn, raw) : NULL;
+    Py_XDECREF(raw);
+    if (set_new(attributes, key, text) < 0)
+        return -1;
+    return taken < h->body_size ? PyDict_SetItem(attributes, truncated_key, Py_True) : 0;
+}
+
 static int method_index(Text method) {
     for (int i = 0; i < (int)N_METHODS; i++)
         if (text_eq(method, known_methods[i]))
@@ -869,6 +890,8 @@ static int build_request(Parser *p, Entry *e, const Head *h, const RequestLine *
         return -1;
     if (h->body_size >= 0 && set_new(attributes, s_request_body_size, PyLong_FromSsize_t(h->body_size)) < 0)
         return -1;
+    if (add_body(p, attributes, s_request_body, s_request_body_truncated, r, h) < 0)
+        return -1;
     e->start_ns = Py_NewRef(r->start_ns);
     e->end_ns = Py_NewRef(r->end_ns);
     e->head = line->method == METHOD_HEAD;
@@ -984,6 +1007,8 @@ static int response(Parser *p, Run *r, Py_ssize_t pos, PyObject *records, Py_ssi
         goto done;
     if (p->capture_headers && add_headers(taken.attributes, s_response_header, r, &h) < 0)
         goto done;
+    if (!bodiless && add_body(p, taken.attributes, s_response_body, s_response_body_truncated, r, &h) < 0)
+        goto done;
     if (status >= 500 && (error = PyUnicode_FromFormat("HTTP %d", status)) == NULL)
         goto done;
     record = make_record(&taken, r->end_ns, min_size(*end, r->size) - pos, error ? error : Py_None);
@@ -1050,12 +1075,18 @@ static PyObject *parser_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
         return NULL;
     PyObject *headers = PyObject_GetAttr(settings, s_headers);
     PyObject *query = headers ? PyObject_GetAttr(settings, s_query_setting) : NULL;
-    PyObject *patterns = query ? PyObject_GetAttr(settings, s_route_patterns) : NULL;
+    PyObject *bodies = query ? PyObject_GetAttr(settings, s_bodies) : NULL;
+    PyObject *limit = bodies ? PyObject_GetAttr(settings, s_body_limit) : NULL;
+    PyObject *patterns = limit ? PyObject_GetAttr(settings, s_route_patterns) : NULL;
     int capture_headers = patterns ? PyObject_IsTrue(headers) : -1;
     int capture_query = capture_headers >= 0 ? PyObject_IsTrue(query) : -1;
+    int capture_bodies = capture_query >= 0 ? PyObject_IsTrue(bodies) : -1;
+    Py_ssize_t body_limit = capture_bodies > 0 ? PyLong_AsSsize_t(limit) : 0;
     Py_XDECREF(headers);
     Py_XDECREF(query);
-    if (capture_query < 0) {
+    Py_XDECREF(bodies);
+    Py_XDECREF(limit);
+    if (capture_bodies < 0 || (body_limit == -1 && PyErr_Occurred())) {
         Py_XDECREF(patterns);
         return NULL;
     }
@@ -1068,6 +1099,7 @@ static PyObject *parser_new(PyTypeObject *type, PyObject *args, PyObject *kwargs
     self->patterns = patterns;
     self->capture_headers = (char)capture_headers;
     self->capture_query = (char)capture_query;
+    self->body_limit = body_limit > 0 ? body_limit : 0;
     return (PyObject *)self;
 }
 
@@ -1333,11 +1365,16 @@ static int init_state(void) {
         intern(&s_user_agent, "user_agent.original") < 0 || intern(&s_request_body_size, "http.request.body.size") < 0 ||
         intern(&s_status_code, "http.response.status_code") < 0 ||
         intern(&s_response_body_size, "http.response.body.size") < 0 ||
-        intern(&s_request_header, "http.request.header.") < 0 || intern(&s_response_header, "http.response.header.") < 0)
+        intern(&s_request_header, "http.request.header.") < 0 || intern(&s_response_header, "http.response.header.") < 0 ||
+        intern(&s_request_body, "podspan.http.request.body") < 0 ||
+        intern(&s_response_body, "podspan.http.response.body") < 0 ||
+        intern(&s_request_body_truncated, "podspan.http.request.body.truncated") < 0 ||
+        intern(&s_response_body_truncated, "podspan.http.response.body.truncated") < 0)
         return -1;
     if (intern(&s_data, "data") < 0 || intern(&s_size, "size") < 0 || intern(&s_from_client, "from_client") < 0 ||
         intern(&s_start_ns, "start_ns") < 0 || intern(&s_end_ns, "end_ns") < 0 || intern(&s_headers, "headers") < 0 ||
-        intern(&s_query_setting, "query") < 0 || intern(&s_route_patterns, "route_patterns") < 0)
+        intern(&s_query_setting, "query") < 0 || intern(&s_route_patterns, "route_patterns") < 0 ||
+        intern(&s_bodies, "bodies") < 0 || intern(&s_body_limit, "body_limit") < 0)
         return -1;
     if (intern(&v_other, "_OTHER") < 0 || intern(&v_other_label, "HTTP ") < 0 || intern(&v_http, "http") < 0 ||
         intern(&v_other_name, "HTTP") < 0 || intern(&v_asterisk, "*") < 0 || intern(&v_version_11, "1.1") < 0 ||
@@ -1356,6 +1393,7 @@ static int init_state(void) {
         import_attr(&template_fn, "podspan_agent.protocols.routes", "template") < 0 ||
         import_attr(&redact_query_fn, "podspan_agent.protocols.redact", "query") < 0 ||
         import_attr(&redact_header_fn, "podspan_agent.protocols.redact", "header") < 0 ||
+        import_attr(&redact_body_fn, "podspan_agent.protocols.redact", "body") < 0 ||
         import_attr(&counter_type, "collections", "Counter") < 0)
         return -1;
     return 0;

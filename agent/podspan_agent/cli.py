@@ -67,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     trace.add_argument("--protocols", help=f"comma-separated subset of: {','.join(registry.NAMES)}")
     trace.add_argument("--capture-size", type=int, default=512, help="bytes captured per message")
     trace.add_argument("--capture-headers", action="store_true", help="record HTTP headers (redacted)")
+    trace.add_argument("--capture-bodies", type=int, default=0, metavar="BYTES",
+                       help="record the first BYTES of HTTP/1 bodies with a Content-Length, as far as the capture "
+                            "size reaches (credential-like JSON and form values redacted); default: none")
     trace.add_argument("--no-tls", action="store_true",
                        help="do not read TLS plaintext from OpenSSL (uprobes); TLS connections then yield no spans")
     trace.add_argument("--no-otlp-metrics", dest="otlp_metrics", action="store_false",
@@ -128,6 +131,8 @@ def _selection(cgroup_paths: list[str], pids: list[int]) -> tuple[dict[int, path
 
 def _trace(args: argparse.Namespace) -> int:
     protocols = _protocols(args.protocols)
+    if args.capture_bodies < 0:
+        raise UsageError(f"--capture-bodies must be 0 or more bytes, got {args.capture_bodies}")
     selected, pids = _selection(args.cgroup, args.pid)
     _check_privileges()
     try:
@@ -159,7 +164,8 @@ def _trace(args: argparse.Namespace) -> int:
         raise UsageError(str(exc)) from exc
     resources = process_info.ResourceResolver(lambda _cgroup: {})
     settings = tracer.TracerSettings(
-        capture=base.CaptureSettings(headers=args.capture_headers), protocols=protocols
+        capture=base.CaptureSettings(headers=args.capture_headers, bodies=args.capture_bodies > 0,
+                                     body_limit=args.capture_bodies), protocols=protocols
     )
     measured = endpoint is not None or outputs.otlp_metrics is not None
     span_sinks = [red.Recorder(red_metrics), *outputs.sinks] if measured else outputs.sinks

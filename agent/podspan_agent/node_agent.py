@@ -392,8 +392,11 @@ class NodeAgent:
             self._status_dirty = True
         self._resources_by_cgroup = wanted
         self.router.configure(spec.profiles, plans)
-        # Parsers keep headers only when some profile asks for them; each profile's view trims the rest.
-        capture = base.CaptureSettings(headers=any(p.capture.headers for p in spec.profiles))
+        # Parsers keep headers and bodies only when some profile asks for them (bodies up to the largest
+        # limit asked); each profile's view trims the rest.
+        bodies = [p.capture.body.max_bytes for p in spec.profiles if p.capture.body.enabled]
+        capture = base.CaptureSettings(headers=any(p.capture.headers for p in spec.profiles), bodies=bool(bodies),
+                                       body_limit=max(bodies, default=0))
         if capture != self._capture:
             self.tracer.set_capture(capture)
             self._capture = capture

@@ -11,6 +11,8 @@ from podspan_agent.spans import model
 from podspan_api import models
 
 _HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
+_BODY_KEYS = ("podspan.http.request.body", "podspan.http.response.body")
+_BODY_TRUNCATED = {key: f"{key}.truncated" for key in _BODY_KEYS}
 _PORT_KEYS = ("server.port", "client.port", "network.peer.port", "network.local.port")
 
 
@@ -23,6 +25,7 @@ class View:
     route_patterns: tuple[str, ...] = ()
     redact_headers: frozenset[str] = frozenset()  # lower-case, on top of the built-in sensitive headers
     redact_query: frozenset[str] = frozenset()  # normalized keys, on top of the built-in credential keys
+    body_limit: int = 0  # bytes of each body kept; 0: no bodies
 
     @classmethod
     def of(cls, profile: models.ResolvedProfile) -> View:
@@ -34,6 +37,7 @@ class View:
             route_patterns=tuple(profile.capture.route_patterns),
             redact_headers=frozenset(name.lower() for name in profile.capture.redact.headers),
             redact_query=frozenset(key.lower().replace("-", "_") for key in profile.capture.redact.query_params),
+            body_limit=profile.capture.body.max_bytes if profile.capture.body.enabled else 0,
         )
 
 
@@ -55,6 +59,16 @@ def apply(view: View, span: model.SpanRecord) -> model.SpanRecord | None:
             kept[key] = redact.REDACTED
     if view.redact_query and isinstance(kept.get("url.query"), str):
         kept["url.query"] = redact.query(str(kept["url.query"]), view.redact_query)
+    for key in _BODY_KEYS:
+        captured = kept.get(key)
+        if not isinstance(captured, str):
+            continue
+        if not view.body_limit:
+            del kept[key]
+            kept.pop(_BODY_TRUNCATED[key], None)
+        elif len(captured.encode()) > view.body_limit:  # another profile on the node asked for more
+            kept[key] = captured.encode()[: view.body_limit].decode("utf-8", "ignore")
+            kept[_BODY_TRUNCATED[key]] = True
     name = span.name
     route = attributes.get("http.route")
     if view.route_patterns and isinstance(path, str) and isinstance(route, str) and not route.endswith(routes.MORE):

@@ -50,3 +50,17 @@ def test_profile_redaction_adds_to_the_built_in_one() -> None:
     assert seen.attributes["url.query"] == "email=REDACTED&page=2&token=REDACTED"
     assert seen.attributes["http.request.header.x-tenant"] == "REDACTED"
     assert seen.attributes["http.request.header.user-agent"] == "curl"
+
+
+def test_bodies_go_only_to_profiles_that_asked_and_at_most_their_limit() -> None:
+    body = {"podspan.http.request.body": '{"user": "bob", "note": "héllo wörld"}'}
+    assert "podspan.http.request.body" not in profile_view.apply(VIEW, span(**body)).attributes  # type: ignore[union-attr]
+    small = profile_view.apply(profile_view.View(body_limit=24), span(**body))
+    assert small is not None
+    assert small.attributes["podspan.http.request.body"] == '{"user": "bob", "note": '
+    assert small.attributes["podspan.http.request.body.truncated"] is True
+    roomy = profile_view.apply(profile_view.View(body_limit=1024), span(**body))
+    assert roomy is not None and "podspan.http.request.body.truncated" not in roomy.attributes
+    cut_in_a_character = profile_view.apply(profile_view.View(body_limit=27), span(**body))
+    assert cut_in_a_character is not None
+    assert cut_in_a_character.attributes["podspan.http.request.body"] == '{"user": "bob", "note": "h'  # no half é

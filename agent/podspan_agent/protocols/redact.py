@@ -63,3 +63,26 @@ def query(raw: str, extra_keys: frozenset[str] = frozenset()) -> str:
 def header(name: str, value: str) -> str:
     """Return the value to record for header `name` (lower-case)."""
     return REDACTED if name in SENSITIVE_HEADERS else value
+
+
+# A JSON member whose key is credential-like ("password": "...", "api_key": 123), its value up to the
+# closing quote or the next separator; the capture may cut a body anywhere, so no JSON parser is used.
+_JSON_MEMBER_RE = re.compile(r'"((?:[^"\\]|\\.){0,128})"(\s*:\s*)("(?:[^"\\]|\\.)*"?|[^,{}\[\]\s]+)')
+
+
+def body(data: bytes) -> str:
+    """The text to record for the first bytes of a message body: UTF-8 (undecodable bytes replaced),
+    with the values of credential-like JSON members and form fields replaced by REDACTED."""
+    text = data.decode("utf-8", "replace")
+    stripped = text.lstrip()
+    if stripped[:1] in ("{", "["):
+        return _JSON_MEMBER_RE.sub(_redact_member, text)
+    if "=" in text and not any(c.isspace() for c in stripped):  # application/x-www-form-urlencoded
+        return query(text)
+    return text
+
+
+def _redact_member(match: re.Match[str]) -> str:
+    if not is_credential_key(match.group(1)):
+        return match.group(0)
+    return f'"{match.group(1)}"{match.group(2)}"{REDACTED}"'

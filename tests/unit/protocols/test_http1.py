@@ -113,6 +113,42 @@ def test_headers_are_captured_only_when_asked_and_credentials_redacted() -> None
     assert attributes["http.response.header.server"].startswith("fixture/1.0")  # type: ignore[union-attr]
 
 
+BODIES = base.CaptureSettings(bodies=True, body_limit=64)
+LOGIN = b'{"user": "bob", "password": "hunter2", "profile": {"api_key": "k-123"}}'
+
+
+def test_bodies_are_off_by_default_and_recorded_redacted_when_asked() -> None:
+    runs = [(True, req(f"POST /login HTTP/1.1\nHost: a\nContent-Length: {len(LOGIN)}\n\n")[1] + LOGIN),
+            resp("HTTP/1.1 200 OK\nContent-Length: 11\n\n", b'{"ok":true}')]
+    (plain,), _ = parse(runs)
+    assert not [key for key in plain.attributes if "body" in key and not key.endswith(".size")]
+    (record,), _ = parse(runs, settings=base.CaptureSettings(bodies=True, body_limit=1024))
+    body = record.attributes["podspan.http.request.body"]
+    assert body == '{"user": "bob", "password": "REDACTED", "profile": {"api_key": "REDACTED"}}'
+    assert record.attributes["podspan.http.response.body"] == '{"ok":true}'
+    assert "podspan.http.request.body.truncated" not in record.attributes
+
+
+def test_a_body_is_cut_at_the_limit_and_at_the_capture_and_marked_truncated() -> None:
+    runs = [(True, b"POST /login HTTP/1.1\r\nHost: a\r\nContent-Length: %d\r\n\r\n" % len(LOGIN) + LOGIN),
+            resp("HTTP/1.1 204 No Content\n\n")]
+    (record,), _ = parse(runs, settings=base.CaptureSettings(bodies=True, body_limit=30))
+    assert record.attributes["podspan.http.request.body"] == '{"user": "bob", "password": "REDACTED"'
+    assert record.attributes["podspan.http.request.body.truncated"] is True
+    head = len(runs[0][1]) - len(LOGIN)
+    (cut,), _ = parse(runs, settings=BODIES, capture=head + 8)  # the capture ends 8 bytes into the body
+    assert cut.attributes["podspan.http.request.body"] == '{"user":'
+    assert "podspan.http.response.body" not in cut.attributes  # 204: no body
+
+
+def test_chunked_and_bodiless_responses_record_no_body() -> None:
+    runs = [req("GET /x HTTP/1.1\nHost: a\n\n"),
+            resp("HTTP/1.1 200 OK\nTransfer-Encoding: chunked\n\n", b"5\r\nhello\r\n0\r\n\r\n"),
+            req("HEAD /x HTTP/1.1\nHost: a\n\n"), resp("HTTP/1.1 200 OK\nContent-Length: 5\n\n")]
+    records, _ = parse(runs, settings=BODIES)
+    assert [r.attributes.get("podspan.http.response.body") for r in records] == [None, None]
+
+
 def test_query_dropped_when_disabled() -> None:
     records = fixture("get_keepalive", settings=base.CaptureSettings(query=False))
     assert all("url.query" not in r.attributes for r in records)
