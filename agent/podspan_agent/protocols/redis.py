@@ -23,8 +23,9 @@ _CONTAINERS = frozenset({
     "ACL", "CLIENT", "CLUSTER", "COMMAND", "CONFIG", "DEBUG", "FUNCTION", "LATENCY", "MEMORY",
     "MODULE", "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO",
 })
-# Arguments that are credentials: never shown, even when statement parameters are on.
-_SECRET_ARGS = frozenset({"AUTH", "HELLO", "MIGRATE"})
+# Commands whose arguments may be credentials (passwords, `ACL SETUSER >pw`, `CONFIG SET requirepass`):
+# never shown, even when statement parameters are on.
+_SECRET_ARGS = frozenset({"AUTH", "HELLO", "MIGRATE", "ACL SETUSER", "CONFIG SET"})
 _LINE_TYPES = frozenset(b"+-:,#(_")
 _BLOB_TYPES = frozenset(b"$!=")
 _AGGREGATE_TYPES = frozenset(b"*~>")
