@@ -220,7 +220,9 @@ class Parser:
                 shown.append("?")
             else:
                 shown.append(pairing.printable(arg, MAX_ARG_TEXT))
-        shown.extend("?" for _ in range(count - len(args)))
+        # Arguments past the captured bytes: one "?" each, but no more than the text can show (the
+        # count is the peer's word, up to 10**63).
+        shown.extend("?" for _ in range(min(count - len(args), MAX_QUERY_TEXT // 2)))
         select_db = None
         if name == "SELECT" and len(args) == 2 and args[1] is not None and args[1].isdigit():
             select_db = args[1].decode()
