@@ -143,7 +143,6 @@ def run(protocol: str, data: bytes) -> list[base.Record]:
     entry = spec(protocol)
     settings, steps = decode(data)
     parser = entry.new_parser(settings)
-    limit = STATE_LIMITS[entry.name](entry.module)
     first_ns = steps[0].message.start_ns if steps else 0
     last_ns = steps[-1].message.end_ns if steps else 0
     records: list[base.Record] = []
@@ -153,7 +152,7 @@ def run(protocol: str, data: bytes) -> list[base.Record]:
         if step.flush_after:
             batch += parser.flush()
         size = state_size(parser)
-        if size is not None and size > limit:
+        if size is not None and size > (limit := STATE_LIMITS[entry.name](entry.module)):
             raise Violation(f"parser holds {size} entries, its limit is {limit}")
         records += batch
     records += parser.flush()
