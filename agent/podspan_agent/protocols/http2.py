@@ -9,13 +9,17 @@ from __future__ import annotations
 import collections
 import dataclasses
 
-from podspan_agent.protocols import base, hpack
+from podspan_agent.protocols import base, hpack, redact
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
 FRAME_HEADER_SIZE = 9
 DEFAULT_MAX_FRAME_SIZE = 16384
 MAX_STREAMS = 256
 MAX_HEADER_BLOCK = 65536
+# With capture.headers: regular headers kept per stream and direction, and the characters kept of each.
+MAX_CAPTURED_HEADERS = 16
+MAX_CAPTURED_VALUE = 128
+_HEADER_PREFIXES = ("http.request.header.", "http.response.header.")
 
 DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS, PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION = (
     range(10)
@@ -150,6 +154,9 @@ class _Stream:
     response_size: int = 0
     responded: bool = False
     reset: str | None = None
+    # capture.headers only: regular headers, credentials already redacted.
+    request_captured: dict[str, str] = dataclasses.field(default_factory=dict)
+    response_captured: dict[str, str] = dataclasses.field(default_factory=dict)
 
 
 @dataclasses.dataclass(slots=True)
@@ -345,18 +352,21 @@ class Parser:
         if kind == PUSH_PROMISE:
             return  # decoded only to keep the HPACK table in step
         headers = {name: value for name, value in reversed(block.headers) if name in _KEPT_HEADERS}
+        captured = _captured(block.headers) if self.settings.headers else {}
         stream = self._streams.get(stream_id)
         if message.from_client:
             if stream is None:
-                self._open(stream_id, _Stream(message.start_ns, message.end_ns, headers))
+                self._open(stream_id, _Stream(message.start_ns, message.end_ns, headers, request_captured=captured))
             return
         if stream is None:
             return  # the request was missed: nothing meaningful to report
         stream.end_ns = message.end_ns
         if stream.responded:
             stream.response.update(headers)  # trailers
+            stream.response_captured.update(captured)
         elif not headers.get(":status", "").startswith("1"):  # 1xx responses are not final
             stream.response = headers
+            stream.response_captured = captured
             stream.responded = True
         if flags & FLAG_END_STREAM:
             stream.end_ns = message.end_ns
@@ -379,8 +389,12 @@ class Parser:
             name, attributes, error = _grpc(request, response)
             protocol = "grpc"
         else:
-            name, attributes, error = _http(request, response)
+            name, attributes, error = _http(request, response, self.settings.query)
             protocol = "http2"
+        # gRPC metadata are HTTP/2 headers: the same keys, so a profile's header list selects both.
+        for prefix, captured in zip(_HEADER_PREFIXES, (stream.request_captured, stream.response_captured), strict=True):
+            for header, value in captured.items():
+                attributes[prefix + header] = value
         return base.Record(
             protocol=protocol,
             name=name,
@@ -399,8 +413,21 @@ def _status_code(response: dict[str, str]) -> int | None:
     return int(status) if status.isdigit() and len(status) == 3 else None
 
 
+def _captured(headers: list[tuple[str, str]]) -> dict[str, str]:
+    """The regular headers of a block to record (capture.headers): credentials redacted before they
+    are stored, repeated names joined with ',' as HTTP/1 does, bounded in count and length."""
+    out: dict[str, str] = {}
+    for raw_name, value in headers:
+        name = raw_name.lower()  # HTTP/2 requires lower case; a peer that breaks the rule must not evade redaction
+        if name.startswith(":") or (name not in out and len(out) >= MAX_CAPTURED_HEADERS):
+            continue
+        value = redact.header(name, value)
+        out[name] = (value if name not in out else f"{out[name]},{value}")[:MAX_CAPTURED_VALUE]
+    return out
+
+
 def _http(
-    request: dict[str, str], response: dict[str, str]
+    request: dict[str, str], response: dict[str, str], query: bool
 ) -> tuple[str, dict[str, base.AttributeValue], str | None]:
     attributes: dict[str, base.AttributeValue] = {
         "network.protocol.name": "http",
@@ -411,7 +438,9 @@ def _http(
         attributes["http.request.method"] = method
     path = request.get(":path")
     if path:
-        attributes["url.path"] = path.split("?", 1)[0]
+        attributes["url.path"], has_query, raw_query = path.partition("?")
+        if has_query and raw_query and query:
+            attributes["url.query"] = redact.query(raw_query)
     scheme = request.get(":scheme")
     if scheme:
         attributes["url.scheme"] = scheme

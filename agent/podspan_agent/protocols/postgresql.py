@@ -332,8 +332,8 @@ class Parser:
         if self._namespace:
             attributes["db.namespace"] = self._namespace
         if request.tag:
-            words = request.tag.split()
-            if words[0] in _RETURNING_TAGS and words[-1].isdigit():
+            words = request.tag.split()  # a garbled tag may be blank once control characters are spaces
+            if words and words[0] in _RETURNING_TAGS and words[-1].isdigit():
                 attributes["db.response.returned_rows"] = int(words[-1])
         for index, value in enumerate(request.parameters):
             if value is not None:

@@ -13,27 +13,29 @@ REDACTED = "REDACTED"
 # Query keys whose values are credentials, compared after lower-casing, percent-decoding and '-' -> '_'.
 CREDENTIAL_KEYS = frozenset({
     "token", "access_token", "api_key", "apikey", "key", "password", "passwd", "pwd", "secret",
-    "signature", "sig", "auth", "session", "sessionid", "code", "awsaccesskeyid", "credential",
+    "signature", "sig", "auth", "authorization", "session", "sessionid", "code", "awsaccesskeyid",
+    "credential", "passphrase", "jwt", "otp",
 })
-# Any key ending in `_<suffix>` is treated as a credential too (client_secret, x_amz_signature, id_token).
-_CREDENTIAL_SUFFIXES = tuple(f"_{suffix}" for suffix in (
-    "token", "key", "secret", "password", "signature", "sig", "credential", "session",
-))
+# Any key ending in one of these is a credential too: client_secret, accessToken, x_amz_signature,
+# id_token, private_key (the short ones only after '_': "monkey" or "config" are not credentials).
+_CREDENTIAL_ENDINGS = (
+    "token", "secret", "password", "passwd", "passphrase", "signature", "credential", "credentials", "apikey",
+    "_key", "_sig", "_session",
+)
 
 # Fragments every credential key above contains (also percent-encoded keys, after their first byte).
-_SUSPECT_RE = re.compile(r"token|key|pass|pwd|secret|sig|auth|session|code|credential", re.IGNORECASE)
+_SUSPECT_RE = re.compile(r"token|key|pass|pwd|secret|sig|auth|session|code|credential|jwt|otp", re.IGNORECASE)
 
-# Header names (lower-case) whose values are always replaced.
-SENSITIVE_HEADERS = frozenset({
-    "authorization", "proxy-authorization", "cookie", "set-cookie",
-    "x-api-key", "x-auth-token", "x-amz-security-token",
-})
+# Header names (lower-case) containing one of these fragments carry credentials: authorization,
+# proxy-authorization, cookie, set-cookie, x-api-key, x-auth-token, x-amz-security-token, x-csrf-token,
+# x-goog-api-key, x-vault-token, x-session-id (also www-authenticate: over-redacting is fine).
+_SENSITIVE_HEADER_RE = re.compile(r"auth|token|secret|passw|cookie|session|signature|credential|api-?key|csrf|xsrf")
 
 
 def is_credential_key(key: str) -> bool:
     """True when a query/form parameter named `key` carries a credential."""
     key = _normalized(key)
-    return key in CREDENTIAL_KEYS or key.endswith(_CREDENTIAL_SUFFIXES)
+    return key in CREDENTIAL_KEYS or key.endswith(_CREDENTIAL_ENDINGS)
 
 
 def _normalized(key: str) -> str:
@@ -62,7 +64,7 @@ def query(raw: str, extra_keys: frozenset[str] = frozenset()) -> str:
 
 def header(name: str, value: str) -> str:
     """Return the value to record for header `name` (lower-case)."""
-    return REDACTED if name in SENSITIVE_HEADERS else value
+    return REDACTED if _SENSITIVE_HEADER_RE.search(name) else value
 
 
 # A JSON member whose key is credential-like ("password": "...", "api_key": 123), its value up to the

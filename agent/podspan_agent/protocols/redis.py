@@ -23,8 +23,9 @@ _CONTAINERS = frozenset({
     "ACL", "CLIENT", "CLUSTER", "COMMAND", "CONFIG", "DEBUG", "FUNCTION", "LATENCY", "MEMORY",
     "MODULE", "OBJECT", "PUBSUB", "SCRIPT", "SLOWLOG", "XGROUP", "XINFO",
 })
-# Arguments that are credentials: never shown, even when statement parameters are on.
-_SECRET_ARGS = frozenset({"AUTH", "HELLO", "MIGRATE"})
+# Commands whose arguments may be credentials (passwords, `ACL SETUSER >pw`, `CONFIG SET requirepass`):
+# never shown, even when statement parameters are on.
+_SECRET_ARGS = frozenset({"AUTH", "HELLO", "MIGRATE", "ACL SETUSER", "CONFIG SET"})
 _LINE_TYPES = frozenset(b"+-:,#(_")
 _BLOB_TYPES = frozenset(b"$!=")
 _AGGREGATE_TYPES = frozenset(b"*~>")
@@ -219,7 +220,9 @@ class Parser:
                 shown.append("?")
             else:
                 shown.append(pairing.printable(arg, MAX_ARG_TEXT))
-        shown.extend("?" for _ in range(count - len(args)))
+        # Arguments past the captured bytes: one "?" each, but no more than the text can show (the
+        # count is the peer's word, up to 10**63).
+        shown.extend("?" for _ in range(min(count - len(args), MAX_QUERY_TEXT // 2)))
         select_db = None
         if name == "SELECT" and len(args) == 2 and args[1] is not None and args[1].isdigit():
             select_db = args[1].decode()

@@ -111,3 +111,14 @@ def test_detect_rejects_length_prefixed_binary_of_other_protocols() -> None:
     parse = b"s1\x00SELECT 1\x00\x00\x00"
     cut_bind = b"B\x00\x00\x00\x20" + b"\x00s1\x00"  # its body is past the capture
     assert postgresql.detect(b"P" + (len(parse) + 4).to_bytes(4, "big") + parse + cut_bind)
+
+
+def test_blank_command_tag_is_not_a_crash() -> None:
+    # Found by tests/fuzz (corpus: postgresql/blank-command-tag): a CommandComplete tag of control
+    # characters became blank text and escaped as an IndexError from feed().
+    parser = postgresql.Parser(base.CaptureSettings())
+    query = b"Q\x00\x00\x00\x0dSELECT 1\x00"
+    parser.feed(base.Message(True, query, len(query), 1, 2))
+    reply = b"C\x00\x00\x00\x07\x01\x02\x00Z\x00\x00\x00\x05I"
+    (record,) = parser.feed(base.Message(False, reply, len(reply), 3, 4))
+    assert record.name == "SELECT" and "db.response.returned_rows" not in record.attributes

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import tracemalloc
+
 import pytest
 
 from podspan_agent.protocols import base, redis
@@ -90,3 +92,20 @@ def test_reply_without_request_is_counted() -> None:
     parser = redis.Parser(base.CaptureSettings())
     assert parser.feed(base.Message(False, b"+OK\r\n", 5, 1, 2)) == []
     assert parser.dropped == 1
+
+
+def test_a_huge_declared_argument_count_costs_bounded_memory() -> None:
+    # Found by tests/fuzz (corpus: redis/huge-argument-count): "*<27 digits>" built a list of that many "?"
+    # for the arguments past the captured bytes. A million is enough to tell: 8 MB of list before the fix.
+    parser = redis.Parser(base.CaptureSettings())
+    command = b"*1000000\r\n$5\r\nHELLO\r\n$1\r\n3\r\n"
+    tracemalloc.start()
+    try:
+        parser.feed(base.Message(True, command, len(command) + 100, 1, 2))
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 256 * 1024
+    (record,) = parser.feed(base.Message(False, b"+OK\r\n", 5, 3, 4))
+    text = record.attributes["db.query.text"]
+    assert isinstance(text, str) and text.startswith("HELLO ? ? ?") and len(text) <= redis.MAX_QUERY_TEXT

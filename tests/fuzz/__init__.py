@@ -1,0 +1,1 @@
+"""Coverage-guided parser fuzzing (atheris) and its corpus replay."""
