@@ -27,7 +27,7 @@ class Options:
     batch_delay: float = 0.1  # seconds to let a burst of events accumulate before a pass
     heartbeat_timeout: float = 60.0  # an agent silent for longer makes its node "not reporting"
     write_concurrency: int = 16  # parallel writes within a pass
-    retry_delay: float = 1.0  # after a failed pass
+    retry_delay: float = 1.0  # after a failed pass (or the API server's Retry-After, when longer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -145,12 +145,13 @@ class Reconciler:
                 with self.api.metrics.reconcile_pass():
                     await self._sync_nodes(nodes)
                     await self._sync_profiles(profiles)
-            except Exception:
+            except Exception as exc:
                 logger.exception("reconciliation pass failed; retrying")
                 self._dirty_nodes |= nodes
                 self._dirty_profiles |= profiles
                 self._wake.set()
-                await asyncio.sleep(self.options.retry_delay)
+                # A throttled API server (429 + Retry-After) says when to come back; never sooner than our own delay.
+                await asyncio.sleep(max(self.options.retry_delay, kube.retry_after(exc)))
             async with self._passes:
                 self._done = self._started
                 self._passes.notify_all()

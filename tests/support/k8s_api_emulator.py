@@ -75,7 +75,9 @@ before (or instead of) normal handling: ``Respond(code, retry_after)`` (a Status
 e.g. 429 with Retry-After or 500), ``Delay(seconds)`` (then served normally), ``CutWatch(after)``
 (a watch whose connection drops after `after` object events) or ``ExpireWatch()`` (a watch answered
 with 410 Gone "Expired" in the stream, as for a resourceVersion older than the retained window).
-Rules are consulted in order; a request takes the first live rule that matches. ``requests``
+Rules are consulted in order: a request is held by every live Delay rule that matches, then takes
+the first other live rule that matches (so a slow answer can also fail). ``drop_watches(path)``
+drops the connections of watches already being served. ``requests``
 counts every request by (User-Agent product, verb, resource plural).
 
 Use in-process (a background thread)::
@@ -436,7 +438,7 @@ class Respond:
 
 @dataclasses.dataclass(frozen=True)
 class Delay:
-    """Hold the request this long, then handle it normally (a slow API server)."""
+    """Hold the request this long, then handle it (normally, or by the next matching rule): a slow API server."""
 
     seconds: float
 
@@ -508,6 +510,9 @@ class APIServer(kmock.KubernetesEmulator):
     # Injected faults (see the module doc); tests add them from their own thread, hence the lock.
     _faults: list[Fault] = attrs.field(factory=list, init=False)
     _faults_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    # Watches being served: path with query -> their connections, for drop_watches(); read from any thread.
+    _open_watches: dict[int, tuple[str, asyncio.BaseTransport]] = attrs.field(factory=dict, init=False)
+    _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -676,21 +681,35 @@ class APIServer(kmock.KubernetesEmulator):
         with self._faults_lock:
             self._faults.clear()
 
-    def _take_fault(self, method: str, request: kmock.Request) -> FaultAction | None:
+    def drop_watches(self, path: str) -> int:
+        """Drop the connections of the watches being served whose path with query matches (re.search), as an
+        API server restart or a load balancer would; returns how many. Callable from any thread."""
+        with self._faults_lock:
+            transports = [t for p, t in self._open_watches.values() if re.search(path, p)]
+        if transports and self._loop is not None:
+            for transport in transports:
+                self._loop.call_soon_threadsafe(transport.close)
+        return len(transports)
+
+    def _take_faults(self, method: str, request: kmock.Request) -> tuple[float, FaultAction | None]:
+        """Seconds to hold the request (every matching Delay adds up), and the first other matching action."""
         watch = method == "GET" and request.params.get("watch") in ("true", "1")
+        delay = 0.0
         with self._faults_lock:
             for fault in self._faults:
                 if fault.matches(method, request.url.path_qs, watch):
                     fault.hits += 1
-                    return fault.action
-        return None
+                    if not isinstance(fault.action, Delay):
+                        return delay, fault.action
+                    delay += fault.action.seconds
+        return delay, None
 
     # -- request dispatch ---------------------------------------------------------
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
         method = str(request.method.value).upper()
-        fault = self._take_fault(method, request)
-        if isinstance(fault, Delay):
-            await asyncio.sleep(fault.seconds)
+        delay, fault = self._take_faults(method, request)
+        if delay:
+            await asyncio.sleep(delay)
         res = request.resource
         if res is not None and res.plural is not None:
             agent = (request.headers.get("User-Agent") or "").split("/", 1)[0]
@@ -844,6 +863,10 @@ class APIServer(kmock.KubernetesEmulator):
         raw = request._raw_request
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await response.prepare(raw)
+        self._loop = asyncio.get_running_loop()
+        if raw.transport is not None:
+            with self._faults_lock:
+                self._open_watches[id(response)] = (request.url.path_qs, raw.transport)
 
         async def send(event: dict[str, Any]) -> None:
             nonlocal sent
@@ -910,6 +933,8 @@ class APIServer(kmock.KubernetesEmulator):
         except (ConnectionError, asyncio.CancelledError, RuntimeError):
             pass
         finally:
+            with self._faults_lock:
+                self._open_watches.pop(id(response), None)
             pump_task.cancel()
             try:
                 await pump_task

@@ -105,3 +105,25 @@ def test_expire_watch_sends_410_in_the_stream(api: emu.EmulatorThread) -> None:
     events, _ = _watch_lines(api, {"resourceVersion": version, "timeoutSeconds": "1"})
     assert events == []  # nothing changed since `version`; the rule was used up
     assert _server(api).requests["python-requests", "watch", "nodetraceconfigs"] == 2
+
+
+def test_delay_stacks_with_the_next_matching_rule(api: emu.EmulatorThread) -> None:
+    _server(api).inject(emu.Fault("GET", r"/nodetraceconfigs$", emu.Delay(0.3)),
+                        emu.Fault("GET", r"/nodetraceconfigs$", emu.Respond(503, retry_after=1)))
+    started = time.monotonic()
+    answer = requests.get(api.url + NTC_PATH, timeout=10)
+    assert answer.status_code == 503 and time.monotonic() - started >= 0.3
+    assert requests.get(api.url + NTC_PATH, timeout=10).status_code == 200
+
+
+def test_drop_watches_breaks_the_streams_being_served(api: emu.EmulatorThread) -> None:
+    kc = emu.KubeClient(api.url)
+    _create(kc, "n1")
+    with requests.get(api.url + NTC_PATH, params={"watch": "true", "timeoutSeconds": "30"}, stream=True,
+                      timeout=10) as r:
+        lines = r.iter_lines()
+        assert json.loads(next(lines))["object"]["metadata"]["name"] == "n1"
+        assert _server(api).drop_watches(r"/pods\?") == 0
+        assert _server(api).drop_watches(r"/nodetraceconfigs\?.*watch=true") == 1
+        with pytest.raises(requests.exceptions.ChunkedEncodingError):
+            list(lines)
