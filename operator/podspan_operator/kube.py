@@ -160,14 +160,5 @@ class Api:
             logger.warning("could not post event %s on %s: %s", reason, profile.key, e.reason)
 
 
-def retry_after(exc: BaseException) -> float:
-    """Seconds the API server asked us to wait before retrying (Retry-After on a 429 or 503), else 0."""
-    headers = exc.headers if isinstance(exc, k8s.ApiException) else None
-    try:
-        return max(0.0, float((headers or {}).get("Retry-After") or 0))
-    except ValueError:  # an HTTP date: rare from API servers; the caller's own delay applies
-        return 0.0
-
-
 def _generation(obj: Any) -> int:
     return int((obj.get("metadata") or {}).get("generation") or 0)

@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
-from podspan_api import models
+from podspan_api import models, retry
 from podspan_operator import kube, render, status
 
 logger = logging.getLogger(__name__)
@@ -151,7 +151,7 @@ class Reconciler:
                 self._dirty_profiles |= profiles
                 self._wake.set()
                 # A throttled API server (429 + Retry-After) says when to come back; never sooner than our own delay.
-                await asyncio.sleep(max(self.options.retry_delay, kube.retry_after(exc)))
+                await asyncio.sleep(max(self.options.retry_delay, retry.retry_after(exc)))
             async with self._passes:
                 self._done = self._started
                 self._passes.notify_all()
