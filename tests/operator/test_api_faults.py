@@ -13,7 +13,8 @@ import time
 import pytest
 
 from podspan_operator import telemetry
-from tests.operator.conftest import TP, Operator, agent_report, condition, profile, run_pod, targets, wait_for
+from tests.operator import conftest
+from tests.support import figures
 from tests.support import k8s_api_emulator as emu
 
 KEY = "TraceProfile/shop/web"
@@ -26,7 +27,7 @@ def _server(api: emu.EmulatorThread) -> emu.APIServer:
     return api.emulator
 
 
-def _writes(op: Operator) -> dict[str, int]:
+def _writes(op: conftest.Operator) -> dict[str, int]:
     """The operator's write attempts so far, by kind (its own metrics; failed attempts included)."""
     registry = op.reconciler.api.metrics.registry
     kinds = (telemetry.NODE_CONFIG, telemetry.NODE_CONFIG_DELETE, telemetry.PROFILE_STATUS, telemetry.EVENT)
@@ -39,28 +40,28 @@ def _delta(after: dict[str, int], before: dict[str, int]) -> dict[str, int]:
 
 
 def _status(kc: emu.KubeClient) -> dict:
-    return (kc.get(TP, "web", "shop") or {}).get("status") or {}
+    return (kc.get(conftest.TP, "web", "shop") or {}).get("status") or {}
 
 
-def _tracing(kc: emu.KubeClient, start_operator, pods: dict[str, str]) -> Operator:
+def _ready(kc: emu.KubeClient) -> bool:
+    return conftest.condition(kc.get(conftest.TP, "web", "shop"), "Ready") == ("True", "Tracing")
+
+
+def _tracing(kc: emu.KubeClient, start_operator, pods: dict[str, str]) -> conftest.Operator:
     """Nodes n1, n2; the web profile over `pods` (name -> node), Ready with every agent reporting."""
     kc.ensure_namespace("shop")
     for node in ("n1", "n2"):
         kc.create_node(node)
     for name, node in pods.items():
-        run_pod(kc, name, "shop", {"app": "web"}, node)
-    kc.create(TP, profile("web", "shop", {"app": "web"}))
+        conftest.run_pod(kc, name, "shop", {"app": "web"}, node)
+    kc.create(conftest.TP, conftest.profile("web", "shop", {"app": "web"}))
     op = start_operator()
     nodes = set(pods.values())
-    wait_for(lambda: all(targets(kc, n) for n in nodes), "initial targets")
+    conftest.wait_for(lambda: all(conftest.targets(kc, n) for n in nodes), "initial targets")
     for node in nodes:
-        agent_report(kc, node)
-    wait_for(lambda: condition(kc.get(TP, "web", "shop"), "Ready") == ("True", "Tracing"), "Ready before the faults")
+        conftest.agent_report(kc, node)
+    conftest.wait_for(lambda: _ready(kc), "Ready before the faults")
     return op
-
-
-def _figure(scenario: str, **values: object) -> None:
-    print(f"FIGURE {scenario}: " + " ".join(f"{k}={v}" for k, v in values.items()))
 
 
 @pytest.mark.parametrize(("answer", "min_gap"), [(emu.Respond(500), 1.0), (emu.Respond(429, retry_after=2), 2.0)],
@@ -76,8 +77,8 @@ def test_failing_writes_are_retried_without_a_storm(api, kc, start_operator, ans
     before = _writes(op)
     started = time.monotonic()
     server.inject(*faults)
-    run_pod(kc, "web-2", "shop", {"app": "web"}, "n2")  # needs a new NodeTraceConfig and a new status
-    wait_for(lambda: sum(f.hits for f in faults) >= 3, "three refused attempts", timeout=30)
+    conftest.run_pod(kc, "web-2", "shop", {"app": "web"}, "n2")  # needs a new NodeTraceConfig and a new status
+    conftest.wait_for(lambda: sum(f.hits for f in faults) >= 3, "three refused attempts", timeout=30)
     server.clear_faults()
     window = time.monotonic() - started
     attempts = sum(f.hits for f in faults)
@@ -87,17 +88,18 @@ def test_failing_writes_are_retried_without_a_storm(api, kc, start_operator, ans
 
     stopped = time.monotonic()
     before = _writes(op)
-    wait_for(lambda: targets(kc, "n2") == {"shop/web-2": [KEY]}, "n2's NodeTraceConfig after the fault")
-    wait_for(lambda: _status(kc).get("matchedPods") == 2 and _status(kc).get("nodes", {}).get("total") == 2,
+    conftest.wait_for(lambda: conftest.targets(kc, "n2") == {"shop/web-2": [KEY]},
+                      "n2's NodeTraceConfig after the fault")
+    conftest.wait_for(lambda: _status(kc).get("matchedPods") == 2 and _status(kc).get("nodes", {}).get("total") == 2,
              "the profile status after the fault")
     converged = time.monotonic() - stopped
     after = _delta(_writes(op), before)
     assert after.get(telemetry.NODE_CONFIG, 0) == 1  # the one write that was missing, once
     assert after.get(telemetry.PROFILE_STATUS, 0) <= 2
-    agent_report(kc, "n2")
-    wait_for(lambda: condition(kc.get(TP, "web", "shop"), "Ready") == ("True", "Tracing"), "Ready again")
+    conftest.agent_report(kc, "n2")
+    conftest.wait_for(lambda: _ready(kc), "Ready again")
     assert op.reconciler.api.metrics.pass_failures._value.get() >= 1
-    _figure(f"operator-writes-{answer.code}", fault_s=f"{window:.1f}", refused=attempts,
+    figures.report(f"operator-writes-{answer.code}", fault_s=f"{window:.1f}", refused=attempts,
             writes_during=during, converge_s=f"{converged:.2f}", writes_after=after)
 
 
@@ -113,14 +115,15 @@ def test_watch_streams_cut_mid_way(api, kc, start_operator):
     op = start_operator()
     started = time.monotonic()
     before = _writes(op)
-    kc.create(TP, profile("web", "shop", {"app": "web"}))
+    kc.create(conftest.TP, conftest.profile("web", "shop", {"app": "web"}))
     for i, node in enumerate(("n1", "n2", "n1", "n2"), start=1):
-        run_pod(kc, f"web-{i}", "shop", {"app": "web"}, node)
-    wait_for(lambda: targets(kc, "n1") == {"shop/web-1": [KEY], "shop/web-3": [KEY]}
-             and targets(kc, "n2") == {"shop/web-2": [KEY], "shop/web-4": [KEY]}, "targets through cut watches")
+        conftest.run_pod(kc, f"web-{i}", "shop", {"app": "web"}, node)
+    conftest.wait_for(lambda: conftest.targets(kc, "n1") == {"shop/web-1": [KEY], "shop/web-3": [KEY]}
+                      and conftest.targets(kc, "n2") == {"shop/web-2": [KEY], "shop/web-4": [KEY]},
+                      "targets through cut watches")
     for node in ("n1", "n2"):
-        agent_report(kc, node)
-    wait_for(lambda: condition(kc.get(TP, "web", "shop"), "Ready") == ("True", "Tracing")
+        conftest.agent_report(kc, node)
+    conftest.wait_for(lambda: _ready(kc)
              and _status(kc).get("matchedPods") == 4, "Ready through cut watches")
     converged = time.monotonic() - started
     server.clear_faults()
@@ -128,11 +131,9 @@ def test_watch_streams_cut_mid_way(api, kc, start_operator):
     assert cut.hits >= 10  # the streams really were cut, again and again
     # Each pod is seen twice (created, then running with its container id): at most one spec per event.
     assert writes.get(telemetry.NODE_CONFIG, 0) <= 8
-    _figure("operator-watch-cuts", cuts=cut.hits, converge_s=f"{converged:.2f}", writes=writes)
+    figures.report("operator-watch-cuts", cuts=cut.hits, converge_s=f"{converged:.2f}", writes=writes)
 
 
-@pytest.mark.xfail(strict=True, reason="kopf 1.45 relists after 410 Gone but never discards objects the relist no "
-                   "longer returns: a pod deleted in the gap stays in the pods index, and in its node's config")
 def test_gone_on_resume_relists_and_sees_what_changed_in_the_gap(api, kc, start_operator):
     """The pods watch drops; its resume is slow, then answered 410 Gone; the relist fails twice (500). Meanwhile
     a pod was deleted and another created: after the relist, the node config has exactly the pods that exist."""
@@ -144,19 +145,19 @@ def test_gone_on_resume_relists_and_sees_what_changed_in_the_gap(api, kc, start_
     server.inject(slow, gone, failing_list)
     before = _writes(op)
     assert server.drop_watches(POD_WATCH) >= 1
-    wait_for(lambda: slow.hits == 1, "the resumed watch (held)")
+    conftest.wait_for(lambda: slow.hits == 1, "the resumed watch (held)")
     kc.delete("v1/pods", "web-3", "shop")  # in the gap: the operator never gets these events
-    run_pod(kc, "web-4", "shop", {"app": "web"}, "n1")
-    wait_for(lambda: gone.hits == 1, "410 Gone on the resume")
+    conftest.run_pod(kc, "web-4", "shop", {"app": "web"}, "n1")
+    conftest.wait_for(lambda: gone.hits == 1, "410 Gone on the resume")
     stopped = time.monotonic()
-    wait_for(lambda: failing_list.hits == 2, "two failed relists")
-    wait_for(lambda: targets(kc, "n1") == {"shop/web-1": [KEY], "shop/web-4": [KEY]},
+    conftest.wait_for(lambda: failing_list.hits == 2, "two failed relists")
+    conftest.wait_for(lambda: conftest.targets(kc, "n1") == {"shop/web-1": [KEY], "shop/web-4": [KEY]},
              "n1's targets after the relist")
-    wait_for(lambda: _status(kc).get("matchedPods") == 2, "matchedPods after the relist")
+    conftest.wait_for(lambda: _status(kc).get("matchedPods") == 2, "matchedPods after the relist")
     converged = time.monotonic() - stopped
     writes = _delta(_writes(op), before)
     assert writes.get(telemetry.NODE_CONFIG, 0) <= 2
-    _figure("operator-410-relist", converge_s=f"{converged:.2f}", writes=writes)
+    figures.report("operator-410-relist", converge_s=f"{converged:.2f}", writes=writes)
 
 
 def test_slow_api_server(api, kc, start_operator):
@@ -168,12 +169,14 @@ def test_slow_api_server(api, kc, start_operator):
     server.inject(slow)
     started = time.monotonic()
     before = _writes(op)
-    run_pod(kc, "web-2", "shop", {"app": "web"}, "n2")
-    wait_for(lambda: targets(kc, "n2") == {"shop/web-2": [KEY]}, "n2's NodeTraceConfig while slow")
-    wait_for(lambda: _status(kc).get("matchedPods") == 2, "the profile status while slow")
+    conftest.run_pod(kc, "web-2", "shop", {"app": "web"}, "n2")
+    conftest.wait_for(lambda: conftest.targets(kc, "n2") == {"shop/web-2": [KEY]}, "n2's NodeTraceConfig while slow")
+    conftest.wait_for(lambda: _status(kc).get("matchedPods") == 2, "the profile status while slow")
     converged = time.monotonic() - started
     server.clear_faults()
     writes = _delta(_writes(op), before)
-    assert writes.get(telemetry.NODE_CONFIG, 0) == 1
+    # The test's own requests are slow too: the pod's creation and its running status land a second apart,
+    # two specs (without, then with the container id), one write each.
+    assert writes.get(telemetry.NODE_CONFIG, 0) <= 2
     assert op.reconciler.api.metrics.pass_failures._value.get() == 0
-    _figure("operator-slow-1s", delayed=slow.hits, converge_s=f"{converged:.2f}", writes=writes)
+    figures.report("operator-slow-1s", delayed=slow.hits, converge_s=f"{converged:.2f}", writes=writes)
