@@ -67,10 +67,10 @@ def test_agent_converges_through_api_faults(
         test_node_agent._wait(lambda: _caught_up(kc, both), "web-2 attached through the cut watch and the 410")
         relist_s = time.monotonic() - stopped
         assert (cut.hits, gone.hits) == (1, 1)
-        lists = server.requests[AGENT_UA, "list", "nodetraceconfigs"]
+        lists = server.request_counts[AGENT_UA, "list", "nodetraceconfigs"]
         assert lists <= 6  # 3 at start (2 refused), one per broken watch, no relist loop
         figures.report("agent-watch-cut-then-410", converge_s=f"{relist_s:.2f}", lists=lists,
-                watches=server.requests[AGENT_UA, "watch", "nodetraceconfigs"])
+                watches=server.request_counts[AGENT_UA, "watch", "nodetraceconfigs"])
 
         # Status writes throttled with Retry-After while the spec changes: the agent keeps tracing, backs off.
         throttled = emu.Fault("PATCH", NTC_STATUS, emu.Respond(429, retry_after=2), None)

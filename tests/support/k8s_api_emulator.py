@@ -77,7 +77,7 @@ e.g. 429 with Retry-After or 500), ``Delay(seconds)`` (then served normally), ``
 with 410 Gone "Expired" in the stream, as for a resourceVersion older than the retained window).
 Rules are consulted in order: a request is held by every live Delay rule that matches, then takes
 the first other live rule that matches (so a slow answer can also fail). ``drop_watches(path)``
-drops the connections of watches already being served. ``requests``
+drops the connections of watches already being served. ``request_counts``
 counts every request by (User-Agent product, verb, resource plural).
 
 Use in-process (a background thread)::
@@ -506,7 +506,7 @@ class APIServer(kmock.KubernetesEmulator):
     # Mutating requests per (User-Agent product, resource plural): lets benchmarks count a client's writes.
     writes: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter, init=False)
     # Every request naming a resource, per (User-Agent product, verb, resource plural).
-    requests: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
+    request_counts: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
     # Injected faults (see the module doc); tests add them from their own thread, hence the lock.
     _faults: list[Fault] = attrs.field(factory=list, init=False)
     _faults_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
@@ -713,7 +713,7 @@ class APIServer(kmock.KubernetesEmulator):
         res = request.resource
         if res is not None and res.plural is not None:
             agent = (request.headers.get("User-Agent") or "").split("/", 1)[0]
-            self.requests[agent, _verb(method, request), res.plural] += 1
+            self.request_counts[agent, _verb(method, request), res.plural] += 1
             if method in ("POST", "PUT", "PATCH", "DELETE"):
                 self.writes[agent, res.plural] += 1
         if isinstance(fault, Respond):

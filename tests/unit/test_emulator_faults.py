@@ -59,7 +59,7 @@ def test_respond_with_retry_after_then_runs_out(api: emu.EmulatorThread) -> None
     # Other methods and paths were never matched: a GET of the same object is served.
     assert requests.get(api.url + NTC_PATH + "/n1", timeout=10).status_code == 200
     assert (kc.get(NTC, "n1") or {})["status"] == {"a": 1}
-    assert _server(api).requests["python-requests", "patch", "nodetraceconfigs"] == 3
+    assert _server(api).request_counts["python-requests", "patch", "nodetraceconfigs"] == 3
 
 
 def test_respond_until_cleared_and_any_method(api: emu.EmulatorThread) -> None:
@@ -104,7 +104,7 @@ def test_expire_watch_sends_410_in_the_stream(api: emu.EmulatorThread) -> None:
     assert [(e["type"], e["object"]["code"], e["object"]["reason"]) for e in events] == [("ERROR", 410, "Expired")]
     events, _ = _watch_lines(api, {"resourceVersion": version, "timeoutSeconds": "1"})
     assert events == []  # nothing changed since `version`; the rule was used up
-    assert _server(api).requests["python-requests", "watch", "nodetraceconfigs"] == 2
+    assert _server(api).request_counts["python-requests", "watch", "nodetraceconfigs"] == 2
 
 
 def test_delay_stacks_with_the_next_matching_rule(api: emu.EmulatorThread) -> None:
