@@ -110,7 +110,7 @@ class Api:
         return _generation(result)
 
     async def pod_uids(self) -> set[str]:
-        """The uids of every pod the API server has now."""
+        """The uids of every pod the API server has now; an error answer raises (it must never read as "no pods")."""
         pods = await self._core.list_pod_for_all_namespaces()
         return {pod.metadata.uid for pod in pods.items if pod.metadata is not None and pod.metadata.uid}
 

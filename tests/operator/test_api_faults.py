@@ -8,11 +8,13 @@ Figures (time to converge once the faults stop, writes made) are printed as `FIG
 
 from __future__ import annotations
 
+import asyncio
 import time
 
 import pytest
+from kubernetes.aio import client as k8s
 
-from podspan_operator import telemetry
+from podspan_operator import kube, telemetry
 from tests.operator import conftest
 from tests.support import figures
 from tests.support import k8s_api_emulator as emu
@@ -180,3 +182,22 @@ def test_slow_api_server(api, kc, start_operator):
     assert writes.get(telemetry.NODE_CONFIG, 0) <= 2
     assert op.reconciler.api.metrics.pass_failures._value.get() == 0
     figures.report("operator-slow-1s", delayed=slow.hits, converge_s=f"{converged:.2f}", writes=writes)
+
+
+def test_a_failing_pod_listing_never_reads_as_pods_gone(api, kc):
+    """The check after a relist must fail on an error answer: read as "no pods", it would drop every target."""
+    kc.ensure_namespace("shop")
+    uid = conftest.run_pod(kc, "web-1", "shop", {"app": "web"}, "n1")["metadata"]["uid"]
+    _server(api).inject(emu.Fault("GET", POD_LIST, emu.Respond(500)))
+
+    async def listings() -> tuple[BaseException | set[str], set[str]]:
+        client = await kube.Api.connect()
+        try:
+            failed = await asyncio.gather(client.pod_uids(), return_exceptions=True)
+            return failed[0], await client.pod_uids()
+        finally:
+            await client.close()
+
+    failed, listed = asyncio.run(listings())
+    assert isinstance(failed, k8s.ApiException) and failed.status == 500
+    assert listed == {uid}
