@@ -29,7 +29,7 @@ from podspan_agent.export import otlp, otlp_metrics, otlp_settings
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base
 from podspan_agent.spans import model
-from podspan_api import models
+from podspan_api import models, retry
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +37,8 @@ GROUP, VERSION, PLURAL = "podspan.dev", "v1alpha1", "nodetraceconfigs"
 _RECONCILE_EVERY_S = 2.0  # also picks up containers that start (or restart) later
 _STATUS_EVERY_S = 10.0
 _WATCH_TIMEOUT_S = 60
+_API_TIMEOUT_S = 10.0  # a hung API server must not hang the tracer's thread (status) or the watcher
+_RETRY_FIRST_S, _RETRY_CAP_S = 1.0, 30.0  # backoff after a failed API call
 _RUNTIMES = ("containerd", "cri-o", "docker")
 _ERROR_CHARS = 300  # an exporter error in status: enough to diagnose, small enough for an object
 _PROBE_ERROR_CHARS = 2000  # compiler output is long; its first lines say what failed
@@ -260,6 +262,22 @@ class Router:
             metric_exporter.shutdown(timeout=2.0)
 
 
+class Backoff:
+    """Waits between retries of a failing API call: doubling from 1 s up to 30 s, and never shorter than
+    what the server asked for (Retry-After); back to 1 s once a call succeeds."""
+
+    def __init__(self) -> None:
+        self._next = _RETRY_FIRST_S
+
+    def failed(self, exc: BaseException) -> float:
+        delay = max(self._next, retry.retry_after(exc))
+        self._next = min(self._next * 2, _RETRY_CAP_S)
+        return delay
+
+    def succeeded(self) -> None:
+        self._next = _RETRY_FIRST_S
+
+
 class ConfigWatcher(threading.Thread):
     """List+watch of one NodeTraceConfig; keeps the latest object (None when absent)."""
 
@@ -281,12 +299,14 @@ class ConfigWatcher(threading.Thread):
 
     def run(self) -> None:
         selector = f"metadata.name={self._node}"
-        backoff = 1.0
+        backoff = Backoff()
+        expired = False  # the last watch ended in 410 Gone
         while not self.stopping.is_set():
             try:
                 listed = typing.cast(dict[str, Any], self._api.list_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, field_selector=selector
+                    GROUP, VERSION, PLURAL, field_selector=selector, _request_timeout=_API_TIMEOUT_S
                 ))
+                backoff.succeeded()  # the API answers again: a later failure starts from the shortest wait
                 # The server may ignore the selector: filter by name here too.
                 mine = [o for o in listed.get("items", []) if o["metadata"]["name"] == self._node]
                 self._store(mine[0] if mine else None)
@@ -294,20 +314,30 @@ class ConfigWatcher(threading.Thread):
                 stream = k8s_watch.Watch().stream(
                     self._api.list_cluster_custom_object, GROUP, VERSION, PLURAL, field_selector=selector,
                     resource_version=version, timeout_seconds=_WATCH_TIMEOUT_S,
+                    _request_timeout=(_API_TIMEOUT_S, _WATCH_TIMEOUT_S + _API_TIMEOUT_S),
                 )
                 for event in stream:
+                    expired = False
                     obj = event["object"]
                     if obj.get("metadata", {}).get("name") != self._node:
                         continue
                     self._store(None if event["type"] == "DELETED" else obj)
                     if self.stopping.is_set():
                         break
-                backoff = 1.0
-            except Exception as exc:  # API down or 410 Gone: relist after a pause
-                log.warning("watching NodeTraceConfig/%s failed (%s); retrying in %.0fs",
-                            self._node, exc, backoff)
-                self.stopping.wait(backoff)
-                backoff = min(backoff * 2, 30.0)
+                expired = False
+            except k8s.ApiException as exc:
+                if exc.status == 410 and not expired:  # our resourceVersion is too old: relist at once (twice
+                    expired = True                      # in a row: the server is unwell, back off as for errors)
+                    log.info("NodeTraceConfig/%s watch expired (410 Gone); listing again", self._node)
+                    continue
+                self._retry_later(exc, backoff)
+            except Exception as exc:  # API down, stream broken: relist after a pause
+                self._retry_later(exc, backoff)
+
+    def _retry_later(self, exc: Exception, backoff: Backoff) -> None:
+        delay = backoff.failed(exc)
+        log.warning("watching NodeTraceConfig/%s failed (%s); retrying in %.0fs", self._node, exc, delay)
+        self.stopping.wait(delay)
 
 
 def api_client() -> k8s.ApiClient:
@@ -344,6 +374,8 @@ class NodeAgent:
         self._next_reconcile = 0.0
         self._next_status = 0.0
         self._status_dirty = True
+        self._status_backoff = Backoff()
+        self._status_retry_at = 0.0  # after a refused status write: not before then (no write per tick)
         self._failing: list[str] = []
 
     def run(self, stop: threading.Event) -> None:
@@ -368,7 +400,7 @@ class NodeAgent:
         failing = self.router.failing()
         if failing != self._failing:  # export broke or recovered: tell the operator now
             self._failing, self._status_dirty = failing, True
-        if obj is not None and (self._status_dirty or now >= self._next_status):
+        if obj is not None and (self._status_dirty or now >= self._next_status) and now >= self._status_retry_at:
             self._write_status()
             self._next_status = now + _STATUS_EVERY_S
 
@@ -421,8 +453,12 @@ class NodeAgent:
             profiles=self.router.counters(lost, self.tracer.table.parser_drops_by_cgroup()),
             probes_attached=self._probes.attached,
         )
-        if patch_status(self._custom, self.node, status):
+        error = patch_status(self._custom, self.node, status)
+        if error is None:
             self._status_dirty = False
+            self._status_backoff.succeeded()
+        else:
+            self._status_retry_at = time.monotonic() + self._status_backoff.failed(error)
 
     def _with_tls(self, target: TargetPlan) -> models.TargetStatus:
         """The target's status with what its processes use for TLS (when a profile of it reads TLS)."""
@@ -435,15 +471,16 @@ class NodeAgent:
         return target.status.model_copy(update={"tls": list(dict.fromkeys(found))[:32], "tls_unprobed": unprobed[:32]})
 
 
-def patch_status(custom: k8s.CustomObjectsApi, node: str, status: models.NodeTraceConfigStatus) -> bool:
-    """Replace the node's status; False (logged) when the API refused or is away."""
+def patch_status(custom: k8s.CustomObjectsApi, node: str, status: models.NodeTraceConfigStatus) -> Exception | None:
+    """Replace the node's status; the error (logged) when the API refused or is away, else None."""
     try:
         custom.patch_cluster_custom_object_status(
-            GROUP, VERSION, PLURAL, node, {"status": status.model_dump(mode="json", by_alias=True)})
-        return True
-    except Exception as exc:  # the caller retries on its next tick
+            GROUP, VERSION, PLURAL, node, {"status": status.model_dump(mode="json", by_alias=True)},
+            _request_timeout=_API_TIMEOUT_S)
+        return None
+    except Exception as exc:  # the caller retries after its backoff
         log.warning("writing NodeTraceConfig/%s status failed: %s", node, exc)
-        return False
+        return exc
 
 
 def load_probes(custom: k8s.CustomObjectsApi, node: str, stop: threading.Event,

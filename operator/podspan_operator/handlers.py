@@ -96,7 +96,9 @@ def node_configs(body: kopf.Body, **_: Any) -> dict[str, render.NodeConfig]:
 
 
 @kopf.on.event("v1", "pods", registry=registry)
-async def pod_event(body: kopf.Body, memo: kopf.Memo, **_: Any) -> None:
+async def pod_event(body: kopf.Body, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type is None:  # from a listing: at start, or kopf listing again after 410 Gone or a pause
+        memo.reconciler.pods_listed()
     memo.reconciler.pod_changed(body["metadata"]["namespace"], body.get("spec", {}).get("nodeName") or "")
 
 

@@ -1,4 +1,5 @@
-"""The one module that writes to the Kubernetes API (kopf only watches): node configs, profile status, Events.
+"""The one module that writes to the Kubernetes API (kopf only watches): node configs, profile status, Events;
+and its one read, the pod uids that check kopf's cache after a relist.
 
 Uses the official client's asyncio flavour, configured like kopf: in-cluster service account, else KUBECONFIG
 or ~/.kube/config; plain http and https API servers both work.
@@ -107,6 +108,11 @@ class Api:
             # Created meanwhile (e.g. by a previous replica): fall back to replacing the spec.
             return await self.put_node_config(name, spec, exists=True)
         return _generation(result)
+
+    async def pod_uids(self) -> set[str]:
+        """The uids of every pod the API server has now; an error answer raises (it must never read as "no pods")."""
+        pods = await self._core.list_pod_for_all_namespaces()
+        return {pod.metadata.uid for pod in pods.items if pod.metadata is not None and pod.metadata.uid}
 
     async def delete_node_config(self, name: str) -> None:
         self.writes += 1

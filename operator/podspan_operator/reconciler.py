@@ -13,7 +13,7 @@ import logging
 from collections.abc import Iterable, Mapping
 from typing import TypeVar
 
-from podspan_api import models
+from podspan_api import models, retry
 from podspan_operator import kube, render, status
 
 logger = logging.getLogger(__name__)
@@ -27,7 +27,7 @@ class Options:
     batch_delay: float = 0.1  # seconds to let a burst of events accumulate before a pass
     heartbeat_timeout: float = 60.0  # an agent silent for longer makes its node "not reporting"
     write_concurrency: int = 16  # parallel writes within a pass
-    retry_delay: float = 1.0  # after a failed pass
+    retry_delay: float = 1.0  # after a failed pass (or the API server's Retry-After, when longer)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -64,6 +64,10 @@ class Reconciler:
         # What this replica wrote, because the indexes see our own writes only after the watch delivers them:
         self._written: dict[str, tuple[int, models.NodeTraceConfigSpec]] = {}  # node -> (generation, spec)
         self._reported: dict[str, models.ProfileStatus] = {}  # profile uid -> status
+        # kopf lists again after 410 Gone but never drops from its index the pods the new listing lacks (deleted
+        # while it was not watching): after a listing, one list of pod uids finds them, and they are ignored.
+        self._pods_listed = False
+        self._vanished_pods: set[str] = set()  # uids
 
     @property
     def passes(self) -> int:
@@ -79,6 +83,9 @@ class Reconciler:
             self._dirty_nodes.update(self.indexes.nodes, self.indexes.node_configs)
             self._dirty_profiles.update(p.key for p in self._profiles())
         self._wake.set()
+
+    def pods_listed(self) -> None:
+        self._pods_listed = True
 
     def pod_changed(self, namespace: str, node: str) -> None:
         if node:
@@ -141,19 +148,36 @@ class Reconciler:
             self._started += 1
             nodes, self._dirty_nodes = self._dirty_nodes, set()
             profiles, self._dirty_profiles = self._dirty_profiles, set()
+            listed, self._pods_listed = self._pods_listed, False
             try:
                 with self.api.metrics.reconcile_pass():
+                    if listed and await self._find_vanished_pods(nodes):
+                        profiles |= {p.key for p in self._profiles()}
                     await self._sync_nodes(nodes)
                     await self._sync_profiles(profiles)
-            except Exception:
+            except Exception as exc:
                 logger.exception("reconciliation pass failed; retrying")
+                self._pods_listed |= listed
                 self._dirty_nodes |= nodes
                 self._dirty_profiles |= profiles
                 self._wake.set()
-                await asyncio.sleep(self.options.retry_delay)
+                # A throttled API server (429 + Retry-After) says when to come back; never sooner than our own delay.
+                await asyncio.sleep(max(self.options.retry_delay, retry.retry_after(exc)))
             async with self._passes:
                 self._done = self._started
                 self._passes.notify_all()
+
+    async def _find_vanished_pods(self, dirty_nodes: set[str]) -> bool:
+        """Mark the pods kopf's index has and the API server has not as vanished, their nodes dirty; True if any."""
+        indexed = {pod.uid: pod.node for pods in self.indexes.pods.values() for pod in pods}  # before the list:
+        existing = await self.api.pod_uids()  # a pod indexed after it is not mistaken for a vanished one
+        vanished = {uid for uid in indexed if uid not in existing}
+        new = vanished - self._vanished_pods
+        if new:
+            logger.info("%d pod(s) deleted while kopf was not watching: ignoring them", len(new))
+        self._vanished_pods = vanished
+        dirty_nodes |= {indexed[uid] for uid in vanished if indexed[uid]}
+        return bool(vanished)
 
     async def _sync_nodes(self, names: set[str]) -> None:
         semaphore = asyncio.Semaphore(self.options.write_concurrency)
@@ -184,7 +208,7 @@ class Reconciler:
                 await self.api.delete_node_config(name)
                 self._written.pop(name, None)
             return
-        desired = render.node_spec(self.indexes.pods.get(name, ()), profiles, namespaces)
+        desired = render.node_spec(self._node_pods(name), profiles, namespaces)
         observed = current.spec if current is not None else None
         written = self._written.get(name)
         if written is not None and (current is None or (current.generation or 0) < written[0]):
@@ -219,7 +243,10 @@ class Reconciler:
     # -- cache access ---------------------------------------------------------------------------------------
 
     def _pods(self) -> Iterable[render.Pod]:
-        return (pod for pods in self.indexes.pods.values() for pod in pods)
+        return (pod for pods in self.indexes.pods.values() for pod in pods if pod.uid not in self._vanished_pods)
+
+    def _node_pods(self, node: str) -> list[render.Pod]:
+        return [pod for pod in self.indexes.pods.get(node, ()) if pod.uid not in self._vanished_pods]
 
     def _profiles(self) -> list[render.Profile]:
         return [p for index in (self.indexes.trace_profiles, self.indexes.cluster_trace_profiles)

@@ -69,6 +69,17 @@ Not provided (documented here because kmock or the scope does not allow it):
 * No watch-cache delays: events arrive immediately and in order.
 * Subresources other than status (scale, log, exec, eviction, binding).
 
+Fault injection (for reliability tests): ``APIServer.inject(Fault(method, path, action, count))``
+makes the next `count` requests whose method and path+query match answer with a chosen failure
+before (or instead of) normal handling: ``Respond(code, retry_after)`` (a Status with that code,
+e.g. 429 with Retry-After or 500), ``Delay(seconds)`` (then served normally), ``CutWatch(after)``
+(a watch whose connection drops after `after` object events) or ``ExpireWatch()`` (a watch answered
+with 410 Gone "Expired" in the stream, as for a resourceVersion older than the retained window).
+Rules are consulted in order: a request is held by every live Delay rule that matches, then takes
+the first other live rule that matches (so a slow answer can also fail). ``drop_watches(path)``
+drops the connections of watches already being served. ``request_counts``
+counts every request by (User-Agent product, verb, resource plural).
+
 Use in-process (a background thread)::
 
     with EmulatorThread() as api:          # api.url, api.kubeconfig
@@ -85,6 +96,7 @@ import argparse
 import asyncio
 import collections
 import copy
+import dataclasses
 import datetime
 import json
 import os
@@ -414,6 +426,71 @@ def _spec_part(obj: dict[str, Any], has_status: bool) -> dict[str, Any]:
 
 
 # ---------------------------------------------------------------------------
+# fault injection
+# ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Respond:
+    """Answer with a Kubernetes Status of this code instead of handling the request."""
+
+    code: int
+    retry_after: int | None = None  # seconds, sent as Retry-After and details.retryAfterSeconds
+
+
+@dataclasses.dataclass(frozen=True)
+class Delay:
+    """Hold the request this long, then handle it (normally, or by the next matching rule): a slow API server."""
+
+    seconds: float
+
+
+@dataclasses.dataclass(frozen=True)
+class CutWatch:
+    """Drop a watch's connection, without ending the response, after this many object events."""
+
+    after: int
+
+
+@dataclasses.dataclass(frozen=True)
+class ExpireWatch:
+    """Answer a watch with 410 Gone in the stream: the client must list again."""
+
+
+FaultAction = Respond | Delay | CutWatch | ExpireWatch
+WATCH_ACTIONS = (CutWatch, ExpireWatch)
+
+
+@dataclasses.dataclass
+class Fault:
+    """Apply `action` to the next `count` requests (None: every one) whose HTTP method (or "*") and
+    path with query string (re.search) match; watch-only actions match watch requests only."""
+
+    method: str
+    path: str
+    action: FaultAction
+    count: int | None = 1
+    hits: int = 0
+
+    @property
+    def live(self) -> bool:
+        return self.count is None or self.hits < self.count
+
+    def matches(self, method: str, path_qs: str, watch: bool) -> bool:
+        return (self.live and self.method.upper() in ("*", method) and re.search(self.path, path_qs) is not None
+                and (watch or not isinstance(self.action, WATCH_ACTIONS)))
+
+
+class _WatchCut(Exception):
+    """Raised inside a watch to drop its connection (CutWatch)."""
+
+
+def _verb(method: str, request: kmock.Request) -> str:
+    if method == "GET":
+        return "watch" if request.params.get("watch") in ("true", "1") else (
+            "get" if request.name is not None else "list")
+    return {"POST": "create", "PUT": "update", "PATCH": "patch", "DELETE": "delete"}.get(method, method.lower())
+
+
+# ---------------------------------------------------------------------------
 # the emulator
 # ---------------------------------------------------------------------------
 @attrs.define(kw_only=True)
@@ -428,6 +505,14 @@ class APIServer(kmock.KubernetesEmulator):
     _printer_columns: dict[Any, list[dict[str, Any]]] = attrs.field(factory=dict, init=False)
     # Mutating requests per (User-Agent product, resource plural): lets benchmarks count a client's writes.
     writes: collections.Counter[tuple[str, str]] = attrs.field(factory=collections.Counter, init=False)
+    # Every request naming a resource, per (User-Agent product, verb, resource plural).
+    request_counts: collections.Counter[tuple[str, str, str]] = attrs.field(factory=collections.Counter, init=False)
+    # Injected faults (see the module doc); tests add them from their own thread, hence the lock.
+    _faults: list[Fault] = attrs.field(factory=list, init=False)
+    _faults_lock: threading.Lock = attrs.field(factory=threading.Lock, init=False)
+    # Watches being served: path with query -> their connections, for drop_watches(); read from any thread.
+    _open_watches: dict[int, tuple[str, asyncio.BaseTransport]] = attrs.field(factory=dict, init=False)
+    _loop: asyncio.AbstractEventLoop | None = attrs.field(default=None, init=False)
 
     def __attrs_post_init__(self) -> None:
         super().__attrs_post_init__()
@@ -586,24 +671,64 @@ class APIServer(kmock.KubernetesEmulator):
             else:
                 await self._delete_object(key[0], key, cur)
 
+    # -- fault injection ----------------------------------------------------------
+    def inject(self, *faults: Fault) -> None:
+        """Add fault rules (after those already there); callable from any thread."""
+        with self._faults_lock:
+            self._faults.extend(faults)
+
+    def clear_faults(self) -> None:
+        with self._faults_lock:
+            self._faults.clear()
+
+    def drop_watches(self, path: str) -> int:
+        """Drop the connections of the watches being served whose path with query matches (re.search), as an
+        API server restart or a load balancer would; returns how many. Callable from any thread."""
+        with self._faults_lock:
+            transports = [t for p, t in self._open_watches.values() if re.search(path, p)]
+        if transports and self._loop is not None:
+            for transport in transports:
+                self._loop.call_soon_threadsafe(transport.close)
+        return len(transports)
+
+    def _take_faults(self, method: str, request: kmock.Request) -> tuple[float, FaultAction | None]:
+        """Seconds to hold the request (every matching Delay adds up), and the first other matching action."""
+        watch = method == "GET" and request.params.get("watch") in ("true", "1")
+        delay = 0.0
+        with self._faults_lock:
+            for fault in self._faults:
+                if fault.matches(method, request.url.path_qs, watch):
+                    fault.hits += 1
+                    if not isinstance(fault.action, Delay):
+                        return delay, fault.action
+                    delay += fault.action.seconds
+        return delay, None
+
     # -- request dispatch ---------------------------------------------------------
     async def _handle(self, request: kmock.Request) -> aiohttp.web.StreamResponse:
+        method = str(request.method.value).upper()
+        delay, fault = self._take_faults(method, request)
+        if delay:
+            await asyncio.sleep(delay)
         res = request.resource
+        if res is not None and res.plural is not None:
+            agent = (request.headers.get("User-Agent") or "").split("/", 1)[0]
+            self.request_counts[agent, _verb(method, request), res.plural] += 1
+            if method in ("POST", "PUT", "PATCH", "DELETE"):
+                self.writes[agent, res.plural] += 1
+        if isinstance(fault, Respond):
+            return self._fault_response(fault)
         if res is None or res.plural is None:
             return await kmock.RawHandler._handle(self, request)  # discovery: kmock's own
         try:
             info = self._info(res)
             if request.namespace is not None and not info.namespaced:
                 raise APIError(404, "NotFound", "the server could not find the requested resource")
-            method = str(request.method.value).upper()
-            if method in ("POST", "PUT", "PATCH", "DELETE"):
-                agent = (request.headers.get("User-Agent") or "").split("/", 1)[0]
-                self.writes[agent, res.plural] += 1
             if request.subresource not in (None, "status") or (
                     request.subresource == "status" and "status" not in info.subresources):
                 raise APIError(404, "NotFound", "the server could not find the requested resource")
             if method == "GET" and request.params.get("watch") in ("true", "1"):
-                return await self._watch(request, res, info)
+                return await self._watch(request, res, info, fault)
             if method == "GET" and request.name is None:
                 return await self._list(request, res, info)
             if method == "GET":
@@ -621,6 +746,18 @@ class APIServer(kmock.KubernetesEmulator):
             raise APIError(405, "MethodNotAllowed", "the server does not allow this method on the requested resource")
         except APIError as e:
             return aiohttp.web.json_response(e.status(), status=e.code)
+
+    @staticmethod
+    def _fault_response(fault: Respond) -> aiohttp.web.Response:
+        reasons = {429: "TooManyRequests", 500: "InternalError", 503: "ServiceUnavailable", 504: "Timeout",
+                   410: "Gone", 409: "Conflict"}
+        details: dict[str, Any] = {}
+        headers = {}
+        if fault.retry_after is not None:
+            details["retryAfterSeconds"] = fault.retry_after
+            headers["Retry-After"] = str(fault.retry_after)
+        error = APIError(fault.code, reasons.get(fault.code, "Unknown"), f"injected fault: {fault.code}", details)
+        return aiohttp.web.json_response(error.status(), status=fault.code, headers=headers)
 
     @staticmethod
     def _json(body: Any, status: int = 200) -> aiohttp.web.Response:
@@ -691,7 +828,8 @@ class APIServer(kmock.KubernetesEmulator):
         return {"kind": "Table", "apiVersion": "meta.k8s.io/v1", "metadata": {"resourceVersion": str(rv)},
                 "columnDefinitions": columns, "rows": rows}
 
-    async def _watch(self, request: kmock.Request, res: kmock.resource, info: kmock.ResourceInfo) -> aiohttp.web.StreamResponse:
+    async def _watch(self, request: kmock.Request, res: kmock.resource, info: kmock.ResourceInfo,
+                     fault: FaultAction | None = None) -> aiohttp.web.StreamResponse:
         match = self._matcher(request, res)
         params = request.params
         since = params.get("resourceVersion")
@@ -718,13 +856,25 @@ class APIServer(kmock.KubernetesEmulator):
             else:
                 replay = [e for e in self._log.get(res, ()) if e["rv"] > since_rv]
                 start_rv = max(start_rv, since_rv)
+        gone = gone or isinstance(fault, ExpireWatch)
+        cut_after = fault.after if isinstance(fault, CutWatch) else None
+        sent, cut = 0, False
 
         raw = request._raw_request
         response = aiohttp.web.StreamResponse(status=200, headers={"Content-Type": "application/json"})
         await response.prepare(raw)
+        self._loop = asyncio.get_running_loop()
+        if raw.transport is not None:
+            with self._faults_lock:
+                self._open_watches[id(response)] = (request.url.path_qs, raw.transport)
 
         async def send(event: dict[str, Any]) -> None:
+            nonlocal sent
             await response.write(json.dumps(event).encode() + b"\n")
+            if event["type"] not in ("BOOKMARK", "ERROR"):
+                sent += 1
+            if cut_after is not None and sent >= cut_after:
+                raise _WatchCut()
 
         def bookmark(rv: int, initial_end: bool = False) -> dict[str, Any]:
             meta: dict[str, Any] = {"resourceVersion": str(rv)}
@@ -742,6 +892,8 @@ class APIServer(kmock.KubernetesEmulator):
         pump_task = asyncio.create_task(pump())
         deadline = time.monotonic() + timeout
         try:
+            if cut_after == 0:
+                raise _WatchCut()
             if gone:
                 await send({"type": "ERROR", "object": APIError(
                     410, "Expired", f"too old resource version: {since} ({self._log_floor.get(res, 0)})").status()})
@@ -776,9 +928,13 @@ class APIServer(kmock.KubernetesEmulator):
                 out = self._translate(ev, match)
                 if out:
                     await send(out)
+        except _WatchCut:
+            cut = True
         except (ConnectionError, asyncio.CancelledError, RuntimeError):
             pass
         finally:
+            with self._faults_lock:
+                self._open_watches.pop(id(response), None)
             pump_task.cancel()
             try:
                 await pump_task
@@ -788,6 +944,11 @@ class APIServer(kmock.KubernetesEmulator):
                 await bus.unmark(marker)
             except Exception:
                 pass
+        if cut:
+            # Dropped mid-response (no terminating chunk): the client sees a broken stream, not an end.
+            if raw.transport is not None:
+                raw.transport.close()
+            return response
         try:
             await response.write_eof()
         except Exception:
