@@ -12,33 +12,23 @@ import dataclasses
 import datetime
 import functools
 import logging
-import os
 import pathlib
 import signal
 import threading
 import time
-import typing
 from typing import Any
 
-from kubernetes import client as k8s
-from kubernetes import config as k8s_config
-from kubernetes import watch as k8s_watch
-
-from podspan_agent import cgroups, kernel_headers, loader, process_info, profile_view, sampling, tls, tracer
+from podspan_agent import cgroups, kernel_headers, kube, loader, process_info, profile_view, sampling, tls, tracer
 from podspan_agent.export import otlp, otlp_metrics, otlp_settings
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base
 from podspan_agent.spans import model
-from podspan_api import models, retry
+from podspan_api import models
 
 log = logging.getLogger(__name__)
 
-GROUP, VERSION, PLURAL = "podspan.dev", "v1alpha1", "nodetraceconfigs"
 _RECONCILE_EVERY_S = 2.0  # also picks up containers that start (or restart) later
 _STATUS_EVERY_S = 10.0
-_WATCH_TIMEOUT_S = 60
-_API_TIMEOUT_S = 10.0  # a hung API server must not hang the tracer's thread (status) or the watcher
-_RETRY_FIRST_S, _RETRY_CAP_S = 1.0, 30.0  # backoff after a failed API call
 _RUNTIMES = ("containerd", "cri-o", "docker")
 _ERROR_CHARS = 300  # an exporter error in status: enough to diagnose, small enough for an object
 _PROBE_ERROR_CHARS = 2000  # compiler output is long; its first lines say what failed
@@ -262,103 +252,14 @@ class Router:
             metric_exporter.shutdown(timeout=2.0)
 
 
-class Backoff:
-    """Waits between retries of a failing API call: doubling from 1 s up to 30 s, and never shorter than
-    what the server asked for (Retry-After); back to 1 s once a call succeeds."""
-
-    def __init__(self) -> None:
-        self._next = _RETRY_FIRST_S
-
-    def failed(self, exc: BaseException) -> float:
-        delay = max(self._next, retry.retry_after(exc))
-        self._next = min(self._next * 2, _RETRY_CAP_S)
-        return delay
-
-    def succeeded(self) -> None:
-        self._next = _RETRY_FIRST_S
-
-
-class ConfigWatcher(threading.Thread):
-    """List+watch of one NodeTraceConfig; keeps the latest object (None when absent)."""
-
-    def __init__(self, api: k8s.CustomObjectsApi, node: str) -> None:
-        super().__init__(name="ntc-watch", daemon=True)
-        self._api, self._node = api, node
-        self._lock = threading.Lock()
-        self._latest: dict[str, Any] | None = None
-        self.version = 0  # bumps on every change seen
-        self.stopping = threading.Event()
-
-    def latest(self) -> tuple[int, dict[str, Any] | None]:
-        with self._lock:
-            return self.version, self._latest
-
-    def _store(self, obj: dict[str, Any] | None) -> None:
-        with self._lock:
-            self._latest, self.version = obj, self.version + 1
-
-    def run(self) -> None:
-        selector = f"metadata.name={self._node}"
-        backoff = Backoff()
-        expired = False  # the last watch ended in 410 Gone
-        while not self.stopping.is_set():
-            try:
-                listed = typing.cast(dict[str, Any], self._api.list_cluster_custom_object(
-                    GROUP, VERSION, PLURAL, field_selector=selector, _request_timeout=_API_TIMEOUT_S
-                ))
-                backoff.succeeded()  # the API answers again: a later failure starts from the shortest wait
-                # The server may ignore the selector: filter by name here too.
-                mine = [o for o in listed.get("items", []) if o["metadata"]["name"] == self._node]
-                self._store(mine[0] if mine else None)
-                version = listed["metadata"].get("resourceVersion")
-                stream = k8s_watch.Watch().stream(
-                    self._api.list_cluster_custom_object, GROUP, VERSION, PLURAL, field_selector=selector,
-                    resource_version=version, timeout_seconds=_WATCH_TIMEOUT_S,
-                    _request_timeout=(_API_TIMEOUT_S, _WATCH_TIMEOUT_S + _API_TIMEOUT_S),
-                )
-                for event in stream:
-                    expired = False
-                    obj = event["object"]
-                    if obj.get("metadata", {}).get("name") != self._node:
-                        continue
-                    self._store(None if event["type"] == "DELETED" else obj)
-                    if self.stopping.is_set():
-                        break
-                expired = False
-            except k8s.ApiException as exc:
-                if exc.status == 410 and not expired:  # our resourceVersion is too old: relist at once (twice
-                    expired = True                      # in a row: the server is unwell, back off as for errors)
-                    log.info("NodeTraceConfig/%s watch expired (410 Gone); listing again", self._node)
-                    continue
-                self._retry_later(exc, backoff)
-            except Exception as exc:  # API down, stream broken: relist after a pause
-                self._retry_later(exc, backoff)
-
-    def _retry_later(self, exc: Exception, backoff: Backoff) -> None:
-        delay = backoff.failed(exc)
-        log.warning("watching NodeTraceConfig/%s failed (%s); retrying in %.0fs", self._node, exc, delay)
-        self.stopping.wait(delay)
-
-
-def api_client() -> k8s.ApiClient:
-    """In-cluster service account, else KUBECONFIG / ~/.kube/config (http or https)."""
-    configuration = k8s.Configuration()
-    try:
-        k8s_config.load_incluster_config(client_configuration=configuration)
-    except k8s_config.ConfigException:
-        path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
-        k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
-    return k8s.ApiClient(configuration)
-
-
 class NodeAgent:
-    def __init__(self, node: str, custom: k8s.CustomObjectsApi, probes: loader.Probes,
+    def __init__(self, node: str, custom: kube.CustomObjects, probes: loader.Probes,
                  headers: kernel_headers.HeaderSource, export_queue: int,
                  red_metrics: red.RedMetrics, collector: prometheus.Collector | None) -> None:
         """`collector`: the Prometheus endpoint's, which the agent's health is published to (None: no endpoint)."""
         self.node, self._custom, self._probes, self._headers = node, custom, probes, headers
         self._mount = cgroups.cgroup2_mount()
-        self._watcher = ConfigWatcher(custom, node)
+        self._watcher = kube.ConfigWatcher(custom, node)
         self._collector = collector
         self.router = Router(export_queue, red_metrics)
         self._resources_by_cgroup: dict[int, dict[str, base.AttributeValue]] = {}
@@ -374,7 +275,7 @@ class NodeAgent:
         self._next_reconcile = 0.0
         self._next_status = 0.0
         self._status_dirty = True
-        self._status_backoff = Backoff()
+        self._status_backoff = kube.Backoff()
         self._status_retry_at = 0.0  # after a refused status write: not before then (no write per tick)
         self._failing: list[str] = []
 
@@ -453,7 +354,7 @@ class NodeAgent:
             profiles=self.router.counters(lost, self.tracer.table.parser_drops_by_cgroup()),
             probes_attached=self._probes.attached,
         )
-        error = patch_status(self._custom, self.node, status)
+        error = kube.patch_status(self._custom, self.node, status)
         if error is None:
             self._status_dirty = False
             self._status_backoff.succeeded()
@@ -471,19 +372,7 @@ class NodeAgent:
         return target.status.model_copy(update={"tls": list(dict.fromkeys(found))[:32], "tls_unprobed": unprobed[:32]})
 
 
-def patch_status(custom: k8s.CustomObjectsApi, node: str, status: models.NodeTraceConfigStatus) -> Exception | None:
-    """Replace the node's status; the error (logged) when the API refused or is away, else None."""
-    try:
-        custom.patch_cluster_custom_object_status(
-            GROUP, VERSION, PLURAL, node, {"status": status.model_dump(mode="json", by_alias=True)},
-            _request_timeout=_API_TIMEOUT_S)
-        return None
-    except Exception as exc:  # the caller retries after its backoff
-        log.warning("writing NodeTraceConfig/%s status failed: %s", node, exc)
-        return exc
-
-
-def load_probes(custom: k8s.CustomObjectsApi, node: str, stop: threading.Event,
+def load_probes(custom: kube.CustomObjects, node: str, stop: threading.Event,
                 retry_s: float) -> tuple[loader.Probes, kernel_headers.HeaderSource] | None:
     """Load the capture program. Until it loads, say why in the node's status (the profiles then show
     ProbeErrors instead of a silent node) and retry every `retry_s`. None when stopped first."""
@@ -496,7 +385,7 @@ def load_probes(custom: k8s.CustomObjectsApi, node: str, stop: threading.Event,
             error = models.ProbeError(probe="capture program", message=str(exc)[:_PROBE_ERROR_CHARS])
         retry_at = time.monotonic() + retry_s
         while not stop.is_set() and time.monotonic() < retry_at:
-            patch_status(custom, node, models.NodeTraceConfigStatus(
+            kube.patch_status(custom, node, models.NodeTraceConfigStatus(
                 heartbeat_time=datetime.datetime.now(datetime.UTC), agent_version=AGENT_VERSION,
                 probe_errors=[error], probes_attached=False))
             stop.wait(min(_STATUS_EVERY_S, max(0.0, retry_at - time.monotonic())))
@@ -505,7 +394,7 @@ def load_probes(custom: k8s.CustomObjectsApi, node: str, stop: threading.Event,
 
 def run(node: str, export_queue: int, probe_retry_s: float, red_metrics: red.RedMetrics,
         collector: prometheus.Collector | None) -> int:
-    custom = k8s.CustomObjectsApi(api_client())
+    custom = kube.custom_objects()
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(sig, lambda *_: stop.set())
