@@ -4,7 +4,7 @@ in one run on one machine.
 redis-server and PostgreSQL (tests.support.db_servers) run in cgroup "pods"; the load tools run in one
 more pod (joined `kubectl exec`-style, so the agent can select it before they start). In the traced arm
 the real agent CLI (bench/harness.py: `podspan_agent.cli trace --cgroup ...`, OTLP/gRPC to a separate
-tests.support.otlp_receiver process) selects the pods chosen by `--trace`: the servers (default), the
+podspan_demo.otlp_receiver process) selects the pods chosen by `--trace`: the servers (default), the
 load tools, or both. Order: untraced, traced, untraced again; the baseline is the mean of
 the two untraced arms. Per arm:
   redis: `redis-benchmark -c 16 -n N -t set,get --csv` (throughput, p50, p99 as the tool reports them);

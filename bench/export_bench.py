@@ -1,6 +1,6 @@
 """Export throughput: spans/s the OTLP exporter encodes, and encodes + sends to a local receiver, per core.
 
-The receiver runs in a separate process (tests.support.otlp_receiver) so the CPU time measured
+The receiver runs in a separate process (podspan_demo.otlp_receiver) so the CPU time measured
 here (all threads of this process, gRPC's included) is the exporter's alone.
 Run: `.venv/bin/python bench/export_bench.py [--spans N]`.
 """
@@ -93,7 +93,7 @@ def main() -> None:
 
     print(f"{'encode only:':<22}{bench_encode(records, args.batch):>10,.0f} spans/s per core")
     receiver = subprocess.Popen(
-        [sys.executable, "-m", "tests.support.otlp_receiver"], cwd=ROOT, stdout=subprocess.PIPE, text=True
+        [sys.executable, "-m", "podspan_demo.otlp_receiver"], cwd=ROOT, stdout=subprocess.PIPE, text=True
     )
     try:
         assert receiver.stdout is not None

@@ -64,9 +64,9 @@ class StderrReader:
 
 
 def start_receiver() -> tuple[subprocess.Popen[str], StderrReader, int]:
-    """`tests.support.otlp_receiver` as its own process (counting only): (process, stderr, gRPC port)."""
+    """`podspan_demo.otlp_receiver` as its own process (counting only): (process, stderr, gRPC port)."""
     receiver = subprocess.Popen(
-        [PYTHON, "-m", "tests.support.otlp_receiver", "--grpc-port", "0", "--http-port", "0"],
+        [PYTHON, "-m", "podspan_demo.otlp_receiver", "--grpc-port", "0", "--http-port", "0"],
         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
     )
     assert receiver.stdout is not None

@@ -2,7 +2,7 @@
 
 nginx runs in its own cgroup "pod" (podspan_demo.pods.PodRunner); the agent is the real CLI
 (`python -m podspan_agent.cli trace --cgroup ...`) exporting OTLP/gRPC to a local receiver process
-(tests.support.otlp_receiver). Order: untraced, traced, untraced again; the untraced baseline is the
+(podspan_demo.otlp_receiver). Order: untraced, traced, untraced again; the untraced baseline is the
 mean of the two untraced runs. Per arm:
   (a) saturation throughput: `wrk -t1 -c16 -d10s http://127.0.0.1:PORT/`;
   (b) latency at a fixed rate: bench/openloop.c (an open-loop HTTP/1.1 client in C, one thread, epoll;

@@ -1,6 +1,6 @@
 """Operator benchmark: 1,000 emulated pods on 100 nodes, the real operator process, 100 scripted agents.
 
-The API is tests/support/k8s_api_emulator.py on loopback; the operator is `python -m podspan_operator.cli
+The API is agent/podspan_demo/k8s_api_emulator.py on loopback; the operator is `python -m podspan_operator.cli
 --standalone` in its own process (so its RSS is its own); a watcher thread plays the 100 node agents: it
 writes each NodeTraceConfig's status (all containers attached) whenever that config's spec changes, and
 records when each spec change arrived. Measured:
@@ -32,7 +32,7 @@ ROOT = pathlib.Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from podspan_api import models  # noqa: E402
-from tests.support import k8s_api_emulator as emu  # noqa: E402
+from podspan_demo import k8s_api_emulator as emu  # noqa: E402
 
 NTC = "podspan.dev/v1alpha1/nodetraceconfigs"
 TP = "podspan.dev/v1alpha1/traceprofiles"

@@ -199,9 +199,7 @@ class LocalCluster:
     def _spawn(self, name: str, argv: list[str], ready_line: bool = False) -> tuple[Component, str]:
         """Start `python -m ...`; with `ready_line`, return the first line it prints on stdout."""
         log = self.workdir / f"{name}.log"
-        # The emulator and receiver live in tests/support: the checkout must be importable.
-        pythonpath = os.pathsep.join(filter(None, (os.environ.get("PYTHONPATH"), str(REPO))))
-        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1", "PYTHONPATH": pythonpath}
+        env = {**os.environ, "KUBECONFIG": str(self.kubeconfig), "PYTHONUNBUFFERED": "1"}
         with open(log, "a", encoding="utf-8") as stderr:
             process = subprocess.Popen([sys.executable, "-m", *argv], cwd=REPO, env=env, text=True,
                                        stdout=subprocess.PIPE if ready_line else stderr, stderr=stderr)
@@ -217,7 +215,7 @@ class LocalCluster:
         return component, first
 
     def start_api(self) -> None:
-        _, url = self._spawn("api", ["tests.support.k8s_api_emulator", "--kubeconfig", str(self.kubeconfig)],
+        _, url = self._spawn("api", ["podspan_demo.k8s_api_emulator", "--kubeconfig", str(self.kubeconfig)],
                              ready_line=True)
         self.api = Api(url)
         # As `kubectl apply -f crds/`: the API then serves the CRDs' printer columns.
@@ -240,7 +238,7 @@ class LocalCluster:
     def start_receiver(self) -> None:
         """The OTLP receiver appends every span it gets to `spans_file`; restarts keep its ports."""
         grpc_port, http_port = self.receiver_ports or (0, 0)
-        _, line = self._spawn("receiver", ["tests.support.otlp_receiver", "--grpc-port", str(grpc_port),
+        _, line = self._spawn("receiver", ["podspan_demo.otlp_receiver", "--grpc-port", str(grpc_port),
                                            "--http-port", str(http_port), "--jsonl", str(self.spans_file)],
                               ready_line=True)
         ports = dict(part.split("=") for part in line.split())

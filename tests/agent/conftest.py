@@ -13,8 +13,7 @@ import pytest
 
 from podspan_agent import kernel_headers, loader, process_info, tracer
 from podspan_agent.export import otlp
-from podspan_demo import pods, servers
-from tests.support import k8s_api_emulator, otlp_receiver
+from podspan_demo import k8s_api_emulator, otlp_receiver, pods, servers
 
 
 def _skip_reason() -> str | None:

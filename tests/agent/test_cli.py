@@ -14,9 +14,9 @@ import time
 
 import pytest
 
-from podspan_demo import pods, servers
+from podspan_demo import otlp_receiver, pods, servers
 from tests.agent import conftest
-from tests.support import bpftool, otlp_receiver
+from tests.support import bpftool
 
 AGENT = [sys.executable, "-m", "podspan_agent.cli"]
 

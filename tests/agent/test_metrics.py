@@ -16,9 +16,8 @@ import urllib.request
 import pytest
 from prometheus_client import parser
 
-from podspan_demo import pods
+from podspan_demo import otlp_receiver, pods
 from tests.agent import conftest, test_cli
-from tests.support import otlp_receiver
 
 Series = tuple[str, tuple[tuple[str, str], ...]]
 

@@ -17,10 +17,10 @@ from typing import Any
 
 from podspan_agent import loader
 from podspan_api import models
-from podspan_demo import pods, servers
+from podspan_demo import k8s_api_emulator as emu
+from podspan_demo import otlp_receiver, pods, servers
 from tests.agent import conftest
-from tests.support import bpftool, otlp_receiver
-from tests.support import k8s_api_emulator as emu
+from tests.support import bpftool
 
 NTC = "podspan.dev/v1alpha1/nodetraceconfigs"
 NODE = "node-a"

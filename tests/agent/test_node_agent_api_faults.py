@@ -13,10 +13,10 @@ import subprocess
 import sys
 import time
 
-from podspan_demo import pods
+from podspan_demo import k8s_api_emulator as emu
+from podspan_demo import otlp_receiver, pods
 from tests.agent import conftest, test_node_agent
-from tests.support import figures, otlp_receiver
-from tests.support import k8s_api_emulator as emu
+from tests.support import figures
 
 NTC, NODE = test_node_agent.NTC, test_node_agent.NODE
 

@@ -15,9 +15,8 @@ import sys
 import pytest
 
 from podspan_agent import loader, tracer
-from podspan_demo import pods, servers
+from podspan_demo import otlp_receiver, pods, servers
 from tests.agent import conftest
-from tests.support import otlp_receiver
 
 SERVER, CLIENT = 2, 3  # OTLP SpanKind values
 STATUS_ERROR = 2

@@ -12,10 +12,9 @@ import sys
 import time
 
 from podspan_api import models
-from podspan_demo import pods
+from podspan_demo import k8s_api_emulator as emu
+from podspan_demo import otlp_receiver, pods
 from tests.agent import conftest, test_metrics, test_node_agent
-from tests.support import k8s_api_emulator as emu
-from tests.support import otlp_receiver
 
 PROFILE = test_node_agent.PROFILE
 

@@ -15,9 +15,9 @@ import sys
 import pytest
 
 from podspan_agent import tracer
-from podspan_demo import pods
+from podspan_demo import otlp_receiver, pods
 from tests.agent import conftest
-from tests.support import db_servers, otlp_receiver
+from tests.support import db_servers
 
 SERVER, CLIENT = 2, 3  # OTLP SpanKind values
 STATUS_ERROR = 2

@@ -18,9 +18,9 @@ import dns.rcode
 import pytest
 
 from podspan_agent import loader, tracer
-from podspan_demo import pods
+from podspan_demo import otlp_receiver, pods
 from tests.agent import conftest
-from tests.support import otlp_receiver, wire_responders
+from tests.support import wire_responders
 
 CLIENT = 3  # OTLP SpanKind
 STATUS_ERROR = 2

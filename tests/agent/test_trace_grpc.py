@@ -14,9 +14,8 @@ import sys
 import uuid
 
 from podspan_agent import tracer
-from podspan_demo import pods
+from podspan_demo import otlp_receiver, pods
 from tests.agent import conftest
-from tests.support import otlp_receiver
 
 SERVER, CLIENT = 2, 3  # OTLP SpanKind values
 STATUS_ERROR = 2

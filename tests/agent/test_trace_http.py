@@ -9,9 +9,9 @@ import os
 import pathlib
 
 from podspan_agent import loader, tracer
-from podspan_demo import pods, servers
+from podspan_demo import otlp_receiver, pods, servers
 from tests.agent import conftest
-from tests.support import bpftool, otlp_receiver
+from tests.support import bpftool
 
 SERVER, CLIENT = 2, 3  # OTLP SpanKind values
 STATUS_ERROR = 2

@@ -16,8 +16,8 @@ import pytest
 
 from podspan_agent import tracer
 from podspan_agent.protocols import base, kafka, mongodb, registry
-from podspan_demo import pods
-from tests.support import otlp_receiver, wire_clients, wire_responders
+from podspan_demo import otlp_receiver, pods
+from tests.support import wire_clients, wire_responders
 
 CLIENT = 3  # OTLP SpanKind
 STATUS_ERROR = 2

@@ -16,9 +16,9 @@ import time
 import pytest
 
 from podspan_agent import cgroups, loader, tls, tracer
-from podspan_demo import pods, servers
+from podspan_demo import otlp_receiver, pods, servers
 from tests.agent import conftest
-from tests.support import bpftool, db_servers, otlp_receiver
+from tests.support import bpftool, db_servers
 
 SERVER, CLIENT = conftest.SERVER_KIND, conftest.CLIENT_KIND
 Spans = list[otlp_receiver.ReceivedSpan]

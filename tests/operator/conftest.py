@@ -14,8 +14,8 @@ import kopf
 import pytest
 
 from podspan_api import models
+from podspan_demo import k8s_api_emulator as emu
 from podspan_operator import handlers, reconciler
-from tests.support import k8s_api_emulator as emu
 
 NTC = "podspan.dev/v1alpha1/nodetraceconfigs"
 TP = "podspan.dev/v1alpha1/traceprofiles"

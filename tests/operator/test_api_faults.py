@@ -14,10 +14,10 @@ import time
 import pytest
 from kubernetes.aio import client as k8s
 
+from podspan_demo import k8s_api_emulator as emu
 from podspan_operator import kube, telemetry
 from tests.operator import conftest
 from tests.support import figures
-from tests.support import k8s_api_emulator as emu
 
 KEY = "TraceProfile/shop/web"
 POD_WATCH = r"/api/v1/pods\?.*watch=true"

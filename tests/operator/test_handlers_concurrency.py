@@ -12,9 +12,9 @@ import uuid
 from collections.abc import Callable
 from typing import Any
 
+from podspan_demo import k8s_api_emulator as emu
 from podspan_operator import handlers
 from tests.operator.conftest import TP, Operator, node_config, profile, run_pod, wait_for
-from tests.support import k8s_api_emulator as emu
 
 
 def test_every_non_index_handler_is_a_coroutine_function():

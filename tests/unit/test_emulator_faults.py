@@ -10,7 +10,7 @@ import time
 import pytest
 import requests
 
-from tests.support import k8s_api_emulator as emu
+from podspan_demo import k8s_api_emulator as emu
 
 NTC = "podspan.dev/v1alpha1/nodetraceconfigs"
 NTC_PATH = "/apis/podspan.dev/v1alpha1/nodetraceconfigs"

@@ -17,7 +17,7 @@ from opentelemetry.proto.trace.v1 import trace_pb2
 
 from podspan_agent.export import otlp, otlp_settings
 from podspan_agent.spans import model
-from tests.support import otlp_receiver
+from podspan_demo import otlp_receiver
 
 T0 = 1_763_900_000_123_456_789  # ns: exactness below the microsecond matters
 

@@ -12,7 +12,7 @@ from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
 from podspan_agent.export import otlp_metrics, otlp_settings
 from podspan_agent.metrics import red
 from podspan_agent.spans import model
-from tests.support import otlp_receiver
+from podspan_demo import otlp_receiver
 from tests.unit import test_red_metrics
 
 MS = 1_000_000

@@ -1,4 +1,4 @@
-"""Kubernetes API emulator for tests: a real HTTP API server on loopback.
+"""Kubernetes API emulator for tests and the cluster demo: a real HTTP API server on loopback.
 
 Built on kmock's KubernetesEmulator (kmock 0.8): kmock supplies the HTTP
 server, API discovery (/api, /apis, /apis/G/V), resource declarations and the

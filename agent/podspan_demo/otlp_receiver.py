@@ -1,7 +1,8 @@
-"""A real OTLP trace and metrics receiver (gRPC and HTTP/protobuf on loopback) for tests and benchmarks.
+"""A real OTLP trace and metrics receiver (gRPC and HTTP/protobuf on loopback) for the demos, tests and
+benchmarks.
 
 Decodes requests with opentelemetry-proto, so what it collects is what any OTLP backend would
-see. Standalone: `python -m tests.support.otlp_receiver --grpc-port N --http-port M --jsonl FILE`
+see. Standalone: `python -m podspan_demo.otlp_receiver --grpc-port N --http-port M --jsonl FILE`
 prints `grpc=PORT http=PORT` once listening and runs until SIGINT/SIGTERM.
 """
 
