@@ -29,7 +29,13 @@ def _target(pod: pods.Pod, name: str) -> models.PodTarget:
 
 
 def test_smart_mode_keeps_error_and_slow_traces_whole_and_metrics_count_everything(
-        api: emu.EmulatorThread, pod_runner: pods.PodRunner, receiver: otlp_receiver.OtlpReceiver) -> None:
+        api: emu.EmulatorThread, pod_runner: pods.PodRunner) -> None:
+    # Its own receiver: the session's gets the in-process tracer's spans, whose paths these would shadow.
+    with otlp_receiver.OtlpReceiver() as receiver:
+        _smart_mode(api, pod_runner, receiver)
+
+
+def _smart_mode(api: emu.EmulatorThread, pod_runner: pods.PodRunner, receiver: otlp_receiver.OtlpReceiver) -> None:
     kc = emu.KubeClient(api.url)
     back_port, front_port, metrics_port = conftest.free_port(), conftest.free_port(), conftest.free_port()
     backend = pod_runner.start("backend", [*conftest.SAMPLE_APP, "backend", "--port", str(back_port)])
@@ -49,7 +55,6 @@ def test_smart_mode_keeps_error_and_slow_traces_whole_and_metrics_count_everythi
                                       profiles=[profile]).to_k8s()
     kc.create(test_node_agent.NTC, {"apiVersion": "podspan.dev/v1alpha1", "kind": "NodeTraceConfig",
                                     "metadata": {"name": test_node_agent.NODE}, "spec": spec})
-    receiver.clear()
     agent = subprocess.Popen(
         [sys.executable, "-m", "podspan_agent.cli", "run", "--node", test_node_agent.NODE,
          "--metrics-port", str(metrics_port), "--metrics-address", "127.0.0.1"],
