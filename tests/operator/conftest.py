@@ -40,8 +40,10 @@ def wait_for(probe: Callable[[], T], what: str, timeout: float = WAIT) -> T:
 class Operator:
     """The operator in a thread with its own event loop, as `podspan-operator` would run it."""
 
-    def __init__(self) -> None:
+    def __init__(self, peering: str | None = None, priority: int = 0) -> None:
+        """`peering`: coordinate with other replicas through that ClusterKopfPeering (else standalone)."""
         self.memo = kopf.Memo(options=reconciler.Options(batch_delay=0.05))
+        self._peering, self._priority = peering, priority
         self._stop = threading.Event()
         self._ready = threading.Event()
         self._thread = threading.Thread(target=self._run, name="operator", daemon=True)
@@ -49,17 +51,20 @@ class Operator:
 
     def _run(self) -> None:
         try:
-            asyncio.run(kopf.operator(registry=handlers.registry, clusterwide=True, standalone=True,
+            asyncio.run(kopf.operator(registry=handlers.registry, clusterwide=True, standalone=self._peering is None,
+                                      peering_name=self._peering, priority=self._priority,
                                       memo=self.memo, stop_flag=self._stop, ready_flag=self._ready))
         except BaseException as e:  # surfaced by start()/stop()
             self._error = e
             self._ready.set()
 
-    def start(self) -> Operator:
+    def start(self, first_pass: bool = True) -> Operator:
+        """`first_pass`: wait until the reconciler has made one (a paused peer never does)."""
         self._thread.start()
         assert self._ready.wait(WAIT), "kopf did not become ready"
         assert self._error is None, self._error
-        wait_for(lambda: "reconciler" in self.memo and self.reconciler.passes >= 1, "the first full pass")
+        if first_pass:
+            wait_for(lambda: "reconciler" in self.memo and self.reconciler.passes >= 1, "the first full pass")
         return self
 
     def stop(self) -> None:
