@@ -5,7 +5,6 @@ sent, its histogram sums equal the exported spans' durations, and the service gr
 from __future__ import annotations
 
 import collections
-import http.client
 import json
 import pathlib
 import signal
@@ -17,7 +16,7 @@ import pytest
 from prometheus_client import parser
 
 from podspan_demo import otlp_receiver, pods
-from tests.agent import conftest, test_cli
+from tests.agent import conftest, test_cli, test_trace_http
 
 Series = tuple[str, tuple[tuple[str, str], ...]]
 
@@ -34,17 +33,6 @@ def total(samples: dict[Series, float], name: str, **labels: str) -> float:
                if s_name == name and labels.items() <= dict(s_labels).items())
 
 
-def get(port: int, path: str) -> int:
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
 def test_metrics_count_every_request_exactly_and_match_the_spans(pod_runner: pods.PodRunner,
                                                                   tmp_path: pathlib.Path) -> None:
     back_port, front_port, metrics_port = conftest.free_port(), conftest.free_port(), conftest.free_port()
@@ -59,9 +47,9 @@ def test_metrics_count_every_request_exactly_and_match_the_spans(pod_runner: pod
     agent = test_cli._start_agent(["trace", "--cgroup", str(frontend.cgroup_dir), "--cgroup", str(backend.cgroup_dir),
                                    "--metrics-port", str(metrics_port), "--output", "jsonl", "--output-file", str(out)])
     try:
-        statuses = collections.Counter(get(front_port, f"/users/{i}") for i in range(23))
-        statuses.update(get(front_port, f"/missing/{i}") for i in range(6))
-        statuses.update(get(back_port, "/healthz") for _ in range(5))
+        statuses = collections.Counter(test_trace_http._get(front_port, f"/users/{i}") for i in range(23))
+        statuses.update(test_trace_http._get(front_port, f"/missing/{i}") for i in range(6))
+        statuses.update(test_trace_http._get(back_port, "/healthz") for _ in range(5))
         assert statuses == {200: 28, 502: 6}
         expected_server = 23 + 6 + 23 + 6 + 5  # frontend and backend server spans
         deadline = time.monotonic() + 30
@@ -124,7 +112,7 @@ def test_with_an_otlp_endpoint_metrics_are_pushed_beside_the_spans(pod_runner: p
                                       env={"OTEL_METRIC_EXPORT_INTERVAL": "300"})
         try:
             for i in range(9):
-                get(port, f"/users/{i}")
+                test_trace_http._get(port, f"/users/{i}")
             receiver.wait_for(lambda got: len(got) >= 9, timeout=20)
         finally:
             agent.send_signal(signal.SIGINT)

@@ -14,7 +14,7 @@ import time
 from podspan_api import models
 from podspan_demo import k8s_api_emulator as emu
 from podspan_demo import otlp_receiver, pods
-from tests.agent import conftest, test_metrics, test_node_agent
+from tests.agent import conftest, test_metrics, test_node_agent, test_trace_http
 
 PROFILE = test_node_agent.PROFILE
 
@@ -63,9 +63,9 @@ def _smart_mode(api: emu.EmulatorThread, pod_runner: pods.PodRunner, receiver: o
     try:
         attached = {frontend.uid: "attached", backend.uid: "attached"}
         test_node_agent._wait(lambda: test_node_agent._target_states(kc) == attached, "attached targets")
-        statuses = collections.Counter(test_metrics.get(front_port, f"/users/{i}") for i in range(60))
-        statuses.update(test_metrics.get(front_port, f"/missing/{i}") for i in range(4))
-        statuses.update(test_metrics.get(front_port, f"/users/{i}?delay_ms=300") for i in range(3))
+        statuses = collections.Counter(test_trace_http._get(front_port, f"/users/{i}") for i in range(60))
+        statuses.update(test_trace_http._get(front_port, f"/missing/{i}") for i in range(4))
+        statuses.update(test_trace_http._get(front_port, f"/users/{i}?delay_ms=300") for i in range(3))
         assert statuses == {200: 63, 502: 4}
         expected = (4 + 3) * 3  # frontend server + client, backend server per kept trace
         spans = receiver.wait_for(lambda got: len(got) >= expected, timeout=30)
