@@ -47,8 +47,9 @@ def _kustomize(directory: str) -> list[dict[str, Any]]:
     return [doc for doc in yaml.safe_load_all(out) if doc]
 
 
+# config/flux holds Flux objects (tests/operator/test_flux.py), not part of the kustomize tree.
 CONFIG_FILES = sorted(p for p in (ROOT / "config").rglob("*.yaml")
-                      if p.name != "kustomization.yaml" and "samples" not in p.parts)
+                      if p.name != "kustomization.yaml" and not {"samples", "flux"} & set(p.parts))
 SAMPLE_FILES = sorted(p for p in (ROOT / "config" / "samples").glob("*.yaml") if p.name != "kustomization.yaml")
 # Workloads and the TraceProfile of the kind e2e (tests/e2e/kind): users run them against real clusters too.
 E2E_FILES = sorted(p for p in (ROOT / "tests" / "e2e" / "kind" / "manifests").glob("*.yaml")

@@ -1,6 +1,7 @@
 """RBAC and privileges of everything under config/ (the kustomize tree), read with PyYAML: no wildcard
 and no secrets in any (Cluster)Role, no escalation verbs, bindings only to our own roles, and the
-containers' securityContexts as docs/reliability.md ("Privileges") describes them."""
+containers' securityContexts as docs/reliability.md ("Privileges") describes them. The Helm chart's roles and
+workloads are checked equal to these by tests/operator/test_helm_chart.py."""
 
 from __future__ import annotations
 
