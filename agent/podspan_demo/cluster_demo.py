@@ -1,11 +1,13 @@
 """`python -m podspan_demo cluster`: the Kubernetes path on this machine. Applies a TraceProfile to a
 local installation (emulated API, podspan-operator, podspan-agent run, OTLP receiver), shows its
-status as `kubectl get tp` prints it, drives traffic and draws the traces the receiver got."""
+status with `kubectl get tp` (the real kubectl when installed), drives traffic and draws the traces the receiver got."""
 
 from __future__ import annotations
 
 import collections
 import pathlib
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,6 +34,17 @@ def kubectl_table(rows: list[dict[str, Any]]) -> str:
     widths = [max(len(line[i]) for line in cells) for i in range(len(headers))]
     return "".join("   ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip() + "\n"
                    for line in cells)
+
+
+def kubectl_get(installation: cluster.LocalCluster, args: list[str], resource: str,
+                namespace: str | None = None) -> str:
+    """`kubectl get ...` output: the real kubectl's when it is installed, else the API server's table."""
+    if shutil.which("kubectl"):
+        result = subprocess.run(["kubectl", "--kubeconfig", str(installation.kubeconfig), "get", *args],
+                                capture_output=True, text=True, timeout=30)
+        if result.returncode == 0:
+            return result.stdout.rstrip()
+    return kubectl_table(installation.table(resource, namespace)).rstrip()
 
 
 def to_record(span: dict[str, Any]) -> model.SpanRecord:
@@ -73,9 +86,9 @@ def run(requests: int) -> int:
                              "the profile to become Ready", timeout=60)
             _say(f"(Ready after {time.monotonic() - started:.1f}s)")
             _command(f"kubectl get tp -n {NAMESPACE}")
-            _say(kubectl_table(installation.table(cluster.TP, NAMESPACE)).rstrip())
+            _say(kubectl_get(installation, ["tp", "-n", NAMESPACE], cluster.TP, NAMESPACE))
             _command("kubectl get ntc")
-            _say(kubectl_table(installation.table(cluster.NTC)).rstrip())
+            _say(kubectl_get(installation, ["ntc"], cluster.NTC))
 
             paths = [f"/users/{i}" for i in range(1, requests + 1)] + ["/missing/7"]
             _command(f"for path in ...; do curl http://{shop['frontend'].ip}:8080$path; done   "

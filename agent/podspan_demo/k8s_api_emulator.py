@@ -43,7 +43,8 @@ on, for every request that names a resource:
   object that stops matching a selector is sent as DELETED, one that starts
   matching as ADDED.
 * kubectl's Table requests (Accept: ...;as=Table) get a Table with NAME and
-  AGE (plus additionalPrinterColumns of a stored CRD).
+  a stored CRD's additionalPrinterColumns (NAME and AGE without any); `date`
+  cells come as ages ("5m"), as the real table convertor sends them.
 * Creating a CustomResourceDefinition declares its served versions; the
   podspan.dev and kopf.dev CRD objects exist from the start (as in a cluster
   where they are installed), and so do namespaces default, kube-system,
@@ -209,6 +210,29 @@ class APIError(Exception):
     def status(self) -> dict[str, Any]:
         return {"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Failure",
                 "message": self.message, "reason": self.reason, "details": self.details, "code": self.code}
+
+
+def _age(timestamp: str) -> str:
+    """Kubernetes' HumanDuration of the time since an RFC 3339 timestamp ("45s", "3m20s", "5h", "12d")."""
+    try:
+        then = datetime.datetime.fromisoformat(timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return timestamp
+    secs = max(0, int(time.time() - then.timestamp()))
+    minutes, hours, days = secs // 60, secs // 3600, secs // 86400
+    if secs < 120:
+        return f"{secs}s"
+    if minutes < 10:
+        return f"{minutes}m{secs % 60}s" if secs % 60 else f"{minutes}m"
+    if minutes < 180:
+        return f"{minutes}m"
+    if hours < 8:
+        return f"{hours}h{minutes % 60}m" if minutes % 60 else f"{hours}h"
+    if hours < 48:
+        return f"{hours}h"
+    if hours < 192:
+        return f"{days}d{hours % 24}h" if hours % 24 else f"{days}d"
+    return f"{days}d" if days < 730 else f"{days // 365}y"
 
 
 def _now() -> str:
@@ -804,24 +828,22 @@ class APIServer(kmock.KubernetesEmulator):
 
     def _table(self, res: kmock.resource, info: kmock.ResourceInfo, items: list[dict[str, Any]],
                rv: int) -> dict[str, Any]:
-        extra = self._printer_columns.get(res, [])
+        # As apiextensions-apiserver: Name plus the CRD's printer columns, or Name and Age when it has none;
+        # a `date` cell is sent as a human-readable age ("5m"), as the real server's table convertor does.
+        extra = self._printer_columns.get(res) or [
+            {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}]
         columns = [{"name": "Name", "type": "string", "format": "name", "description": "Name", "priority": 0}]
         columns += [{"name": c.get("name"), "type": c.get("type", "string"), "format": c.get("format", ""),
                      "description": c.get("description", ""), "priority": c.get("priority", 0)} for c in extra]
-        columns.append({"name": "Age", "type": "string", "format": "", "description": "Age", "priority": 0})
         rows = []
         for obj in items:
             cells: list[Any] = [obj["metadata"]["name"]]
             for c in extra:
                 found = jsonpath_values(obj, c.get("jsonPath", ""))
-                cells.append(found[0] if len(found) == 1 else ",".join(map(str, found)))
-            created = obj["metadata"].get("creationTimestamp")
-            age = ""
-            if created:
-                secs = int(time.time() - datetime.datetime.strptime(created, "%Y-%m-%dT%H:%M:%SZ").replace(
-                    tzinfo=datetime.UTC).timestamp())
-                age = f"{secs}s" if secs < 120 else f"{secs // 60}m"
-            cells.append(age)
+                cell = found[0] if len(found) == 1 else ",".join(map(str, found))
+                if c.get("type") == "date" and isinstance(cell, str) and cell:
+                    cell = _age(cell)
+                cells.append(cell)
             rows.append({"cells": cells, "object": {"kind": "PartialObjectMetadata",
                                                     "apiVersion": "meta.k8s.io/v1",
                                                     "metadata": obj["metadata"]}})

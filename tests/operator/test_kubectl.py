@@ -51,7 +51,10 @@ def test_apply_get_describe_wait_with_the_real_client(api, kc, start_operator):
     agent_report(kc, "n1", exported=3)
     kubectl(api, "wait", "--for=condition=Ready", "traceprofile/web", "-n", "shop", "--timeout=60s")
 
-    row = columns(kubectl(api, "get", "tp", "-n", "shop"))[0]
+    table = kubectl(api, "get", "tp", "-n", "shop")
+    assert table.splitlines()[0].split().count("AGE") == 1  # the CRD's Age column, not a second default one
+    row = columns(table)[0]
+    assert row["AGE"].endswith("s")  # a date column comes as an age, as from a real API server
     assert (row["NAME"], row["MATCHED"], row["TRACED"], row["NODES READY"], row["READY"]) == ("web", "1", "1", "1",
                                                                                               "True"), row
     nodes = kubectl(api, "get", "ntc")
