@@ -132,6 +132,8 @@ class Router:
         self._lost_by_profile: collections.Counter[str] = collections.Counter()
         self._drops_seen: dict[int, int] = {}
         self._drops_by_profile: collections.Counter[str] = collections.Counter()
+        # Spans sampling did not keep: ratio/parentBased drops, and what retired smart samplers dropped.
+        self._sampled_out_before: collections.Counter[str] = collections.Counter()
         self.unrouted = 0
 
     def configure(self, profiles: list[models.ResolvedProfile], plans: list[TargetPlan]) -> None:
@@ -162,7 +164,9 @@ class Router:
         for key in list(self._samplers):
             old_settings, new = self._profiles[key].sampling, wanted.get(key)
             if new is None or new.sampling != old_settings:
-                self._samplers.pop(key).flush(time.monotonic_ns())  # what it holds goes out under the old rules
+                retired = self._samplers.pop(key)
+                retired.flush(time.monotonic_ns())  # what it holds goes out under the old rules
+                self._sampled_out_before[key] += retired.stats.spans_dropped  # the profile's count stays monotonic
         for key, profile in wanted.items():
             if profile.sampling.effective_mode == models.SamplingMode.SMART and key not in self._samplers:
                 self._samplers[key] = sampling.SmartSampler(profile.sampling.smart,
@@ -190,6 +194,8 @@ class Router:
                 kept = sampling.keep(span, profile.sampling)
                 if kept:
                     self._exporters[key].export(seen)
+                else:
+                    self._sampled_out_before[key] += 1
             self._metrics.record(span, sampled=kept, profile=key)
 
     def record_pair(self, client: model.SpanRecord, server: model.SpanRecord) -> None:
@@ -210,6 +216,7 @@ class Router:
             counters.append(models.ProfileCounters(
                 profile=key, spans_exported=stats.spans_exported, spans_dropped=stats.spans_dropped,
                 events_lost=self._lost_by_profile[key], parser_drops=self._drops_by_profile[key],
+                spans_sampled_out=self._sampled_out(key),
                 export_error=stats.failing[:_ERROR_CHARS] if stats.failing else None,
             ))
         return counters
@@ -225,6 +232,10 @@ class Router:
             if new > 0:
                 for key in self._by_cgroup.get(cgroup_id, ()):
                     by_profile[key] += new
+
+    def _sampled_out(self, key: str) -> int:
+        sampler = self._samplers.get(key)
+        return self._sampled_out_before[key] + (sampler.stats.spans_dropped if sampler is not None else 0)
 
     def _export_to(self, key: str, span: model.SpanRecord) -> None:
         exporter = self._exporters.get(key)

@@ -76,6 +76,7 @@ class SmartStats:
     kept_latency: int = 0
     kept_baseline: int = 0
     dropped: int = 0
+    spans_dropped: int = 0  # spans of dropped traces, late ones included
     decided_early: int = 0  # decided before their wait because the hold buffer was full
     late_spans: int = 0  # spans that arrived after their trace's decision (they follow it)
 
@@ -103,6 +104,7 @@ class SmartSampler:
         if decided is not None:
             self.stats.late_spans += 1
             if decided[0] is None:
+                self.stats.spans_dropped += 1
                 return False
             self._emit(span, decided[0])
             return True
@@ -173,6 +175,7 @@ class SmartSampler:
             self.stats.kept_baseline += 1
         else:
             self.stats.dropped += 1
+            self.stats.spans_dropped += len(trace.spans)
         self._decided[trace_id] = (reason, now_ns)
         if reason is not None:
             for span in trace.spans:

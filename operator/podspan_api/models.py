@@ -352,6 +352,9 @@ class ProfileStatus(Model):
     events_lost: Count = pydantic.Field(default=0, description="Kernel events lost, summed over nodes.")
     parser_drops: Count = pydantic.Field(
         default=0, description="Exchanges the protocol parsers could not report, summed over nodes.")
+    spans_sampled_out: Count = pydantic.Field(
+        default=0, description="Spans sampling did not keep, summed over nodes: with spansExported, the share of "
+        "traffic exported.")
     conditions: list[Condition] = pydantic.Field(
         default_factory=list, description="Ready and Degraded.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
@@ -531,6 +534,8 @@ class ProfileCounters(Model):
     parser_drops: Count = pydantic.Field(
         default=0, description="Exchanges of this profile's pods the protocol parsers could not report (queue "
         "overflow, unparsable or cut bytes, framing lost).")
+    spans_sampled_out: Count = pydantic.Field(
+        default=0, description="Spans the profile's sampling did not keep (counted in its RED metrics all the same).")
     export_error: str | None = pydantic.Field(
         default=None, description="The last OTLP export error while exports fail; absent once one succeeds.")
 

@@ -55,6 +55,7 @@ class _Tally:
     dropped: int = 0
     lost: int = 0
     parser_drops: int = 0
+    sampled_out: int = 0
 
     @property
     def nodes(self) -> int:
@@ -84,6 +85,7 @@ def _tally(key: str, configs: Iterable[render.NodeConfig], now: datetime.datetim
             tally.dropped += counters.spans_dropped
             tally.lost += counters.events_lost
             tally.parser_drops += counters.parser_drops
+            tally.sampled_out += counters.spans_sampled_out
         heartbeat = status.heartbeat_time if status else None
         if heartbeat is None and config.created and (now - config.created).total_seconds() <= heartbeat_timeout:
             tally.applying.append(config.name)  # a new node config: its agent has not had time to report
@@ -191,5 +193,5 @@ def aggregate(
         nodes=models.NodeCounts(ready=len(tally.ready),
                                 total=tally.nodes),
         spans_exported=tally.exported, spans_dropped=tally.dropped, events_lost=tally.lost,
-        parser_drops=tally.parser_drops, conditions=conditions)
+        parser_drops=tally.parser_drops, spans_sampled_out=tally.sampled_out, conditions=conditions)
     return status, transitions

@@ -72,6 +72,12 @@ def _smart_mode(api: emu.EmulatorThread, pod_runner: pods.PodRunner, receiver: o
         time.sleep(2.5)  # past every decision: nothing else may arrive
         spans = receiver.spans()
         samples = test_metrics.scrape(metrics_port)
+        # The node's status tells the truth about sampling: every span was exported or sampled out.
+        def counted() -> dict[str, int] | None:
+            profiles = ((kc.get(test_node_agent.NTC, test_node_agent.NODE) or {}).get("status") or {}).get("profiles")
+            mine = next((p for p in profiles or [] if p["profile"] == PROFILE), None)
+            return mine if mine and mine["spansExported"] + mine["spansSampledOut"] >= 67 * 3 else None
+        counters = test_node_agent._wait(counted, "exported + sampled out in the node status", timeout=30)
     finally:
         agent.send_signal(signal.SIGTERM)
         _, stderr = agent.communicate(timeout=60)
@@ -83,6 +89,7 @@ def _smart_mode(api: emu.EmulatorThread, pod_runner: pods.PodRunner, receiver: o
     reasons = {trace_id: {str(s.attributes["podspan.sampling.reason"]) for s in trace}
                for trace_id, trace in by_trace.items()}
     assert all(len(trace) == 3 for trace in by_trace.values())  # whole: each backend span came with its trace
+    assert (counters["spansExported"], counters["spansSampledOut"]) == (len(spans), 67 * 3 - len(spans))
     errors = [trace for trace_id, trace in by_trace.items() if reasons[trace_id] == {"error"}]
     assert len(errors) == 4
     assert sorted(s.attributes.get("http.response.status_code") for trace in errors for s in trace) == [

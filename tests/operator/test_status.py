@@ -14,7 +14,7 @@ KEY = "TraceProfile/shop/p"
 
 
 def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exported: int = 0,
-           lost: int = 0, drops: int = 0, attached: bool = True, probe_errors: bool = False,
+           lost: int = 0, drops: int = 0, sampled_out: int = 0, attached: bool = True, probe_errors: bool = False,
            export_error: str | None = None, tls_unprobed: tuple[str, ...] = (),
            now: datetime.datetime = NOW) -> render.NodeConfig:
     spec = models.NodeTraceConfigSpec(targets=[
@@ -27,6 +27,7 @@ def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exp
                                      state="attached" if attached else "waiting", tls_unprobed=list(tls_unprobed))
                  for i in range(pods)],
         profiles=[models.ProfileCounters(profile=KEY, spans_exported=exported, events_lost=lost, parser_drops=drops,
+                                         spans_sampled_out=sampled_out,
                                          spans_dropped=40 if export_error else 0, export_error=export_error)]
         if reported
         else [],
@@ -39,9 +40,10 @@ def conditions(s: models.ProfileStatus) -> dict[str, tuple[str, str]]:
 
 
 def test_counts_are_summed_over_nodes() -> None:
-    s, transitions = status.aggregate(tp("p"), 5, [config("a", 2, exported=10, drops=2),
-                                                   config("b", 3, exported=5, drops=1)], NOW, 60)
+    s, transitions = status.aggregate(tp("p"), 5, [config("a", 2, exported=10, drops=2, sampled_out=90),
+                                                   config("b", 3, exported=5, drops=1, sampled_out=45)], NOW, 60)
     assert (s.matched_pods, s.traced_pods, s.spans_exported, s.parser_drops) == (5, 5, 15, 3)
+    assert s.spans_sampled_out == 135
     assert (s.nodes.ready, s.nodes.total) == (2, 2)
     assert conditions(s) == {"Ready": ("True", "Tracing"), "Degraded": ("False", "AsExpected")}
     assert [t.reason for t in transitions] == ["Tracing", "AsExpected"]

@@ -101,6 +101,7 @@ def test_a_trace_waits_for_its_decision_then_late_spans_follow_it() -> None:
     assert run.sampler.pending_spans == 0 and run.sampler.stats.dropped == 1
     assert run.offer(span(3)) == [False]  # dropped with its trace, even though it arrived later
     assert run.exported == [] and run.sampler.stats.late_spans == 1
+    assert run.sampler.stats.spans_dropped == 2  # the trace's span and the late one
 
 
 def test_held_spans_are_bounded() -> None:
