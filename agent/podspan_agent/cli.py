@@ -189,13 +189,14 @@ def _trace(args: argparse.Namespace) -> int:
         libraries = _TlsFollower(None if args.no_tls else tls.Tracker(probes), list(selected.values()), pids)
 
         def on_tick() -> None:
-            if endpoint is not None:
-                collector.publish(prometheus.Health.of(the_tracer.stats(), outputs.export_stats(),
-                                                       probes.tracepoints_attached))
             libraries.follow(the_tracer.table.tls_processes)
             if time.monotonic() - last_summary[0] >= 1.0:
+                # Once a second, one snapshot for both: it reads the kernel's counters and every connection.
                 last_summary[0] = time.monotonic()
-                outputs.summary(the_tracer.stats())
+                stats = the_tracer.stats()
+                if endpoint is not None:
+                    collector.publish(prometheus.Health.of(stats, outputs.export_stats(), probes.tracepoints_attached))
+                outputs.summary(stats)
 
         the_tracer.run(stop, on_tick)
     finally:

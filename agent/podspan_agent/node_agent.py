@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 _RECONCILE_EVERY_S = 2.0  # also picks up containers that start (or restart) later
 _STATUS_EVERY_S = 10.0
+_HEALTH_EVERY_S = 1.0  # how fresh the Prometheus endpoint's agent health is
 _RUNTIMES = ("containerd", "cri-o", "docker")
 _ERROR_CHARS = 300  # an exporter error in status: enough to diagnose, small enough for an object
 _PROBE_ERROR_CHARS = 2000  # compiler output is long; its first lines say what failed
@@ -285,6 +286,7 @@ class NodeAgent:
         self._plans: list[TargetPlan] = []
         self._next_reconcile = 0.0
         self._next_status = 0.0
+        self._next_health = 0.0
         self._status_dirty = True
         self._status_backoff = kube.Backoff()
         self._status_retry_at = 0.0  # after a refused status write: not before then (no write per tick)
@@ -305,7 +307,9 @@ class NodeAgent:
         if version != self._applied_version or now >= self._next_reconcile:
             self._apply(obj)
             self._applied_version, self._next_reconcile = version, now + _RECONCILE_EVERY_S
-        if self._collector is not None:
+        if self._collector is not None and now >= self._next_health:
+            # Once a second, not every tick: the snapshot reads the kernel's counters and every connection.
+            self._next_health = now + _HEALTH_EVERY_S
             self._collector.publish(prometheus.Health.of(self.tracer.stats(), self.router.export_stats(),
                                                          self._probes.tracepoints_attached))
         self.router.tick(time.monotonic_ns())
