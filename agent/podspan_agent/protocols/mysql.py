@@ -10,7 +10,7 @@ import dataclasses
 import enum
 import re
 
-from podspan_agent.protocols import base, pairing, sql
+from podspan_agent.protocols import base, pairing, redact, sql
 
 MAX_PENDING = 256
 MAX_STATEMENTS = 256
@@ -73,7 +73,7 @@ class _Command:
     start_ns: int
     size: int
     operation: str | None = None
-    text: str | None = None
+    statement: sql.Statement | None = None
     schema: str | None = None  # the namespace this command switches to when it succeeds
     # Response progress, kept across runs.
     phase: _Phase = _Phase.FIRST
@@ -113,7 +113,7 @@ class Parser:
     def __init__(self, settings: base.CaptureSettings) -> None:
         self._settings = settings
         self._pending: pairing.PendingQueue[_Command] = pairing.PendingQueue(MAX_PENDING)
-        self._statements: pairing.BoundedDict[int, str] = pairing.BoundedDict(MAX_STATEMENTS)
+        self._statements: pairing.BoundedDict[int, sql.Statement] = pairing.BoundedDict(MAX_STATEMENTS)
         self._system = "mysql"
         self._namespace: str | None = None
         self._encrypted = False
@@ -193,14 +193,16 @@ class Parser:
         text = payload[1:].decode("utf-8", "replace")
         if command == _QUERY:
             use = _USE.match(text)
-            self._pending.push(_Command(_Kind.REPORTED, start_ns, size, sql.operation(text), text,
+            statement = sql.describe(text, double_quoted_strings=True)
+            self._pending.push(_Command(_Kind.REPORTED, start_ns, size, statement.operation, statement,
                                         use.group(1) if use else None))
         elif command == _STMT_PREPARE:
-            self._pending.push(_Command(_Kind.PREPARE, start_ns, size, sql.operation(text), text))
+            statement = sql.describe(text, double_quoted_strings=True)
+            self._pending.push(_Command(_Kind.PREPARE, start_ns, size, statement.operation, statement))
         elif command == _STMT_EXECUTE and len(payload) >= 5:
             stored = self._statements.get(int.from_bytes(payload[1:5], "little"))
-            operation = sql.operation(stored) if stored else None
-            self._pending.push(_Command(_Kind.REPORTED, start_ns, size, operation, stored))
+            self._pending.push(_Command(_Kind.REPORTED, start_ns, size, stored.operation if stored else None,
+                                        stored))
         elif command == _PING:
             self._pending.push(_Command(_Kind.REPORTED, start_ns, size, "PING"))
         elif command == _INIT_DB:
@@ -252,8 +254,8 @@ class Parser:
         first = payload[0]
         if head.phase is _Phase.FIRST:
             if first == 0x00 and head.kind is _Kind.PREPARE and len(payload) >= 9:
-                if head.text is not None:
-                    self._statements.put(int.from_bytes(payload[1:5], "little"), head.text)
+                if head.statement is not None:
+                    self._statements.put(int.from_bytes(payload[1:5], "little"), head.statement)
                 columns = int.from_bytes(payload[5:7], "little")
                 params = int.from_bytes(payload[7:9], "little")
                 head.defs_then = [columns]
@@ -300,7 +302,10 @@ class Parser:
                records: list[base.Record]) -> None:
         code = str(int.from_bytes(payload[1:3], "little"))
         text = payload[9:] if payload[3:4] == b"#" else payload[3:]
-        head.error = (code, pairing.printable(text, MAX_ERROR_TEXT))
+        message_text = pairing.printable(text, MAX_ERROR_TEXT)
+        # The message quotes the offending value ("Duplicate entry 'alice@...'"): a value like the statement's.
+        head.error = (code, message_text if self._settings.statement_parameters
+                      else redact.error_message(message_text))
         self._done(head, 0, message, records)
 
     def _done(self, head: _Command, status: int, message: base.Message, records: list[base.Record]) -> None:
@@ -315,10 +320,10 @@ class Parser:
     def _finish(self, head: _Command, message: base.Message, records: list[base.Record]) -> None:
         if head.kind is _Kind.SILENT or (head.kind is _Kind.PREPARE and head.error is None):
             return
-        collection = sql.collection(head.text) if head.text else None
+        collection = head.statement.collection if head.statement else None
         attributes: dict[str, base.AttributeValue] = {"db.system.name": self._system}
-        if head.text:
-            attributes["db.query.text"] = sql.sanitize(head.text, double_quoted_strings=True)
+        if head.statement and head.statement.text:
+            attributes["db.query.text"] = head.statement.text
         if head.operation:
             attributes["db.operation.name"] = head.operation
         if collection:

@@ -10,7 +10,7 @@ import dataclasses
 import enum
 import struct
 
-from podspan_agent.protocols import base, pairing, sql
+from podspan_agent.protocols import base, pairing, redact, sql
 
 SYSTEM = "postgresql"
 MAX_PENDING = 1024
@@ -19,6 +19,7 @@ MAX_PORTALS = 64
 MAX_PARAMETERS = 32
 MAX_PARAMETER_TEXT = 64
 MAX_ERROR_TEXT = 256
+_NO_STATEMENT = sql.Statement("", None, None)  # a request whose query text was not seen
 MAX_MESSAGE = 1 << 30
 
 _PROTOCOL_3 = 196608
@@ -84,7 +85,7 @@ class _Request:
     kind: _Kind
     start_ns: int
     size: int = 0
-    text: str | None = None
+    statement: sql.Statement | None = None
     parameters: tuple[str | None, ...] = ()
     tag: str | None = None
     error: tuple[str, str] | None = None  # (SQLSTATE, message)
@@ -92,7 +93,7 @@ class _Request:
 
 @dataclasses.dataclass(slots=True, frozen=True)
 class _Portal:
-    text: str | None
+    statement: sql.Statement | None
     parameters: tuple[str | None, ...]
 
 
@@ -123,7 +124,7 @@ class Parser:
     def __init__(self, settings: base.CaptureSettings) -> None:
         self._settings = settings
         self._pending: pairing.PendingQueue[_Request] = pairing.PendingQueue(MAX_PENDING)
-        self._statements: pairing.BoundedDict[str, str] = pairing.BoundedDict(MAX_STATEMENTS)
+        self._statements: pairing.BoundedDict[str, sql.Statement] = pairing.BoundedDict(MAX_STATEMENTS)
         self._portals: pairing.BoundedDict[str, _Portal] = pairing.BoundedDict(MAX_PORTALS)
         self._namespace: str | None = None
         self._awaiting_encryption_reply = False
@@ -189,12 +190,13 @@ class Parser:
     def _client_message(self, kind: int, body: bytes, message: base.Message, size: int) -> None:
         if kind == ord("Q"):
             text, _ = _cstring(body, 0, len(body))
-            self._pending.push(_Request(_Kind.SIMPLE, message.start_ns, size, text))
+            self._pending.push(_Request(_Kind.SIMPLE, message.start_ns, size, sql.describe(text)))
         elif kind == ord("P"):
             name, pos = _cstring(body, 0, len(body))
             text, _ = _cstring(body, pos, len(body))
-            self._statements.put(name, text)
-            self._pending.push(_Request(_Kind.PARSE, message.start_ns, size, text))
+            parsed = sql.describe(text)  # once per prepared statement, however often it runs
+            self._statements.put(name, parsed)
+            self._pending.push(_Request(_Kind.PARSE, message.start_ns, size, parsed))
         elif kind == ord("B"):
             portal, pos = _cstring(body, 0, len(body))
             statement, pos = _cstring(body, pos, len(body))
@@ -202,7 +204,7 @@ class Parser:
             self._portals.put(portal, _Portal(self._statements.get(statement), parameters))
         elif kind == ord("E"):
             bound = self._portals.get(_cstring(body, 0, len(body))[0])
-            stored, parameters = (bound.text, bound.parameters) if bound else (None, ())
+            stored, parameters = (bound.statement, bound.parameters) if bound else (None, ())
             self._pending.push(_Request(_Kind.EXECUTE, message.start_ns, size, stored, parameters))
         elif kind == ord("S"):
             self._pending.push(_Request(_Kind.SYNC, message.start_ns, size))
@@ -265,7 +267,10 @@ class Parser:
             self._command_done(pairing.printable(body.rstrip(b"\x00"), 64) if kind == ord("C") else None,
                                message, records)
         elif kind == ord("E"):
-            self._failed(_error_fields(body), message, records)
+            code, text = _error_fields(body)
+            # The message quotes the offending value ('invalid input syntax ...: "abc"'), a statement's value.
+            self._failed((code, text if self._settings.statement_parameters else redact.error_message(text)),
+                         message, records)
         elif kind == ord("Z"):
             head = self._pending.peek()
             while head is not None and head.kind is _Kind.PARSE:
@@ -317,14 +322,14 @@ class Parser:
         self._pending.drop_all()
 
     def _record(self, request: _Request, message: base.Message) -> base.Record:
-        text = request.text or ""
-        operation = sql.operation(text) if text else None
+        statement = request.statement or _NO_STATEMENT
+        operation = statement.operation
         if operation is None and request.tag:
             operation = request.tag.rstrip("0123456789 ") or None
-        collection = sql.collection(text) if text else None
+        collection = statement.collection
         attributes: dict[str, base.AttributeValue] = {"db.system.name": SYSTEM}
-        if text:
-            attributes["db.query.text"] = sql.sanitize(text)
+        if statement.text:
+            attributes["db.query.text"] = statement.text
         if operation:
             attributes["db.operation.name"] = operation
         if collection:

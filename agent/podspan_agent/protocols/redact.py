@@ -88,3 +88,16 @@ def _redact_member(match: re.Match[str]) -> str:
     if not is_credential_key(match.group(1)):
         return match.group(0)
     return f'"{match.group(1)}"{match.group(2)}"{REDACTED}"'
+
+
+# A quoted value in a server's error message: a quote that does not follow a letter or digit (so "doesn't"
+# is no quote) up to the same quote or the end of the captured text.
+_QUOTED_VALUE_RE = re.compile(r"""(?<![\w])(['"])(?:(?!\1).)*(?:\1|\Z)""", re.DOTALL)
+
+
+def error_message(text: str) -> str:
+    """A database's error message with its quoted values replaced by `?`: servers quote the offending
+    value (MySQL "Duplicate entry 'alice@example.com' for key 'email'", PostgreSQL 'invalid input syntax
+    for type integer: "abc"', Redis "unknown command 'x', with args beginning with: 'secret'"); quoted
+    identifiers go too (over-redacting is preferred)."""
+    return _QUOTED_VALUE_RE.sub(lambda match: f"{match.group(1)}?{match.group(1)}", text)

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from podspan_agent.protocols import base, pairing
+from podspan_agent.protocols import base, pairing, redact
 
 SYSTEM = "redis"
 MAX_PENDING = 1024
@@ -267,7 +267,8 @@ class Parser:
         }
         error = None
         if data[pos] in b"-!":
-            error = _error_text(data, pos)
+            # Always: "unknown command 'x', with args beginning with: '...'" echoes arguments, credentials too.
+            error = redact.error_message(_error_text(data, pos))
             prefix = error.split(" ", 1)[0]
             if prefix.isupper():
                 attributes["db.response.status_code"] = prefix

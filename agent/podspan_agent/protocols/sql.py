@@ -7,6 +7,7 @@ partial text: an unterminated string or comment simply runs to the end.
 from __future__ import annotations
 
 import re
+from typing import NamedTuple
 
 # One alternation, scanned left to right, so a quote inside a comment (or a number
 # inside an identifier) is never mistaken for the start of something else.
@@ -70,12 +71,23 @@ _KEYWORD = re.compile(r"[A-Za-z]+")
 _MAIN_STATEMENTS = frozenset({"SELECT", "INSERT", "UPDATE", "DELETE", "MERGE"})
 
 
-def operation(query: str) -> str | None:
-    """The statement's leading keyword (`SELECT`, `INSERT`, `BEGIN`, ...), upper-case.
+class Statement(NamedTuple):
+    """What a span reports of a query, from one pass over its text."""
 
-    For `WITH ...` the main statement after the common table expressions is reported.
-    """
-    text = sanitize(query, 4096).lstrip("( ")
+    text: str  # literal-free (`sanitize`)
+    operation: str | None  # leading keyword, upper-case; for `WITH ...` the main statement's
+    collection: str | None  # the single table a simple statement works on
+
+
+def describe(query: str, *, double_quoted_strings: bool = False) -> Statement:
+    """Sanitize `query` once and read its operation and table from the literal-free text."""
+    text = sanitize(query, 4096, double_quoted_strings=double_quoted_strings)
+    head = text.lstrip("( ")
+    operation = _operation(head)
+    return Statement(text[:2048], operation, _collection(head, operation))
+
+
+def _operation(text: str) -> str | None:
     first = _KEYWORD.match(text)
     if first is None:
         return None
@@ -113,10 +125,7 @@ _TABLE_PATTERNS = {
 _MULTI_TABLE = re.compile(r"\bJOIN\b|\bFROM\s*\(|^\s*,|\bUSING\b", re.IGNORECASE)
 
 
-def collection(query: str) -> str | None:
-    """The single table a simple statement works on, or None when there is none or several."""
-    text = sanitize(query, 4096).lstrip("( ")
-    op = operation(text)
+def _collection(text: str, op: str | None) -> str | None:
     if op is None or op not in _TABLE_PATTERNS or text.upper().startswith("WITH"):
         return None
     match = _TABLE_PATTERNS[op].search(text)

@@ -201,6 +201,28 @@ def test_mysql_prepared_statement_parameters_are_not_recorded() -> None:
     assert SECRET not in exported_text(records)
 
 
+def test_mysql_error_messages_hide_quoted_values() -> None:
+    sql = "INSERT INTO users (email) VALUES (?)"
+    error = mysql_packet(1, b"\xff" + struct.pack("<H", 1062) + b"#23000"
+                         + f"Duplicate entry '{SECRET}@example.com' for key 'users.email'".encode())
+    runs = [(True, mysql_packet(0, b"\x03" + sql.encode())), (False, error)]
+    record = one(parse("mysql", runs))
+    assert record.error == "Duplicate entry '?' for key '?'" and record.attributes["error.type"] == "1062"
+    assert SECRET not in exported_text([record])
+    kept = one(parse("mysql", runs, base.CaptureSettings(statement_parameters=True)))
+    assert kept.error is not None and SECRET in kept.error  # values on: the message as the server sent it
+
+
+def test_postgresql_error_messages_hide_quoted_values() -> None:
+    failure = pg(b"E", b"SERROR\0C22P02\0M" + f'invalid input syntax for type integer: "{SECRET}"'.encode() + b"\0\0")
+    runs = [(True, pg(b"Q", b"SELECT 1\0")), (False, failure + pg(b"Z", b"I"))]
+    record = one(parse("postgresql", runs))
+    assert record.error == 'invalid input syntax for type integer: "?"'
+    assert SECRET not in exported_text([record])
+    kept = one(parse("postgresql", runs, base.CaptureSettings(statement_parameters=True)))
+    assert kept.error is not None and SECRET in kept.error
+
+
 # -- Redis -----------------------------------------------------------------------------------------------
 
 def resp(*words: str) -> bytes:
@@ -227,6 +249,14 @@ def test_redis_credentials_stay_redacted_with_statement_parameters_on(command: t
     settings = base.CaptureSettings(statement_parameters=True)
     record = one(parse("redis", [(True, resp(*command)), (False, b"+OK\r\n")], settings))
     assert SECRET not in exported_text([record])
+
+
+@pytest.mark.parametrize("settings", [DEFAULTS, base.CaptureSettings(statement_parameters=True)])
+def test_redis_error_replies_hide_echoed_arguments(settings: base.CaptureSettings) -> None:
+    error = f"-ERR unknown command 'AUHT', with args beginning with: 'admin' '{SECRET}' \r\n".encode()
+    record = one(parse("redis", [(True, resp("AUHT", "admin", SECRET)), (False, error)], settings))
+    assert record.error is not None
+    assert record.error.rstrip() == "ERR unknown command '?', with args beginning with: '?' '?'"
 
 
 def test_redis_reply_values_are_not_recorded() -> None:

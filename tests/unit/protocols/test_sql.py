@@ -53,8 +53,9 @@ def test_sanitize_is_bounded() -> None:
     ],
 )
 def test_operation_and_collection(query: str, operation: str | None, collection: str | None) -> None:
-    assert sql.operation(query) == operation
-    assert sql.collection(query) == collection
+    statement = sql.describe(query)
+    assert (statement.operation, statement.collection) == (operation, collection)
+    assert statement.text == sql.sanitize(query)
 
 
 @given(st.text(max_size=300), st.integers(min_value=-3, max_value=1000))
@@ -62,7 +63,7 @@ def test_never_raises_and_hides_string_literals(noise: str, number: int) -> None
     secret = "s3cr3t-value"
     query = f"SELECT {noise} FROM t WHERE a = '{secret}' AND b = {number}"
     out = sql.sanitize(query)
-    sql.operation(noise)
-    sql.collection(noise)
+    sql.describe(noise)
+    sql.describe(noise, double_quoted_strings=True)
     if not any(marker in noise for marker in ("'", "--", "/*", "$", "\\")):
         assert secret not in out
