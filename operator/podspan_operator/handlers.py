@@ -121,7 +121,9 @@ async def namespace_event(name: str, memo: kopf.Memo, **_: Any) -> None:
 
 
 @kopf.on.event("v1", "nodes", registry=registry)
-async def node_event(name: str, memo: kopf.Memo, **_: Any) -> None:
+async def node_event(name: str, type: str | None, memo: kopf.Memo, **_: Any) -> None:
+    if type is None:  # from a listing, as for pods
+        memo.reconciler.nodes_listed()
     memo.reconciler.node_changed(name)
 
 

@@ -1,5 +1,5 @@
 """The one module that writes to the Kubernetes API (kopf only watches): node configs, profile status, Events;
-and its one read, the pod uids that check kopf's cache after a relist.
+and its reads, the pod uids and node names that check kopf's cache after a relist.
 
 Uses the official client's asyncio flavour, configured like kopf: in-cluster service account, else KUBECONFIG
 or ~/.kube/config; plain http and https API servers both work.
@@ -113,6 +113,11 @@ class Api:
         """The uids of every pod the API server has now; an error answer raises (it must never read as "no pods")."""
         pods = await self._core.list_pod_for_all_namespaces()
         return {pod.metadata.uid for pod in pods.items if pod.metadata is not None and pod.metadata.uid}
+
+    async def node_names(self) -> set[str]:
+        """The names of every node the API server has now; an error answer raises, as for pods."""
+        nodes = await self._core.list_node()
+        return {node.metadata.name for node in nodes.items if node.metadata is not None and node.metadata.name}
 
     async def delete_node_config(self, name: str) -> None:
         self.writes += 1

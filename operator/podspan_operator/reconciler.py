@@ -45,6 +45,14 @@ class Indexes:
         return {name: _one(labels) or {} for name, labels in self.namespaces.items()}
 
 
+def _vanished(kind: str, indexed: Iterable[str], existing: set[str], known: set[str]) -> set[str]:
+    """The indexed keys the API server no longer has; logs the ones not `known` as vanished before."""
+    vanished = {key for key in indexed if key not in existing}
+    if vanished - known:
+        logger.info("%d %s(s) deleted while kopf was not watching: ignoring them", len(vanished - known), kind)
+    return vanished
+
+
 def _one(values: Iterable[T] | None) -> T | None:
     return next(iter(values), None) if values is not None else None
 
@@ -64,10 +72,12 @@ class Reconciler:
         # What this replica wrote, because the indexes see our own writes only after the watch delivers them:
         self._written: dict[str, tuple[int, models.NodeTraceConfigSpec]] = {}  # node -> (generation, spec)
         self._reported: dict[str, models.ProfileStatus] = {}  # profile uid -> status
-        # kopf lists again after 410 Gone but never drops from its index the pods the new listing lacks (deleted
-        # while it was not watching): after a listing, one list of pod uids finds them, and they are ignored.
-        self._pods_listed = False
+        # kopf lists again after 410 Gone but never drops from its index the objects the new listing lacks (deleted
+        # while it was not watching): after a listing of pods or nodes, one list of their uids or names finds them,
+        # and they are ignored (a vanished node's NodeTraceConfig is deleted).
+        self._pods_listed = self._nodes_listed = False
         self._vanished_pods: set[str] = set()  # uids
+        self._vanished_nodes: set[str] = set()  # names
 
     @property
     def passes(self) -> int:
@@ -86,6 +96,9 @@ class Reconciler:
 
     def pods_listed(self) -> None:
         self._pods_listed = True
+
+    def nodes_listed(self) -> None:
+        self._nodes_listed = True
 
     def pod_changed(self, namespace: str, node: str) -> None:
         if node:
@@ -110,6 +123,7 @@ class Reconciler:
         self.synced()
 
     def node_changed(self, name: str) -> None:
+        self._vanished_nodes.discard(name)  # made again under the same name
         self._dirty_nodes.add(name)
         self.synced()
 
@@ -148,16 +162,20 @@ class Reconciler:
             self._started += 1
             nodes, self._dirty_nodes = self._dirty_nodes, set()
             profiles, self._dirty_profiles = self._dirty_profiles, set()
-            listed, self._pods_listed = self._pods_listed, False
+            pods_listed, self._pods_listed = self._pods_listed, False
+            nodes_listed, self._nodes_listed = self._nodes_listed, False
             try:
                 with self.api.metrics.reconcile_pass():
-                    if listed and await self._find_vanished_pods(nodes):
+                    vanished = pods_listed and await self._find_vanished_pods(nodes)
+                    vanished |= nodes_listed and await self._find_vanished_nodes(nodes)
+                    if vanished:
                         profiles |= {p.key for p in self._profiles()}
                     await self._sync_nodes(nodes)
                     await self._sync_profiles(profiles)
             except Exception as exc:
                 logger.exception("reconciliation pass failed; retrying")
-                self._pods_listed |= listed
+                self._pods_listed |= pods_listed
+                self._nodes_listed |= nodes_listed
                 self._dirty_nodes |= nodes
                 self._dirty_profiles |= profiles
                 self._wake.set()
@@ -171,13 +189,16 @@ class Reconciler:
         """Mark the pods kopf's index has and the API server has not as vanished, their nodes dirty; True if any."""
         indexed = {pod.uid: pod.node for pods in self.indexes.pods.values() for pod in pods}  # before the list:
         existing = await self.api.pod_uids()  # a pod indexed after it is not mistaken for a vanished one
-        vanished = {uid for uid in indexed if uid not in existing}
-        new = vanished - self._vanished_pods
-        if new:
-            logger.info("%d pod(s) deleted while kopf was not watching: ignoring them", len(new))
-        self._vanished_pods = vanished
-        dirty_nodes |= {indexed[uid] for uid in vanished if indexed[uid]}
-        return bool(vanished)
+        self._vanished_pods = _vanished("pod", indexed, existing, self._vanished_pods)
+        dirty_nodes |= {indexed[uid] for uid in self._vanished_pods if indexed[uid]}
+        return bool(self._vanished_pods)
+
+    async def _find_vanished_nodes(self, dirty_nodes: set[str]) -> bool:
+        """Mark the nodes kopf's index has and the API server has not as vanished and dirty; True if any."""
+        indexed = set(self.indexes.nodes)  # before the list, as for pods
+        self._vanished_nodes = _vanished("node", indexed, await self.api.node_names(), self._vanished_nodes)
+        dirty_nodes |= self._vanished_nodes
+        return bool(self._vanished_nodes)
 
     async def _sync_nodes(self, names: set[str]) -> None:
         semaphore = asyncio.Semaphore(self.options.write_concurrency)
@@ -202,7 +223,7 @@ class Reconciler:
     async def _sync_node(self, name: str, profiles: list[render.Profile],
                          namespaces: Mapping[str, Mapping[str, str]]) -> None:
         current = _one(self.indexes.node_configs.get(name))
-        if name not in self.indexes.nodes:
+        if name not in self.indexes.nodes or name in self._vanished_nodes:
             if current is not None:
                 logger.info("node %s is gone: deleting its NodeTraceConfig", name)
                 await self.api.delete_node_config(name)

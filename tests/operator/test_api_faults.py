@@ -22,6 +22,7 @@ from tests.support import figures
 KEY = "TraceProfile/shop/web"
 POD_WATCH = r"/api/v1/pods\?.*watch=true"
 POD_LIST = r"/api/v1/pods(\?(?!.*watch=true).*)?$"
+NODE_WATCH = r"/api/v1/nodes\?.*watch=true"
 
 
 def _server(api: emu.EmulatorThread) -> emu.APIServer:
@@ -160,6 +161,24 @@ def test_gone_on_resume_relists_and_sees_what_changed_in_the_gap(api, kc, start_
     writes = _delta(_writes(op), before)
     assert writes.get(telemetry.NODE_CONFIG, 0) <= 2
     figures.report("operator-410-relist", converge_s=f"{converged:.2f}", writes=writes)
+
+
+def test_node_deleted_while_not_watching_loses_its_node_config(api, kc, start_operator):
+    """The nodes watch drops and its resume is answered 410 Gone; in the gap node n2 is deleted (with its pod):
+    after the relist the operator deletes n2's NodeTraceConfig instead of keeping a config for a node that is gone."""
+    _tracing(kc, start_operator, {"web-1": "n1", "web-2": "n2"})
+    server = _server(api)
+    slow = emu.Fault("GET", NODE_WATCH, emu.Delay(1.5))
+    gone = emu.Fault("GET", NODE_WATCH, emu.ExpireWatch())
+    server.inject(slow, gone)
+    assert server.drop_watches(NODE_WATCH) >= 1
+    conftest.wait_for(lambda: slow.hits == 1, "the resumed nodes watch (held)")
+    kc.delete("v1/pods", "web-2", "shop")
+    kc.delete("v1/nodes", "n2")  # in the gap: the operator never gets this event
+    conftest.wait_for(lambda: gone.hits == 1, "410 Gone on the resume")
+    conftest.wait_for(lambda: kc.get(conftest.NTC, "n2") is None, "n2's NodeTraceConfig deleted after the relist")
+    assert conftest.targets(kc, "n1") == {"shop/web-1": [KEY]}
+    conftest.wait_for(lambda: _status(kc).get("nodes", {}).get("total") == 1, "the status counts one node")
 
 
 def test_slow_api_server(api, kc, start_operator):
