@@ -20,7 +20,7 @@ log = logging.getLogger(__name__)
 CustomObjects = k8s.CustomObjectsApi
 _NTC = (models.GROUP, models.VERSION, models.NodeTraceConfig.PLURAL)
 _WATCH_TIMEOUT_S = 60
-_API_TIMEOUT_S = 10.0  # a hung API server must not hang the tracer's thread (status) or the watcher
+_API_TIMEOUT_S = 10.0  # a hung API server must not hang the status writer or the watcher
 _RETRY_FIRST_S, _RETRY_CAP_S = 1.0, 30.0  # backoff after a failed API call
 
 
@@ -115,6 +115,53 @@ def api_client() -> k8s.ApiClient:
         path = os.environ.get("KUBECONFIG") or os.path.expanduser("~/.kube/config")
         k8s_config.load_kube_config(config_file=path, client_configuration=configuration)
     return k8s.ApiClient(configuration)
+
+
+class StatusWriter(threading.Thread):
+    """Writes the node's status on a thread of its own, so a slow or refusing API server never pauses the
+    tracer (which only hands over its latest status). Only the newest status waits: one handed over while a
+    write is in flight or backing off replaces the older one; a refused status is written again after the
+    backoff unless a newer one came meanwhile."""
+
+    def __init__(self, api: k8s.CustomObjectsApi, node: str) -> None:
+        super().__init__(name="ntc-status", daemon=True)
+        self._api, self._node = api, node
+        self._lock = threading.Lock()
+        self._pending: models.NodeTraceConfigStatus | None = None
+        self._wake = threading.Event()
+        self.stopping = threading.Event()
+        self.written = 0  # statuses the API server accepted
+        self.refused = 0
+
+    def submit(self, status: models.NodeTraceConfigStatus) -> None:
+        with self._lock:
+            self._pending = status
+        self._wake.set()
+
+    def run(self) -> None:
+        backoff = Backoff()
+        while not self.stopping.is_set():
+            self._wake.wait()
+            with self._lock:
+                status, self._pending = self._pending, None
+                self._wake.clear()
+            if status is None:
+                continue
+            error = patch_status(self._api, self._node, status)
+            if error is None:
+                self.written += 1
+                backoff.succeeded()
+                continue
+            self.refused += 1
+            with self._lock:
+                if self._pending is None:
+                    self._pending = status
+            self.stopping.wait(backoff.failed(error))  # no write per tick while refused; Retry-After honoured
+            self._wake.set()
+
+    def stop(self) -> None:
+        self.stopping.set()
+        self._wake.set()
 
 
 def patch_status(custom: k8s.CustomObjectsApi, node: str, status: models.NodeTraceConfigStatus) -> Exception | None:

@@ -272,6 +272,7 @@ class NodeAgent:
         self.node, self._custom, self._probes, self._headers = node, custom, probes, headers
         self._mount = cgroups.cgroup2_mount()
         self._watcher = kube.ConfigWatcher(custom, node)
+        self._status_writer = kube.StatusWriter(custom, node)
         self._collector = collector
         self.router = Router(export_queue, red_metrics)
         self._resources_by_cgroup: dict[int, dict[str, base.AttributeValue]] = {}
@@ -288,16 +289,16 @@ class NodeAgent:
         self._next_status = 0.0
         self._next_health = 0.0
         self._status_dirty = True
-        self._status_backoff = kube.Backoff()
-        self._status_retry_at = 0.0  # after a refused status write: not before then (no write per tick)
         self._failing: list[str] = []
 
     def run(self, stop: threading.Event) -> None:
         self._watcher.start()
+        self._status_writer.start()
         try:
             self.tracer.run(stop, self._tick)
         finally:
             self._watcher.stopping.set()
+            self._status_writer.stop()
             self._tls.close()
             self.router.shutdown()
 
@@ -316,9 +317,9 @@ class NodeAgent:
         failing = self.router.failing()
         if failing != self._failing:  # export broke or recovered: tell the operator now
             self._failing, self._status_dirty = failing, True
-        if obj is not None and (self._status_dirty or now >= self._next_status) and now >= self._status_retry_at:
-            self._write_status()
-            self._next_status = now + _STATUS_EVERY_S
+        if obj is not None and (self._status_dirty or now >= self._next_status):
+            self._submit_status()
+            self._status_dirty, self._next_status = False, now + _STATUS_EVERY_S
 
     def _apply(self, obj: dict[str, Any] | None) -> None:
         config = models.NodeTraceConfig.model_validate(obj) if obj else None
@@ -358,7 +359,8 @@ class NodeAgent:
                      len(plans) - len(wanted))
         self._plans = plans
 
-    def _write_status(self) -> None:
+    def _submit_status(self) -> None:
+        """Hand the status to the writer thread (which retries a refused one itself)."""
         lost = self._probes.events_lost_by_cgroup()
         status = models.NodeTraceConfigStatus(
             observed_generation=self._generation,
@@ -369,12 +371,7 @@ class NodeAgent:
             profiles=self.router.counters(lost, self.tracer.table.parser_drops_by_cgroup()),
             probes_attached=self._probes.attached,
         )
-        error = kube.patch_status(self._custom, self.node, status)
-        if error is None:
-            self._status_dirty = False
-            self._status_backoff.succeeded()
-        else:
-            self._status_retry_at = time.monotonic() + self._status_backoff.failed(error)
+        self._status_writer.submit(status)
 
     def _with_tls(self, target: TargetPlan) -> models.TargetStatus:
         """The target's status with what its processes use for TLS (when a profile of it reads TLS)."""
