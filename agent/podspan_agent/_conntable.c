@@ -99,21 +99,31 @@ typedef struct {
 
 /* --------------------------------------------------------------------------- CRC-32 (zlib.crc32's) */
 
-static uint32_t crc_table[256];
+/* Slicing by 8: crc_table[k][b] is the CRC of byte b followed by k zero bytes. */
+static uint32_t crc_table[8][256];
 
 static void crc_init(void) {
     for (uint32_t i = 0; i < 256; i++) {
         uint32_t c = i;
         for (int k = 0; k < 8; k++)
             c = c & 1 ? 0xEDB88320u ^ (c >> 1) : c >> 1;
-        crc_table[i] = c;
+        crc_table[0][i] = c;
     }
+    for (uint32_t i = 0; i < 256; i++)
+        for (int k = 1; k < 8; k++)
+            crc_table[k][i] = crc_table[0][crc_table[k - 1][i] & 0xFF] ^ (crc_table[k - 1][i] >> 8);
 }
 
 static uint32_t crc32_of(const unsigned char *d, size_t n) {
     uint32_t c = 0xFFFFFFFFu;
-    for (size_t i = 0; i < n; i++)
-        c = crc_table[(c ^ d[i]) & 0xFF] ^ (c >> 8);
+    for (; n >= 8; d += 8, n -= 8) {
+        uint32_t lo = c ^ ((uint32_t)d[0] | (uint32_t)d[1] << 8 | (uint32_t)d[2] << 16 | (uint32_t)d[3] << 24);
+        c = crc_table[7][lo & 0xFF] ^ crc_table[6][(lo >> 8) & 0xFF] ^ crc_table[5][(lo >> 16) & 0xFF] ^
+            crc_table[4][lo >> 24] ^ crc_table[3][d[4]] ^ crc_table[2][d[5]] ^ crc_table[1][d[6]] ^
+            crc_table[0][d[7]];
+    }
+    for (; n > 0; d++, n--)
+        c = crc_table[0][(c ^ *d) & 0xFF] ^ (c >> 8);
     return c ^ 0xFFFFFFFFu;
 }
 
@@ -691,7 +701,23 @@ static void note_request(Conn *c) {
 /* ---- reading records */
 
 static int read_u64(PyObject *record, int index, uint64_t *out) {
-    unsigned long long v = PyLong_AsUnsignedLongLong(PyStructSequence_GET_ITEM(record, index));
+    PyObject *obj = PyStructSequence_GET_ITEM(record, index);
+#if PY_VERSION_HEX < 0x030C0000
+    /* The ints the ring-buffer decoder makes, read from their (3.11) digits: PyLong_AsUnsignedLongLong goes
+     * through a byte array for any of more than one digit (timestamps, ids). */
+    if (PyLong_CheckExact(obj)) {
+        const PyLongObject *v = (const PyLongObject *)obj;
+        Py_ssize_t size = Py_SIZE(v);
+        if (size >= 0 && size <= 2) {
+            uint64_t value = 0;
+            for (Py_ssize_t i = size - 1; i >= 0; i--)
+                value = value << PyLong_SHIFT | v->ob_digit[i];
+            *out = value;
+            return 0;
+        }
+    }
+#endif
+    unsigned long long v = PyLong_AsUnsignedLongLong(obj);
     if (v == (unsigned long long)-1 && PyErr_Occurred())
         return -1;
     *out = v;

@@ -30,6 +30,7 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <structmember.h>
 
 #include "_http1_api.h"
 
@@ -91,6 +92,13 @@ static PyObject *s_data, *s_size, *s_from_client, *s_start_ns, *s_end_ns, *s_hea
     *s_route_patterns, *s_bodies, *s_body_limit;
 static PyObject *v_other, *v_other_name, *v_other_label, *v_http, *v_asterisk, *v_version_11, *v_version_10,
     *v_no_response, *v_protocol, *v_slash, *v_comma, *v_more_suffix;
+/* base.Record's fields, in its constructor's order; when its __slots__ are exactly these (member descriptors
+ * of objects), records are made by filling them in at their offsets. */
+static const char *const record_fields[] = {"protocol", "name",  "start_ns",        "end_ns",       "attributes",
+                                            "error",    "context_headers", "request_size", "response_size"};
+#define N_RECORD_FIELDS ((int)(sizeof(record_fields) / sizeof(record_fields[0])))
+static Py_ssize_t record_slot_offsets[N_RECORD_FIELDS];
+static int record_slots_known;
 static PyObject *record_type, *template_fn, *redact_query_fn, *redact_header_fn, *redact_body_fn, *counter_type;
 
 /* --------------------------------------------------------------------------- bytes */
@@ -588,9 +596,15 @@ static PyObject *make_record(const Entry *e, PyObject *end_ns, Py_ssize_t respon
     PyObject *response = PyLong_FromSsize_t(response_size);
     PyObject *record = NULL;
     if (request_size != NULL && response != NULL) {
-        PyObject *args[] = {v_protocol, e->name, e->start_ns, later ? e->start_ns : end_ns, e->attributes,
-                            error, e->context, request_size, response};
-        record = PyObject_Vectorcall(record_type, args, 9, NULL);
+        PyObject *args[N_RECORD_FIELDS] = {v_protocol, e->name, e->start_ns, later ? e->start_ns : end_ns,
+                                           e->attributes, error, e->context, request_size, response};
+        if (record_slots_known) { /* its slots filled in directly: no Python __init__ frame */
+            record = ((PyTypeObject *)record_type)->tp_alloc((PyTypeObject *)record_type, 0);
+            for (int i = 0; record != NULL && i < N_RECORD_FIELDS; i++)
+                *(PyObject **)((char *)record + record_slot_offsets[i]) = Py_NewRef(args[i]);
+        } else {
+            record = PyObject_Vectorcall(record_type, args, N_RECORD_FIELDS, NULL);
+        }
     }
     Py_XDECREF(request_size);
     Py_XDECREF(response);
@@ -1374,6 +1388,34 @@ static PyObject *names_tuple(const char *const *names, size_t n) {
     return tuple;
 }
 
+/* Whether base.Record is a slotted class of exactly record_fields, each an object slot (then their offsets are
+ * known); otherwise records are made by calling it. */
+static int find_record_slots(void) {
+    if (!PyType_Check(record_type))
+        return 0;
+    PyTypeObject *type = (PyTypeObject *)record_type;
+    PyObject *slots = PyObject_GetAttrString(record_type, "__slots__");
+    if (slots == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int known = PyTuple_Check(slots) && PyTuple_GET_SIZE(slots) == N_RECORD_FIELDS && type->tp_dictoffset == 0 &&
+                type->tp_base == &PyBaseObject_Type;
+    for (int i = 0; known && i < N_RECORD_FIELDS; i++) {
+        PyObject *name = PyTuple_GET_ITEM(slots, i);
+        PyObject *descr = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, record_fields[i]) == 0
+                              ? PyDict_GetItemWithError(type->tp_dict, name)
+                              : NULL;
+        known = descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+        if (known)
+            record_slot_offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    Py_DECREF(slots);
+    PyErr_Clear();
+    return known;
+}
+
 static int init_state(void) {
     for (size_t i = 0; i < N_METHODS; i++) {
         if (intern(&method_names[i], known_methods[i]) < 0 ||
@@ -1424,6 +1466,7 @@ static int init_state(void) {
         import_attr(&redact_body_fn, "podspan_agent.protocols.redact", "body") < 0 ||
         import_attr(&counter_type, "collections", "Counter") < 0)
         return -1;
+    record_slots_known = find_record_slots();
     return 0;
 }
 
