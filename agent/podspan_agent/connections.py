@@ -11,7 +11,6 @@ import dataclasses
 from podspan_agent import _conntable, sockaddr
 
 Exchange = _conntable.Exchange
-TableStats = _conntable.TableStats
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
