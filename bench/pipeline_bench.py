@@ -1,10 +1,11 @@
 """Userspace cost per span of the agent's event path, by stage, without the kernel.
 
-Feeds the tracer's pipeline (connections.ConnectionTable -> protocol parser -> spans.builder ->
+Feeds the tracer's pipeline (_conntable.Table -> protocol parser -> spans.builder ->
 spans.correlation -> OTLP encoding) with the event stream a keep-alive HTTP/1.1 server produces under
 `wrk -c16` (OPEN, then alternating request/response DATA events, each carrying the summary of the run
-it ends), and times cumulative stages in turn on the same events:
-  table   : events -> connections -> HTTP/1 parser -> records (exchanges discarded)
+it ends), in the ring-buffer consumer's batches of 256 records, and times cumulative stages in turn on the
+same events:
+  table   : events -> connections -> HTTP/1 parser -> exchanges (discarded)
   build   : + SpanRecord building
   correl. : + correlation (trace ids, parents, hold and release)
   encode  : + OTLP protobuf encoding of the released spans in batches of 512 (the exporter's work
@@ -20,7 +21,7 @@ import argparse
 import time
 from collections.abc import Callable
 
-from podspan_agent import _ringbuf, bpf_events, connections, tracer
+from podspan_agent import _conntable, _ringbuf, bpf_events, connections, tracer
 from podspan_agent.export import otlp
 from podspan_agent.protocols import base, registry
 from podspan_agent.spans import builder, correlation, model
@@ -38,10 +39,13 @@ def _header(kind: int, direction: int, conn_id: int, ts_ns: int, prev: bpf_event
                                   fd=10 + conn_id, conn_id=conn_id, cgroup_id=CGROUP, ts_ns=ts_ns, prev=prev)
 
 
-def events(requests: int, conns: int) -> list[tuple[_ringbuf.Event, bytes]]:
+_BATCH = 256  # records per ring-buffer drain (loader._DRAIN_BATCH)
+
+
+def events(requests: int, conns: int) -> list[_ringbuf.Event]:
     """DATA events of `requests` exchanges spread round-robin over `conns` server connections, as the
     ring-buffer consumer delivers them (kernel-layout bytes decoded by _ringbuf)."""
-    out: list[tuple[_ringbuf.Event, bytes]] = []
+    out: list[_ringbuf.Event] = []
     last: dict[int, bpf_events.Run] = {}
     now = 1_000_000_000
     for i in range(requests):
@@ -51,7 +55,7 @@ def events(requests: int, conns: int) -> list[tuple[_ringbuf.Event, bytes]]:
             hdr = _header(bpf_events.EventKind.DATA, direction, conn_id, now, last.get(conn_id, bpf_events.Run()))
             record = _ringbuf.decode(bytes(bpf_events.DataEventFixed(hdr, len(data), len(data))) + data)
             assert isinstance(record, _ringbuf.Event)
-            out.append((record, record.data))
+            out.append(record)
             size = len(data) + (200 if direction == bpf_events.Direction.EGRESS else 0)
             last[conn_id] = bpf_events.Run(start_ns=now, end_ns=now + 2_000, bytes=size, chunks=1, direction=direction)
     return out
@@ -87,7 +91,7 @@ class _Encoder:
             self.batch.clear()
 
 
-def run_stage(stage: str, stream: list[tuple[_ringbuf.Event, bytes]], open_events: list[_ringbuf.OpenEvent]
+def run_stage(stage: str, stream: list[_ringbuf.Event], open_events: list[_ringbuf.OpenEvent]
               ) -> tuple[float, int]:
     """CPU seconds and spans produced for the pipeline up to `stage`."""
     resource: dict[str, base.AttributeValue] = {"service.name": "nginx", "process.pid": TGID}
@@ -116,20 +120,17 @@ def run_stage(stage: str, stream: list[tuple[_ringbuf.Event, bytes]], open_event
         def on_exchange(exchange: connections.Exchange) -> None:
             correlator.add(exchange, span_builder.build(exchange), 0)
 
-    table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()),
-                                        lambda _tgid, _fd, _conn_id: None)
-    for event in open_events:
-        table.on_open(event)
+    table = _conntable.Table(registry.detector(None, base.CaptureSettings()), lambda _tgid, _fd, _conn_id: None,
+                             lambda _tgid, _fd, _conn_id: None, lambda _conn_id: None)
+    table.feed(list(open_events))
+    batches = [stream[i:i + _BATCH] for i in range(0, len(stream), _BATCH)]
     started = time.process_time()
-    for count, (hdr, data) in enumerate(stream, start=1):
-        table.on_data(hdr, data)
-        if count % 256 == 0:  # as the tracer: exchanges taken after each ring-buffer batch
-            for exchange in table.take_exchanges():
-                on_exchange(exchange)
-        if count % 4096 == 0 and stage in ("correlate", "encode"):
+    for count, batch in enumerate(batches, start=1):
+        table.feed(batch)
+        for exchange in table.take_exchanges():  # as the tracer: exchanges taken after each batch
+            on_exchange(exchange)
+        if count % (4096 // _BATCH) == 0 and stage in ("correlate", "encode"):
             correlator.tick(1)
-    for exchange in table.take_exchanges():
-        on_exchange(exchange)
     correlator.tick(1, flush=True)
     encoder.flush()
     return time.process_time() - started, produced

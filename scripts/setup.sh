@@ -61,10 +61,10 @@ echo "$SHIM" > "$SITE/podspan-bcc.pth"
 
 STAMP="$VENV/.podspan-installed"
 # Reinstall when the project's metadata or a C extension's sources changed (the install builds them in place;
-# _ringbuf.c includes bpf/include/podspan_events.h, the only BPF header userspace compiles).
+# _ringbuf.c and _conntable.c include bpf/include/podspan_events.h, the only BPF header userspace compiles).
 changed=""
 if [ -f "$STAMP" ]; then
-    changed=$(find pyproject.toml agent/podspan_agent/*.c bpf/include/podspan_events.h -newer "$STAMP" -print -quit 2>/dev/null)
+    changed=$(find pyproject.toml agent/podspan_agent/*.c agent/podspan_agent/*.h bpf/include/podspan_events.h -newer "$STAMP" -print -quit 2>/dev/null)
 fi
 if [ ! -f "$STAMP" ] || [ -n "$changed" ]; then
     step "pip install -e .[test]"

@@ -21,6 +21,8 @@
  * as parser_errors. Message sizes must lie in 0..2**62 (else the run is a parser error too), and a request's
  * size summed over the runs of its body saturates at 2**62.
  *
+ * The connection table feeds runs through the C API of _http1_api.h (the capsule _C_API), the same path as feed().
+ *
  * Single-phase init; the static state (interned names, the imported callables) is read-only after it.
  */
 #define PY_SSIZE_T_CLEAN
@@ -28,6 +30,9 @@
 
 #include <stdint.h>
 #include <string.h>
+#include <structmember.h>
+
+#include "_http1_api.h"
 
 #define MAX_PENDING 64
 #define QUEUE_SLOTS (MAX_PENDING + 1) /* requests, and at most one gap past a full queue */
@@ -87,6 +92,13 @@ static PyObject *s_data, *s_size, *s_from_client, *s_start_ns, *s_end_ns, *s_hea
     *s_route_patterns, *s_bodies, *s_body_limit;
 static PyObject *v_other, *v_other_name, *v_other_label, *v_http, *v_asterisk, *v_version_11, *v_version_10,
     *v_no_response, *v_protocol, *v_slash, *v_comma, *v_more_suffix;
+/* base.Record's fields, in its constructor's order; when its __slots__ are exactly these (member descriptors
+ * of objects), records are made by filling them in at their offsets. */
+static const char *const record_fields[] = {"protocol", "name",  "start_ns",        "end_ns",       "attributes",
+                                            "error",    "context_headers", "request_size", "response_size"};
+#define N_RECORD_FIELDS ((int)(sizeof(record_fields) / sizeof(record_fields[0])))
+static Py_ssize_t record_slot_offsets[N_RECORD_FIELDS];
+static int record_slots_known;
 static PyObject *record_type, *template_fn, *redact_query_fn, *redact_header_fn, *redact_body_fn, *counter_type;
 
 /* --------------------------------------------------------------------------- bytes */
@@ -584,9 +596,15 @@ static PyObject *make_record(const Entry *e, PyObject *end_ns, Py_ssize_t respon
     PyObject *response = PyLong_FromSsize_t(response_size);
     PyObject *record = NULL;
     if (request_size != NULL && response != NULL) {
-        PyObject *args[] = {v_protocol, e->name, e->start_ns, later ? e->start_ns : end_ns, e->attributes,
-                            error, e->context, request_size, response};
-        record = PyObject_Vectorcall(record_type, args, 9, NULL);
+        PyObject *args[N_RECORD_FIELDS] = {v_protocol, e->name, e->start_ns, later ? e->start_ns : end_ns,
+                                           e->attributes, error, e->context, request_size, response};
+        if (record_slots_known) { /* its slots filled in directly: no Python __init__ frame */
+            record = ((PyTypeObject *)record_type)->tp_alloc((PyTypeObject *)record_type, 0);
+            for (int i = 0; record != NULL && i < N_RECORD_FIELDS; i++)
+                *(PyObject **)((char *)record + record_slot_offsets[i]) = Py_NewRef(args[i]);
+        } else {
+            record = PyObject_Vectorcall(record_type, args, N_RECORD_FIELDS, NULL);
+        }
     }
     Py_XDECREF(request_size);
     Py_XDECREF(response);
@@ -1140,8 +1158,10 @@ static int enter(Parser *self) {
     return 0;
 }
 
-/* Read a Message's fields into `r`; the data buffer is held in `view` until PyBuffer_Release. */
-static int read_message(PyObject *message, Run *r, Py_buffer *view, int *from_client) {
+/* Read a Message's fields: its data buffer is held in `view` until PyBuffer_Release; new references to its
+ * times. */
+static int read_message(PyObject *message, Py_buffer *view, Py_ssize_t *size, int *from_client, PyObject **start_ns,
+                        PyObject **end_ns) {
     PyObject *data = PyObject_GetAttr(message, s_data);
     if (data == NULL)
         return -1;
@@ -1149,35 +1169,37 @@ static int read_message(PyObject *message, Run *r, Py_buffer *view, int *from_cl
     Py_DECREF(data);
     if (rc < 0)
         return -1;
-    PyObject *size = NULL, *flag = NULL;
+    PyObject *size_obj = NULL, *flag = NULL;
     rc = -1;
-    if ((size = PyObject_GetAttr(message, s_size)) == NULL || (flag = PyObject_GetAttr(message, s_from_client)) == NULL)
+    if ((size_obj = PyObject_GetAttr(message, s_size)) == NULL ||
+        (flag = PyObject_GetAttr(message, s_from_client)) == NULL)
         goto done;
-    r->size = PyLong_AsSsize_t(size);
-    if (r->size == -1 && PyErr_Occurred())
+    *size = PyLong_AsSsize_t(size_obj);
+    if (*size == -1 && PyErr_Occurred())
         goto done;
-    if (r->size < 0 || r->size > SIZE_LIMIT) {
-        PyErr_Format(PyExc_ValueError, "message size %zd is outside 0..2**62", r->size);
-        goto done;
-    }
     if ((*from_client = PyObject_IsTrue(flag)) < 0)
         goto done;
-    if ((r->start_ns = PyObject_GetAttr(message, s_start_ns)) == NULL ||
-        (r->end_ns = PyObject_GetAttr(message, s_end_ns)) == NULL)
+    if ((*start_ns = PyObject_GetAttr(message, s_start_ns)) == NULL)
         goto done;
-    r->d = view->buf;
-    r->n = view->len;
-    r->crlf_from = r->lf_from = -1;
+    if ((*end_ns = PyObject_GetAttr(message, s_end_ns)) == NULL) {
+        Py_CLEAR(*start_ns);
+        goto done;
+    }
     rc = 0;
 done:
-    Py_XDECREF(size);
+    Py_XDECREF(size_obj);
     Py_XDECREF(flag);
     if (rc < 0)
         PyBuffer_Release(view);
     return rc;
 }
 
-static PyObject *parser_feed(Parser *self, PyObject *message) {
+/* One run into the records it completed (a new list); NULL only for an exception that is no Exception
+ * (KeyboardInterrupt and the like): any other failure costs the run, counted as parser_errors. What
+ * feed() and the connection table (through the C API) both call. */
+static PyObject *feed_run(PyObject *parser, const unsigned char *data, Py_ssize_t n, Py_ssize_t size, int from_client,
+                          PyObject *start_ns, PyObject *end_ns) {
+    Parser *self = (Parser *)parser;
     PyObject *records = PyList_New(0);
     if (records == NULL)
         return NULL;
@@ -1187,16 +1209,15 @@ static PyObject *parser_feed(Parser *self, PyObject *message) {
         Py_DECREF(records);
         return NULL;
     }
-    Run r = {0};
-    Py_buffer view;
-    int from_client = 0;
-    int rc = read_message(message, &r, &view, &from_client);
-    if (rc == 0) {
+    int rc;
+    if (size < 0 || size > SIZE_LIMIT) {
+        PyErr_Format(PyExc_ValueError, "message size %zd is outside 0..2**62", size);
+        rc = -1;
+    } else {
+        Run r = {.d = data, .n = n, .size = size, .start_ns = start_ns, .end_ns = end_ns, .crlf_from = -1,
+                 .lf_from = -1};
         rc = from_client ? feed_client(self, &r) : feed_server(self, &r, records);
-        PyBuffer_Release(&view);
     }
-    Py_XDECREF(r.start_ns);
-    Py_XDECREF(r.end_ns);
     self->busy = 0;
     if (rc < 0) {
         if (!PyErr_ExceptionMatches(PyExc_Exception)) { /* KeyboardInterrupt and the like go on */
@@ -1207,6 +1228,27 @@ static PyObject *parser_feed(Parser *self, PyObject *message) {
         count(self, PARSER_ERRORS, 1);
         Py_SETREF(records, PyList_New(0));
     }
+    return records;
+}
+
+static PyObject *parser_feed(Parser *self, PyObject *message) {
+    if (self->tunnel)
+        return PyList_New(0);
+    Py_buffer view;
+    Py_ssize_t size;
+    int from_client;
+    PyObject *start_ns, *end_ns;
+    if (read_message(message, &view, &size, &from_client, &start_ns, &end_ns) < 0) {
+        if (!PyErr_ExceptionMatches(PyExc_Exception))
+            return NULL;
+        PyErr_Clear(); /* not a message: that run is lost, as a parser error */
+        count(self, PARSER_ERRORS, 1);
+        return PyList_New(0);
+    }
+    PyObject *records = feed_run((PyObject *)self, view.buf, view.len, size, from_client, start_ns, end_ns);
+    PyBuffer_Release(&view);
+    Py_DECREF(start_ns);
+    Py_DECREF(end_ns);
     return records;
 }
 
@@ -1346,6 +1388,34 @@ static PyObject *names_tuple(const char *const *names, size_t n) {
     return tuple;
 }
 
+/* Whether base.Record is a slotted class of exactly record_fields, each an object slot (then their offsets are
+ * known); otherwise records are made by calling it. */
+static int find_record_slots(void) {
+    if (!PyType_Check(record_type))
+        return 0;
+    PyTypeObject *type = (PyTypeObject *)record_type;
+    PyObject *slots = PyObject_GetAttrString(record_type, "__slots__");
+    if (slots == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    int known = PyTuple_Check(slots) && PyTuple_GET_SIZE(slots) == N_RECORD_FIELDS && type->tp_dictoffset == 0 &&
+                type->tp_base == &PyBaseObject_Type;
+    for (int i = 0; known && i < N_RECORD_FIELDS; i++) {
+        PyObject *name = PyTuple_GET_ITEM(slots, i);
+        PyObject *descr = PyUnicode_Check(name) && PyUnicode_CompareWithASCIIString(name, record_fields[i]) == 0
+                              ? PyDict_GetItemWithError(type->tp_dict, name)
+                              : NULL;
+        known = descr != NULL && Py_IS_TYPE(descr, &PyMemberDescr_Type) &&
+                ((PyMemberDescrObject *)descr)->d_member->type == T_OBJECT_EX;
+        if (known)
+            record_slot_offsets[i] = ((PyMemberDescrObject *)descr)->d_member->offset;
+    }
+    Py_DECREF(slots);
+    PyErr_Clear();
+    return known;
+}
+
 static int init_state(void) {
     for (size_t i = 0; i < N_METHODS; i++) {
         if (intern(&method_names[i], known_methods[i]) < 0 ||
@@ -1396,6 +1466,7 @@ static int init_state(void) {
         import_attr(&redact_body_fn, "podspan_agent.protocols.redact", "body") < 0 ||
         import_attr(&counter_type, "collections", "Counter") < 0)
         return -1;
+    record_slots_known = find_record_slots();
     return 0;
 }
 
@@ -1406,6 +1477,8 @@ static int add_new(PyObject *module, const char *name, PyObject *value) {
     Py_DECREF(value);
     return rc;
 }
+
+static PodspanHttp1Api c_api = {&ParserType, feed_run};
 
 PyMODINIT_FUNC PyInit__http1(void) {
     if (record_type == NULL && init_state() < 0)
@@ -1420,7 +1493,8 @@ PyMODINIT_FUNC PyInit__http1(void) {
         PyModule_AddObjectRef(module, "PROTOCOL", v_protocol) < 0 ||
         PyModule_AddObjectRef(module, "NO_RESPONSE", v_no_response) < 0 ||
         add_new(module, "KNOWN_METHODS", names_tuple(known_methods, N_METHODS)) < 0 ||
-        add_new(module, "CONTEXT_HEADERS", names_tuple(context_names, N_CONTEXT)) < 0) {
+        add_new(module, "CONTEXT_HEADERS", names_tuple(context_names, N_CONTEXT)) < 0 ||
+        add_new(module, "_C_API", PyCapsule_New(&c_api, PODSPAN_HTTP1_CAPSULE, NULL)) < 0) {
         Py_DECREF(module);
         return NULL;
     }

@@ -1,7 +1,8 @@
 """The event path of one agent: ring buffer -> connections -> parsers -> spans -> correlation -> sinks.
 
-The tracer composes the stages: after each batch of events it takes the exchanges the connection table
-completed and passes them through the span builder to the correlator, which releases spans to the sinks.
+The tracer composes the stages: it hands each batch of events to the native connection table
+(`_conntable.Table`, one call per batch), takes the exchanges it completed and passes them through the span
+builder to the correlator, which releases spans to the sinks.
 
 Single-threaded by design: the ring-buffer callback (a batch of records decoded by
 `_ringbuf`), idle flushing and correlation all run on the thread that calls `run()`,
@@ -12,13 +13,12 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import logging
 import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from podspan_agent import _ringbuf, connections, loader
+from podspan_agent import _conntable, _ringbuf, loader
 from podspan_agent.protocols import base, registry
 from podspan_agent.spans import builder, correlation, model
 
@@ -26,14 +26,8 @@ _POLL_MS = 50
 _HOUSEKEEPING_NS = 100_000_000
 _IDLE_RUN_NS = 200_000_000  # a response run quiet this long is taken as complete
 _GC_THRESHOLDS = (50_000, 20, 100)
-_OPEN: Final = _ringbuf.OPEN
-_DATA: Final = _ringbuf.DATA
-_CLOSE: Final = _ringbuf.CLOSE
-_CONTINUATION: Final = _ringbuf.CONTINUATION
-_EXIT: Final = _ringbuf.EXIT
-_TLS: Final = _ringbuf.TLS
-
-log = logging.getLogger(__name__)
+# The table's counters the tracer reports under their own names; the others are prefixed conn_.
+_EVENT_STATS: Final = frozenset({"events", "malformed_events", "event_errors"})
 
 
 def tune_collector() -> None:
@@ -78,18 +72,16 @@ class Tracer:
         self._protocols = settings.protocols
         self._epoch_offset_ns = time.time_ns() - time.monotonic_ns()
         self._builder = builder.SpanBuilder(resource_for, self._epoch_offset_ns)
-        self.table = connections.ConnectionTable(
+        self.table = _conntable.Table(
             registry.detector(settings.protocols, settings.capture),
             probes.forget_connection,
-            settings.max_connections,
+            self._kernel_run,
             probes.tls_version,
+            settings.max_connections,
         )
         self.correlator = correlation.Correlator(self._release, self.table.busy_threads, settings.hold_ns,
                                                  on_pair=on_pair)
         self.spans_released = 0
-        self.events = 0  # records taken from the ring buffer
-        self.malformed_events = 0
-        self.event_errors = 0  # records whose handling raised (a bug): skipped, the next ones go on
         probes.open_events(self._on_events)
 
     def set_capture(self, capture: base.CaptureSettings) -> None:
@@ -98,30 +90,9 @@ class Tracer:
 
     # ---- hot path ----
     def _on_events(self, records: list[loader.EventRecord]) -> None:
-        """One batch from the ring buffer, oldest first (kinds by frequency)."""
-        table = self.table
-        self.events += len(records)
-        for record in records:
-            try:
-                if record.kind == _DATA:
-                    table.on_data(record, record.data)
-                elif record.kind == _CLOSE:
-                    table.on_close(record)
-                elif record.kind == _OPEN:
-                    table.on_open(record)
-                elif record.kind == _CONTINUATION:
-                    table.on_continuation(record, record.data)
-                elif record.kind == _EXIT:
-                    table.on_exit(record.tgid, self._kernel_run)
-                elif record.kind == _TLS:
-                    table.on_tls(record)
-                else:  # too short for its kind, or of no known kind
-                    self.malformed_events += 1
-            except Exception:  # a bug must cost one event, never the batch or the agent
-                self.event_errors += 1
-                if self.event_errors & (self.event_errors - 1) == 0:  # the 1st, 2nd, 4th, ... (no flood)
-                    # Not the record itself: its data may hold private bytes.
-                    log.exception("handling a kind %d event failed (%d so far)", record.kind, self.event_errors)
+        """One batch from the ring buffer, oldest first: the table handles it in one call (a record whose
+        handling fails costs that record only, counted as event_errors)."""
+        self.table.feed(records)
         self._add_exchanges()
 
     def _add_exchanges(self) -> None:
@@ -137,16 +108,16 @@ class Tracer:
             sink.export(span)
 
     # ---- loop ----
-    def _kernel_run(self, conn: connections.Connection) -> _ringbuf.Run | None:
-        live = self.probes.connection(conn.tgid, conn.fd)
-        if live is None or live.conn_id != conn.conn_id:
+    def _kernel_run(self, tgid: int, fd: int, conn_id: int) -> _ringbuf.Run | None:
+        live = self.probes.connection(tgid, fd)
+        if live is None or live.conn_id != conn_id:
             return None
         run = live.run  # in the events' type, so the table sees one kind of run
         return _ringbuf.Run((run.start_ns, run.end_ns, run.bytes, run.chunks, run.direction))
 
     def housekeeping(self) -> None:
         now = time.monotonic_ns()
-        self.table.flush_idle(now - _IDLE_RUN_NS, self._kernel_run)
+        self.table.flush_idle(now - _IDLE_RUN_NS)
         self._add_exchanges()
         self.correlator.tick(now)
 
@@ -167,21 +138,18 @@ class Tracer:
         """Deliver everything still in flight: remaining events, open exchanges, held spans."""
         self.probes.poll(0)
         now = time.monotonic_ns()
-        self.table.flush_idle(now, self._kernel_run)
-        for conn in self.table.connections():
-            # Connections still open: their last run ends where the kernel last saw it.
-            self.table.finish(conn, self._kernel_run(conn))
+        self.table.flush_idle(now)
+        self.table.finish_all()  # connections still open: their last run ends where the kernel last saw it
         self._add_exchanges()
         self.correlator.tick(now, flush=True)
 
     def stats(self) -> dict[str, int]:
         result = {f"kernel_{k}": v for k, v in self.probes.stats().items()}
-        result.update({f"conn_{k}": v for k, v in dataclasses.asdict(self.table.stats).items()})
+        table_stats = self.table.stats
+        result.update({name if name in _EVENT_STATS else f"conn_{name}": value
+                       for name, value in zip(table_stats.__match_args__, table_stats, strict=True)})
         result.update({f"corr_{k}": v for k, v in dataclasses.asdict(self.correlator.stats).items()})
         result["spans"] = self.spans_released
-        result["events"] = self.events
-        result["malformed_events"] = self.malformed_events
-        result["event_errors"] = self.event_errors
         result["connections"] = len(self.table)
         result["parser_drops"] = sum(self.table.parser_drops_by_cgroup().values())
         return result

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from podspan_agent import _ringbuf, bpf_events, connections
+from podspan_agent import _conntable, _ringbuf, bpf_events, connections
 from podspan_agent.protocols import base, registry
 from tests.support import bpf_records
 
@@ -24,8 +24,12 @@ class Recorder:
         self._taken: list[connections.Exchange] = []
         self.forgotten: list[tuple[int, int, int]] = []
         self.tls_lookups: list[int] = []
-        self.table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()), self._forget,
-                                                 tls_version=self._tls_version)
+        self.live: dict[int, _ringbuf.Run] = {}  # conn_id -> the kernel's entry, as the tracer passes it
+        self.table = _conntable.Table(registry.detector(None, base.CaptureSettings()), self._forget,
+                                      self._kernel_run, self._tls_version)
+
+    def _kernel_run(self, _tgid: int, _fd: int, conn_id: int) -> _ringbuf.Run | None:
+        return self.live.get(conn_id)
 
     def _tls_version(self, conn_id: int) -> str | None:
         self.tls_lookups.append(conn_id)
@@ -41,18 +45,14 @@ class Recorder:
         self.forgotten.append((tgid, fd, conn_id))
 
     def open(self, conn_id: int, tgid: int = 10, fd: int = 3) -> None:
-        self.table.on_open(bpf_records.open_event(_header(bpf_events.EventKind.OPEN, conn_id, tgid, fd, 0), PEER))
+        self.table.feed([bpf_records.open_event(_header(bpf_events.EventKind.OPEN, conn_id, tgid, fd, 0), PEER)])
 
     def data(self, conn_id: int, ts: int, direction: int, data: bytes, prev: bpf_events.Run | None = None,
              tgid: int = 10, fd: int = 3, kind: bpf_events.EventKind = bpf_events.EventKind.DATA) -> None:
         hdr = _header(kind, conn_id, tgid, fd, ts, direction)
         if prev is not None:
             hdr.prev = prev
-        event = bpf_records.data_event(hdr, data)
-        if kind == bpf_events.EventKind.DATA:
-            self.table.on_data(event, event.data)
-        else:
-            self.table.on_continuation(event, event.data)
+        self.table.feed([bpf_records.data_event(hdr, data)])
 
     def paths(self) -> list[tuple[object, object]]:
         return [(e.record.attributes.get("url.path"), e.record.attributes.get("http.response.status_code"))
@@ -79,7 +79,7 @@ def test_continuations_complete_the_run_before_the_parser_sees_it() -> None:
     seen.data(1, 210, IN, RESPONSE[16:], kind=bpf_events.EventKind.CONTINUATION)
     close = _header(bpf_events.EventKind.CLOSE, 1, 10, 3, 300)
     close.prev = _run(IN, 200, 210, len(RESPONSE))
-    seen.table.on_close(bpf_records.header_event(close))
+    seen.table.feed([bpf_records.header_event(close)])
     assert seen.paths() == [("/users/7", 200)]
     assert seen.table.stats.continuations_dropped == 0
 
@@ -98,8 +98,8 @@ def test_exit_ends_every_connection_of_the_process() -> None:
         seen.data(conn_id, 100, OUT, REQUEST, tgid=tgid, fd=fd)
         seen.data(conn_id, 200, IN, RESPONSE, prev=_run(OUT, 100, 150, len(REQUEST)), tgid=tgid, fd=fd)
     # The last runs end where the kernel saw them; connection 2's slot holds another connection by now.
-    live = {1: bpf_records.run(200, 250, len(RESPONSE), 2, IN)}  # the kernel's entry, as the tracer passes it
-    seen.table.on_exit(10, lambda conn: live.get(conn.conn_id))
+    seen.live = {1: bpf_records.run(200, 250, len(RESPONSE), 2, IN)}
+    seen.table.feed([bpf_records.header_event(_header(bpf_events.EventKind.EXIT, 0, 10, -1, 300))])
     # Connection 1's response was delivered; connection 2's was not, so its request has no response.
     assert sorted(seen.paths(), key=str) == [("/users/7", 200), ("/users/7", None)]
     assert seen.forgotten == [(10, 3, 1), (10, 4, 2)]
@@ -127,8 +127,7 @@ def test_parser_drops_are_counted_per_cgroup_and_outlive_their_connection() -> N
     run.data(1, 3_000, OUT, REQUEST, prev=bpf_events.Run(start_ns=2_000, end_ns=2_500, bytes=40, chunks=1,
                                                          direction=IN))
     assert run.table.parser_drops_by_cgroup() == {0: 1}  # the unparsable response, while the connection is open
-    conn = run.table.connections()[0]
-    run.table.finish(conn, None)
+    run.table.feed([bpf_records.header_event(_header(bpf_events.EventKind.CLOSE, 1, 10, 3, 4_000))])  # run unknown
     assert run.table.parser_drops_by_cgroup() == {0: 1}  # still there once it closed, and counted once
     assert sum(run.table.parser_drops_by_cgroup().values()) == 1
 
@@ -144,9 +143,9 @@ def _tls_event(conn_id: int, ts: int, direction: int) -> _ringbuf.Event:
 def test_a_tls_connection_without_plaintext_is_counted_for_its_process() -> None:
     seen = Recorder()
     seen.open(1)
-    seen.table.on_tls(_tls_event(1, 100, OUT))
+    seen.table.feed([_tls_event(1, 100, OUT)])
     close = _header(bpf_events.EventKind.CLOSE, 1, 10, 3, 300)
-    seen.table.on_close(bpf_records.header_event(close))
+    seen.table.feed([bpf_records.header_event(close)])
     assert seen.exchanges == []
     assert (seen.table.stats.tls_handshakes, seen.table.stats.tls_undecrypted) == (1, 1)
     assert dict(seen.table.tls_processes) == {(77, 10): 1}
@@ -156,7 +155,7 @@ def test_a_tls_connection_without_plaintext_is_counted_for_its_process() -> None
 def test_plaintext_after_the_handshake_is_an_exchange_of_a_tls_connection() -> None:
     seen = Recorder()
     seen.open(1)
-    seen.table.on_tls(_tls_event(1, 100, OUT))  # the ClientHello: the run in progress (none) is unchanged
+    seen.table.feed([_tls_event(1, 100, OUT)])  # the ClientHello: the run in progress (none) is unchanged
     runs = ((200, OUT, REQUEST, None), (300, IN, RESPONSE, _run(OUT, 200, 200, len(REQUEST))),
             (320, OUT, REQUEST, _run(IN, 300, 300, len(RESPONSE))),
             (340, IN, RESPONSE, _run(OUT, 320, 320, len(REQUEST))))
@@ -165,11 +164,10 @@ def test_plaintext_after_the_handshake_is_an_exchange_of_a_tls_connection() -> N
         hdr.flags = bpf_events.ConnFlag.TLS
         if prev is not None:
             hdr.prev = prev
-        event = bpf_records.data_event(hdr, data)
-        seen.table.on_data(event, event.data)
+        seen.table.feed([bpf_records.data_event(hdr, data)])
     close = _header(bpf_events.EventKind.CLOSE, 1, 10, 3, 400)
     close.prev = _run(IN, 340, 340, len(RESPONSE))
-    seen.table.on_close(bpf_records.header_event(close))
+    seen.table.feed([bpf_records.header_event(close)])
     assert seen.paths() == [("/users/7", 200)] * 2
     assert seen.exchanges[0].connection.tls and seen.exchanges[0].connection.tls_version == "1.3"
     assert seen.tls_lookups == [1]  # once per connection, not per exchange

@@ -17,11 +17,12 @@ def exchange(kind: model.SpanKind, start_ms: float, end_ms: float, *, tgid: int 
     start, end = int(start_ms * MS), int(end_ms * MS)
     record = base.Record(protocol="http", name="GET /", start_ns=start, end_ns=end, context_headers=headers or {})
     role = bpf_events.Role.SERVER if kind == SERVER else bpf_events.Role.CLIENT
-    conn = connections.Connection(conn_id=1, tgid=tgid, fd=3, role=role, cgroup_id=1)
+    conn = connections.ConnectionInfo(conn_id=1, tgid=tgid, fd=3, role=role, cgroup_id=1, peer=None, local=None,
+                                      datagram=False, tls=False, tls_version=None)
     span = model.SpanRecord(trace_id=0, span_id=int(start_ms * 1000) + (1 if kind == CLIENT else 2),
                             parent_span_id=None, name="GET /", kind=kind, start_ns=start, end_ns=end,
                             attributes={}, resource={}, protocol="http")
-    return connections.Exchange(record, conn.info(), tid, fingerprint), span
+    return connections.Exchange((record, conn, tid, fingerprint)), span
 
 
 class Collect:

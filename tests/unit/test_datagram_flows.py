@@ -8,7 +8,7 @@ import struct
 
 import dns.message
 
-from podspan_agent import bpf_events, connections
+from podspan_agent import _conntable, bpf_events
 from podspan_agent.protocols import base, registry
 from podspan_agent.spans import builder
 from tests.support import bpf_records
@@ -27,9 +27,9 @@ def _header(kind: bpf_events.EventKind, ts: int, direction: int = 0,
 
 
 def test_datagrams_of_one_direction_stay_separate_messages() -> None:
-    table = connections.ConnectionTable(registry.detector(None, base.CaptureSettings()),
-                                        lambda _tgid, _fd, _conn_id: None)
-    table.on_open(bpf_records.open_event(_header(bpf_events.EventKind.OPEN, 100), PEER))
+    table = _conntable.Table(registry.detector(None, base.CaptureSettings()), lambda _tgid, _fd, _conn_id: None,
+                             lambda _tgid, _fd, _conn_id: None, lambda _conn_id: None)
+    table.feed([bpf_records.open_event(_header(bpf_events.EventKind.OPEN, 100), PEER)])
     # glibc: A and AAAA in one sendmmsg (two events in a row), answers in either order.
     query_a = dns.message.make_query("svc.test.", "A").to_wire()
     query_aaaa = dns.message.make_query("svc.test.", "AAAA").to_wire()
@@ -39,8 +39,8 @@ def test_datagrams_of_one_direction_stay_separate_messages() -> None:
     events = [(query_a, out, None), (query_aaaa, out, (out, len(query_a))),
               (answer_aaaa, into, (out, len(query_aaaa))), (answer_a, into, (into, len(answer_aaaa)))]
     for ts, (data, direction, prev) in enumerate(events, start=1):
-        table.on_data(bpf_records.data_event(_header(bpf_events.EventKind.DATA, ts * 100, direction, prev), data), data)
-    table.on_close(bpf_records.header_event(_header(bpf_events.EventKind.CLOSE, 900, prev=(into, len(answer_a)))))
+        table.feed([bpf_records.data_event(_header(bpf_events.EventKind.DATA, ts * 100, direction, prev), data)])
+    table.feed([bpf_records.header_event(_header(bpf_events.EventKind.CLOSE, 900, prev=(into, len(answer_a))))])
 
     exchanges = table.take_exchanges()
     assert sorted(e.record.attributes["dns.question.type"] for e in exchanges) == ["A", "AAAA"]

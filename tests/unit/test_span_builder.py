@@ -14,8 +14,9 @@ LOCAL = sockaddr.Endpoint("10.0.0.9", 8080, socket.AF_INET)
 
 def _build(role: bpf_events.Role, record: base.Record, flags: int = 0, tls_version: str | None = None
            ) -> model.SpanRecord:
-    conn = connections.Connection(1, 100, 5, role, 42, peer=PEER, local=LOCAL, flags=flags, tls_version=tls_version)
-    exchange = connections.Exchange(record, conn.info(), tid=100, fingerprint=0)
+    conn = connections.ConnectionInfo(1, 100, 5, role, 42, PEER, LOCAL, bool(flags & bpf_events.ConnFlag.DATAGRAM),
+                                      bool(flags & bpf_events.ConnFlag.TLS), tls_version)
+    exchange = connections.Exchange((record, conn, 100, 0))
     return builder.SpanBuilder(lambda _conn: {"service.name": "svc"}, epoch_offset_ns=1000).build(exchange)
 
 
