@@ -3,11 +3,13 @@
  * records (podspan_agent._ringbuf), tracks connections, joins each run's chunks, feeds protocol parsers and
  * returns exchanges (a parser record with a frozen snapshot of its connection) for the span layer.
  *
- * Table(detect, forget, kernel_run, tls_version, max_connections=65536)
+ * Table(detect, forget, kernel_run, tls_version, max_connections=65536, *, tls_failure=None)
  *   detect(data, datagram) -> (protocol, parser) | None   registry.Detector: called once per detection attempt
  *   forget(tgid, fd, conn_id)       drop the kernel's entry if it still holds that connection
  *   kernel_run(tgid, fd, conn_id)   the kernel's live run of a connection (a _ringbuf.Run) or None
  *   tls_version(conn_id)            the TLS version the kernel recorded ("1.3") or None
+ *   tls_failure(conn_id) -> records a TLS connection that closes with no plaintext: its failed handshake, if any
+ *   on_detected (attribute)         None, or (tgid, fd, conn_id, protocol) once a stream connection is detected
  *   feed(records)          one batch, oldest first. Each record is handled on its own: a record whose handling
  *                          raises an Exception (a bug, a failing callback) is counted (event_errors, logged at
  *                          the 1st, 2nd, 4th, ... time) and the next one goes on.
@@ -264,6 +266,8 @@ static inline uint64_t slot_key(uint32_t tgid, int32_t fd) { return (uint64_t)tg
 typedef struct {
     PyObject_HEAD
     PyObject *detect, *forget, *kernel_run, *tls_version;
+    PyObject *tls_failure; /* None, or conn_id -> records of its failed TLS handshake (at close, no plaintext seen) */
+    PyObject *on_detected; /* None, or (tgid, fd, conn_id, protocol) -> None: a stream connection's protocol found */
     PyObject *exchanges;     /* list: produced since the last take_exchanges() */
     PyObject *closed_drops;  /* dict: cgroup id -> parser drops of ended connections */
     PyObject *listen_cache;  /* dict: (tgid, listen fd) -> Endpoint or None */
@@ -498,6 +502,13 @@ static int detect_protocol(Table *t, Conn *c) {
         Py_XSETREF(c->parser, Py_NewRef(PyTuple_GET_ITEM(found, 1)));
         c->is_http1 = Py_IS_TYPE(c->parser, http1->parser_type);
         Py_DECREF(found);
+        if (t->on_detected != Py_None && !(c->flags & PODSPAN_CONN_DATAGRAM)) {
+            PyObject *told = PyObject_CallFunction(t->on_detected, "kiKO", (unsigned long)c->tgid, (int)c->fd,
+                                                   (unsigned long long)c->conn_id, c->protocol);
+            if (told == NULL)
+                return -1;
+            Py_DECREF(told);
+        }
         return 1;
     }
     Py_DECREF(found);
@@ -986,6 +997,21 @@ static int on_process_exit(Table *t, uint32_t tgid) {
     return rc;
 }
 
+static int on_close(Table *t, const Header *h) {
+    Conn *c = map_get(&t->by_id, h->conn_id);
+    if (c == NULL)
+        return 0;
+    if ((h->flags & PODSPAN_CONN_TLS) && !c->decrypted && t->tls_failure != Py_None) {
+        /* No plaintext: did its handshake fail? That is the connection's one exchange then. */
+        PyObject *records = as_records(PyObject_CallFunction(t->tls_failure, "K", (unsigned long long)c->conn_id));
+        int rc = records == NULL ? -1 : emit(t, c, records);
+        Py_XDECREF(records);
+        if (rc < 0)
+            return -1;
+    }
+    return finish(t, c, &h->prev);
+}
+
 static int handle(Table *t, PyObject *record) {
     if (Py_IS_TYPE(record, malformed_type)) {
         t->stats.malformed_events++;
@@ -1004,10 +1030,8 @@ static int handle(Table *t, PyObject *record) {
     switch (kind) {
     case PODSPAN_EV_DATA:
         return on_data(t, record, &h);
-    case PODSPAN_EV_CLOSE: {
-        Conn *c = map_get(&t->by_id, h.conn_id);
-        return c == NULL ? 0 : finish(t, c, &h.prev);
-    }
+    case PODSPAN_EV_CLOSE:
+        return on_close(t, &h);
     case PODSPAN_EV_CONTINUATION:
         return on_continuation(t, record, &h);
     case PODSPAN_EV_EXIT:
@@ -1253,11 +1277,11 @@ static int import_lazily(void) {
 }
 
 static PyObject *table_new(PyTypeObject *type, PyObject *args, PyObject *kwargs) {
-    static char *keywords[] = {"detect", "forget", "kernel_run", "tls_version", "max_connections", NULL};
-    PyObject *detect, *forget, *kernel_run_fn, *tls_version;
+    static char *keywords[] = {"detect", "forget", "kernel_run", "tls_version", "max_connections", "tls_failure", NULL};
+    PyObject *detect, *forget, *kernel_run_fn, *tls_version, *tls_failure = Py_None;
     Py_ssize_t max = 65536;
-    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|n:Table", keywords, &detect, &forget, &kernel_run_fn,
-                                     &tls_version, &max))
+    if (!PyArg_ParseTupleAndKeywords(args, kwargs, "OOOO|n$O:Table", keywords, &detect, &forget, &kernel_run_fn,
+                                     &tls_version, &max, &tls_failure))
         return NULL;
     if (max < 1)
         return PyErr_Format(PyExc_ValueError, "max_connections must be >= 1, got %zd", max);
@@ -1270,6 +1294,8 @@ static PyObject *table_new(PyTypeObject *type, PyObject *args, PyObject *kwargs)
     t->forget = Py_NewRef(forget);
     t->kernel_run = Py_NewRef(kernel_run_fn);
     t->tls_version = Py_NewRef(tls_version);
+    t->tls_failure = Py_NewRef(tls_failure);
+    t->on_detected = Py_NewRef(Py_None);
     t->max = max;
     PyObject *collections = PyImport_ImportModule("collections");
     t->tls_processes = collections ? PyObject_CallMethod(collections, "OrderedDict", NULL) : NULL;
@@ -1287,6 +1313,8 @@ static int table_traverse(Table *t, visitproc visit, void *arg) {
     Py_VISIT(t->forget);
     Py_VISIT(t->kernel_run);
     Py_VISIT(t->tls_version);
+    Py_VISIT(t->tls_failure);
+    Py_VISIT(t->on_detected);
     Py_VISIT(t->exchanges);
     Py_VISIT(t->closed_drops);
     Py_VISIT(t->listen_cache);
@@ -1319,6 +1347,8 @@ static int table_clear(Table *t) {
     Py_CLEAR(t->forget);
     Py_CLEAR(t->kernel_run);
     Py_CLEAR(t->tls_version);
+    Py_CLEAR(t->tls_failure);
+    Py_CLEAR(t->on_detected);
     Py_CLEAR(t->exchanges);
     Py_CLEAR(t->closed_drops);
     Py_CLEAR(t->listen_cache);
@@ -1354,7 +1384,21 @@ static PyMethodDef table_methods[] = {
     {NULL, NULL, 0, NULL},
 };
 
+static PyObject *table_get_on_detected(Table *t, void *closure) { return Py_NewRef(t->on_detected); }
+
+static int table_set_on_detected(Table *t, PyObject *value, void *closure) {
+    if (value == NULL || (value != Py_None && !PyCallable_Check(value))) {
+        PyErr_SetString(PyExc_TypeError, "on_detected must be a callable or None");
+        return -1;
+    }
+    Py_SETREF(t->on_detected, Py_NewRef(value));
+    return 0;
+}
+
 static PyGetSetDef table_getset[] = {
+    {"on_detected", (getter)table_get_on_detected, (setter)table_set_on_detected,
+     "None, or called as on_detected(tgid, fd, conn_id, protocol) when a stream connection's protocol is found.",
+     NULL},
     {"stats", (getter)table_stats, NULL, "The counters (a new TableStats on each access).", NULL},
     {"tls_processes", (getter)table_tls_processes, NULL,
      "OrderedDict (cgroup id, tgid) -> TLS handshakes seen, most recent last (the TLS library report).", NULL},
@@ -1369,8 +1413,8 @@ static PyTypeObject TableType = {
     .tp_basicsize = sizeof(Table),
     .tp_dealloc = (destructor)table_dealloc,
     .tp_flags = Py_TPFLAGS_DEFAULT | Py_TPFLAGS_HAVE_GC,
-    .tp_doc = "Table(detect, forget, kernel_run, tls_version, max_connections=65536): all tracked connections of "
-              "one agent, bounded; least recently used are evicted.",
+    .tp_doc = "Table(detect, forget, kernel_run, tls_version, max_connections=65536, *, tls_failure=None): all "
+              "tracked connections of one agent, bounded; least recently used are evicted.",
     .tp_traverse = (traverseproc)table_traverse,
     .tp_clear = (inquiry)table_clear,
     .tp_methods = table_methods,

@@ -81,7 +81,11 @@ class Table:
         kernel_run: Callable[[int, int, int], _ringbuf.Run | None],
         tls_version: Callable[[int], str | None],
         max_connections: int = 65536,
+        *,
+        tls_failure: Callable[[int], list[base.Record]] | None = None,
     ) -> None: ...
+    on_detected: Callable[[int, int, int, str], object] | None
+    """Called as on_detected(tgid, fd, conn_id, protocol) once a stream connection's protocol is found."""
     def feed(self, records: list[_ringbuf.Event | _ringbuf.OpenEvent | _ringbuf.Malformed], /) -> None:
         """One batch of ring-buffer records, oldest first."""
 

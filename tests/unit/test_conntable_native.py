@@ -305,3 +305,35 @@ def test_hostile_streams_keep_no_references_or_memory(hostile: list[Record]) -> 
     grown = sum(stat.size_diff for stat in after.compare_to(before, "filename"))
     assert grown < 4096, grown  # a leak of one object per run would be 30 of them at least
     assert [sys.getrefcount(d) for d in datas] == refs
+
+
+def test_on_detected_is_told_each_stream_connection_once_and_can_be_switched_off() -> None:
+    told: list[tuple[int, int, int, str]] = []
+    t = Table()
+    t.table.on_detected = lambda tgid, fd, conn_id, protocol: told.append((tgid, fd, conn_id, protocol))
+    t.feed(_open(1, fd=3), _data(1, 10, IN, REQUEST), _data(1, 20, OUT, RESPONSE, prev=(IN, 10, 15, len(REQUEST))),
+           _data(1, 30, IN, REQUEST, prev=(OUT, 20, 25, len(RESPONSE))))
+    assert told == [(10, 3, 1, "http")]  # at its first delivered run, not again
+    t.table.on_detected = None
+    t.feed(_open(2, fd=4), _data(2, 10, IN, REQUEST), _data(2, 20, OUT, RESPONSE, prev=(IN, 10, 15, len(REQUEST))))
+    assert told == [(10, 3, 1, "http")]
+    with pytest.raises(TypeError):
+        t.table.on_detected = 42  # type: ignore[assignment]
+
+
+def test_a_tls_connection_closing_without_plaintext_asks_for_its_failed_handshake() -> None:
+    asked: list[int] = []
+    failed = base.Record("tls", "TLS handshake", 100, 250, {"tls.established": False}, error="TLS handshake failed")
+
+    def tls_failure(conn_id: int) -> list[base.Record]:
+        asked.append(conn_id)
+        return [failed] if conn_id == 1 else []
+
+    table = _conntable.Table(registry.detector(None, base.CaptureSettings()), lambda *_: None, lambda *_: None,
+                             lambda _conn_id: None, tls_failure=tls_failure)
+    tls = int(bpf_events.ConnFlag.TLS)
+    table.feed([_open(1, fd=3), _open(2, fd=4), _open(3, fd=5), _close(1, flags=tls), _close(2, flags=tls),
+                _close(3)])
+    (exchange,) = table.take_exchanges()
+    assert exchange.record is failed and exchange.connection.conn_id == 1
+    assert asked == [1, 2]  # a plain connection is never asked about
