@@ -1,17 +1,18 @@
 /* SPDX-License-Identifier: Apache-2.0
  * TLS state the data path consults: the SSL_read/SSL_write call each thread is inside (set by the TLS
- * library probes, podspan_tls.h), which SSL object moves its bytes on which connection, and the two
- * checks of the syscall side: ciphertext is never captured, and a run that starts with a TLS handshake
- * record marks its connection TLS.
+ * library probes, podspan_tls.h), the crypto/tls call each goroutine is inside (podspan_tls_go.h), which
+ * SSL object (or Go tls.Conn) moves its bytes on which connection, and the two checks of the syscall side:
+ * ciphertext is never captured, and a run that starts with a TLS handshake record marks its connection TLS.
  */
 #ifndef PODSPAN_TLS_STATE_H
 #define PODSPAN_TLS_STATE_H
 
 #include "podspan_maps.h"
 
-/* An SSL_read/SSL_write(_ex) call in progress on one thread, from its entry to its return. */
+/* An SSL_read/SSL_write(_ex) call in progress on one thread (or a Go crypto/tls call on one goroutine),
+ * from its entry to its return. */
 struct tls_call {
-    __u64 ssl;
+    __u64 ssl; /* the SSL object; for Go the *tls.Conn */
     __u64 buf;
     __u64 size_ptr; /* the _ex variants: where the library stores the bytes it moved; 0 for the others */
     __u64 conn_id;  /* the connection a syscall inside the call moved ciphertext on; 0 if none did */
@@ -21,7 +22,7 @@ struct tls_call {
     __u8 _pad[3];
 };
 
-/* SSL objects are per process: the pointer alone may repeat in another one. */
+/* SSL objects (and Go tls.Conns) are per process: the pointer alone may repeat in another one. */
 struct ssl_key {
     __u64 ssl;
     __u32 tgid;
@@ -47,6 +48,60 @@ BPF_TABLE("lru_hash", __u64, __u32, tls_versions, PODSPAN_MAX_CONNS);
 /* Bit (tid & 63) of word (tid >> 6): the thread is inside a TLS call, so the data path looks the call up
  * only then (one array read otherwise). Thread ids are below the same PID_MAX_LIMIT as tgids. */
 BPF_ARRAY(tls_tids, __u64, PODSPAN_TGID_LIMIT / 64);
+#endif
+
+#if defined(bpf_target_x86) && defined(PODSPAN_ARGS_AT_EXIT)
+/* Go crypto/tls probes: amd64's register ABI, and the goroutine of a syscall read from the registers it
+ * was entered with (bpf_task_pt_regs). The loader attaches none without them. */
+#define PODSPAN_GO_TLS 1
+/* A goroutine: Go keeps its g pointer in R14 (ABIInternal), in the TLS functions and at the raw syscall
+ * (runtime/internal/syscall.Syscall6 leaves R14 alone). A goroutine parked inside a call resumes on any
+ * thread, so its call is keyed by goroutine, not thread. */
+struct go_call_key {
+    __u64 g;
+    __u32 tgid;
+    __u32 _pad;
+};
+/* LRU: a goroutine that never returns (a panic unwinding through the call), a process that exits. */
+BPF_TABLE("lru_hash", struct go_call_key, struct tls_call, go_tls_calls, 16384);
+#ifdef PODSPAN_TGID_FILTER
+/* Bit (tgid & 63) of word (tgid >> 6): the process entered a probed Go TLS function, so its syscalls look
+ * for a goroutine's call (one array read for every other process). Never cleared: a reused tgid only pays
+ * the hash lookup again. */
+BPF_ARRAY(go_tls_tgids, __u64, PODSPAN_TGID_LIMIT / 64);
+#endif
+
+static __always_inline int go_tls_process(__u32 tgid)
+{
+#ifdef PODSPAN_TGID_FILTER
+    __u32 word = tgid >> 6;
+    __u64 *bits = go_tls_tgids.lookup(&word);
+    return tgid >= PODSPAN_TGID_LIMIT || (bits && (*bits & (1ULL << (tgid & 63))));
+#else
+    return 1;
+#endif
+}
+
+static __always_inline void mark_go_tls_process(__u32 tgid)
+{
+#ifdef PODSPAN_TGID_FILTER
+    __u32 word = tgid >> 6;
+    __u64 bit = 1ULL << (tgid & 63);
+    __u64 *bits = go_tls_tgids.lookup(&word);
+    if (bits && !(*bits & bit))
+        __sync_fetch_and_or(bits, bit);
+#endif
+}
+
+/* The Go TLS call the goroutine making the current syscall is inside, or NULL. */
+static __always_inline struct tls_call *current_go_tls_call(__u64 pid_tgid)
+{
+    if (!go_tls_process(pid_tgid >> 32))
+        return NULL;
+    struct pt_regs *regs = (struct pt_regs *)bpf_task_pt_regs(bpf_get_current_task_btf());
+    struct go_call_key key = {.g = regs->r14, .tgid = pid_tgid >> 32};
+    return go_tls_calls.lookup(&key);
+}
 #endif
 
 /* Set (`inside`) or clear thread `tid`'s bit in tls_tids. */
@@ -95,6 +150,10 @@ static __always_inline void tls_thread_exit(__u64 pid_tgid)
 static __always_inline int tls_ciphertext(__u64 pid_tgid, __s32 fd, struct podspan_conn *conn)
 {
     struct tls_call *call = current_tls_call(pid_tgid);
+#ifdef PODSPAN_GO_TLS
+    if (!call)
+        call = current_go_tls_call(pid_tgid);
+#endif
     if (call) {
         call->fd = fd;
         call->conn_id = conn->conn_id;

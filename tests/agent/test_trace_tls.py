@@ -4,7 +4,6 @@ cgroups, the TLS probes attached by the agent's own discovery, spans at a real O
 from __future__ import annotations
 
 import collections.abc
-import http.client
 import os
 import pathlib
 import shutil
@@ -48,17 +47,6 @@ def _with_path(path: str, count: int) -> collections.abc.Callable[[Spans], bool]
     return lambda spans: sum(1 for s in spans if s.attributes.get("url.path") == path) >= count
 
 
-def _https_get(port: int, path: str, ca: pathlib.Path) -> int:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ssl.create_default_context(cafile=ca))
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
 def _https_server(pod_runner: pods.PodRunner, name: str, certificate: Certificate,
                   extra: tuple[str, ...] = ()) -> tuple[pods.Pod, int]:
     port = conftest.free_port()
@@ -92,7 +80,7 @@ def test_https_frontend_backend_trace(
     assert {state.library.name for state in libraries} == {f"openssl-{ssl.OPENSSL_VERSION.split()[1]} (libssl.so.3)"}
     assert set(libraries[0].symbols) == {"SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex", "SSL_do_handshake"}
 
-    assert _https_get(port, "/users/4242", certificate[0]) == 200
+    assert conftest.https_get(port, "/users/4242", certificate[0]) == 200
     spans = receiver.wait_for(_with_path("/users/4242", 3), timeout=20)
     ours = [s for s in spans if s.attributes.get("url.path") == "/users/4242"]
     entry, call, _ = conftest.frontend_backend_trace(ours, "tls-frontend", "tls-backend")  # across both TLS hops
@@ -163,7 +151,7 @@ def test_without_tls_probes_ciphertext_yields_nothing(
     undetected, undecrypted = agent.table.stats.undetected, agent.table.stats.tls_undecrypted
     ciphertext = probes.stats()["tls_ciphertext"]
     for _ in range(3):
-        assert _https_get(port, "/api/items/9", certificate[0]) == 200
+        assert conftest.https_get(port, "/api/items/9", certificate[0]) == 200
     # The connections are closed: their CLOSE events follow the TLS ones, so once the counters moved the
     # agent has seen everything the kernel sent about them.
     deadline = time.monotonic() + 10
@@ -340,7 +328,7 @@ def test_node_static_openssl_is_attached_and_its_memory_bios_reported(
     [state] = _follow(tracker, server)
     assert state.library.name == "openssl (static, node)" and not state.error
     unmapped = probes.stats()["tls_unmapped"]
-    assert _https_get(port, "/node", certificate[0]) == 200
+    assert conftest.https_get(port, "/node", certificate[0]) == 200
     deadline = time.monotonic() + 10
     while not tracker.unsupported(agent.table.tls_processes, server.cgroup_id) and time.monotonic() < deadline:
         time.sleep(0.05)
