@@ -137,9 +137,11 @@ class ConnectionTable:
         forget: Callable[[int, int, int], None],
         max_connections: int = 65536,
         tls_version: Callable[[int], str | None] = lambda _conn_id: None,
+        tls_failure: Callable[[int], list[base.Record]] = lambda _conn_id: [],
     ) -> None:
         self._detect = detect
         self._tls_version = tls_version  # conn_id -> the TLS version the kernel recorded for it
+        self._tls_failure = tls_failure  # conn_id -> a record of its failed TLS handshake, if it failed
         self._exchanges: list[Exchange] = []  # produced since the last take_exchanges()
         self._forget = forget  # (tgid, fd, conn_id): drop the kernel's entry if it still holds that connection
         self._max = max_connections
@@ -229,6 +231,8 @@ class ConnectionTable:
     def on_close(self, hdr: _ringbuf.Event) -> None:
         conn = self._conns.get(hdr.conn_id)
         if conn is not None:
+            if hdr.flags & _TLS and not conn.decrypted:  # no plaintext: did its handshake fail?
+                self._emit(conn, self._tls_failure(conn.conn_id))
             self.finish(conn, hdr.prev)
 
     def on_exit(self, tgid: int, kernel_run: Callable[[Connection], _ringbuf.Run | None]) -> None:

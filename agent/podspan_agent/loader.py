@@ -200,6 +200,17 @@ GO_TLS_PROBES = {gobinary.READ: (b"go_tls_read_enter", b"go_tls_read_return"),
 _TLS_VERSIONS = {0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}  # SSL's `version` -> semconv
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class TlsHandshake:
+    """A connection's TLS handshake: from the first handshake call's entry to the last one's return (kernel
+    monotonic ns), whether one succeeded, and the version negotiated when known."""
+
+    start_ns: int
+    end_ns: int
+    established: bool
+    version: str | None
+
+
 class Probes:
     """The loaded capture program. Construct once; `close()` detaches everything."""
 
@@ -234,7 +245,7 @@ class Probes:
         self._dgram_socks = self._bpf[b"dgram_socks"]
         self._stats = self._bpf[b"stats"]
         self._lost_by_cgroup = self._bpf[b"lost_by_cgroup"]
-        self._tls_versions = self._bpf[b"tls_versions"]
+        self._tls_handshakes = self._bpf[b"tls_handshakes"]
         # bcc attached every TRACEPOINT_PROBE while loading; remember them to re-attach after detach().
         self._tracepoints = tuple(self._bpf.tracepoint_fds)
         # attached TLS file -> (the functions probed, bcc's names of its uprobe events)
@@ -351,11 +362,16 @@ class Probes:
     def tls_version(self, conn_id: int) -> str | None:
         """The TLS version connection `conn_id` negotiated ("1.2", "1.3"), when the kernel saw its handshake
         succeed and the SSL object holds it where OpenSSL 1.1 and 3.0-3.1 keep it; else None."""
+        handshake = self.tls_handshake(conn_id)
+        return handshake.version if handshake else None
+
+    def tls_handshake(self, conn_id: int) -> TlsHandshake | None:
+        """Connection `conn_id`'s TLS handshake as the probed handshake calls saw it, or None if none did."""
         try:
-            raw = self._tls_versions[ctypes.c_uint64(conn_id)].value
+            raw = self._tls_handshakes[ctypes.c_uint64(conn_id)]
         except KeyError:
             return None
-        return _TLS_VERSIONS.get(raw)
+        return TlsHandshake(raw.start_ns, raw.end_ns, bool(raw.established), _TLS_VERSIONS.get(raw.version))
 
     def detach_tls(self, path: str) -> None:
         """Remove the probes attach_tls(`path`) placed."""

@@ -13,6 +13,7 @@ import struct
 from collections.abc import Iterable
 
 from podspan_agent import elffile, gobinary, loader
+from podspan_agent.protocols import base
 
 log = logging.getLogger(__name__)
 
@@ -187,3 +188,15 @@ def _examine(root: str, path: str, executable: bool) -> tuple[str, gobinary.GoBi
         return f"openssl (static, {name})", None
     go = gobinary.inspect(root + path)
     return (f"{go.version} ({name})", go) if go else None
+
+
+def failed_handshake(handshake: loader.TlsHandshake | None) -> list[base.Record]:
+    """What a TLS connection that ended without plaintext yields: one error record (an error span on the
+    connection) when the probed handshake calls on it never succeeded: a rejected certificate, no common
+    version or cipher, or the peer gone mid-handshake. Nothing for a handshake that succeeded or that no
+    probe saw (an unprobed TLS stack: reported per process instead)."""
+    if handshake is None or handshake.established:
+        return []
+    return [base.Record("tls", "TLS handshake", handshake.start_ns, handshake.end_ns,
+                        {"tls.protocol.name": "tls", "tls.established": False, "error.type": "tls_handshake_failed"},
+                        error="TLS handshake failed")]

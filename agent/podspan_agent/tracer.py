@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from podspan_agent import _ringbuf, connections, loader
+from podspan_agent import _ringbuf, connections, loader, tls
 from podspan_agent.protocols import base, registry
 from podspan_agent.spans import builder, correlation, model
 
@@ -83,6 +83,7 @@ class Tracer:
             probes.forget_connection,
             settings.max_connections,
             probes.tls_version,
+            lambda conn_id: tls.failed_handshake(probes.tls_handshake(conn_id)),
         )
         self.correlator = correlation.Correlator(self._release, self.table.busy_threads, settings.hold_ns,
                                                  on_pair=on_pair)

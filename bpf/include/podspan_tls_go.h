@@ -29,8 +29,8 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u8 direction)
     return 0;
 }
 
-/* A RET of the function entered with `direction`: n (bytes moved) in RAX. The handshake's RETs leave the
- * Read or Write call it runs inside alone. */
+/* A RET of the function entered with `direction`: n (bytes moved) in RAX, or the handshake's error (its
+ * interface's type word in RAX). The handshake's RETs leave the Read or Write call it runs inside alone. */
 static __always_inline int go_tls_return(struct pt_regs *ctx, __u8 direction)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -42,6 +42,8 @@ static __always_inline int go_tls_return(struct pt_regs *ctx, __u8 direction)
         return 0;
     struct tls_call call = *found;
     go_tls_calls.delete(&key);
+    if (direction == PODSPAN_DIR_NONE && call.conn_id)
+        tls_handshake_done(&call, ctx->ax == 0, 0); /* handshakeContext returns an error: nil (RAX 0) or not */
     return tls_call_done(ctx, pid_tgid, &call, (__s64)ctx->ax);
 }
 #endif

@@ -40,10 +40,38 @@ struct ssl_conn {
 /* LRU: a thread killed inside a call, an SSL object freed without SSL_free (a process that exits). */
 BPF_TABLE("lru_hash", __u64, struct tls_call, tls_calls, 16384);
 BPF_TABLE("lru_hash", struct ssl_key, struct ssl_conn, ssl_conns, PODSPAN_MAX_CONNS);
-/* conn_id -> the first 4 bytes of its SSL object after a successful handshake. In OpenSSL 1.1 and 3.0-3.1 that is
- * `int version` (0x0301-0x0304 for TLS 1.0-1.3); 3.2+ starts the object with a type tag that is never one of
- * those, so userspace takes only those values. Read once per connection by userspace; LRU: never deleted. */
-BPF_TABLE("lru_hash", __u64, __u32, tls_versions, PODSPAN_MAX_CONNS);
+/* A connection's TLS handshake as the handshake calls on it saw it (SSL_do_handshake, which SSL_connect and
+ * SSL_accept run, or Go's handshakeContext; a non-blocking one takes several calls): from the first call's
+ * entry to the last call's return, and whether one succeeded. */
+struct tls_handshake {
+    __u64 start_ns;
+    __u64 end_ns;
+    /* OpenSSL: the first 4 bytes of its SSL object after a successful handshake. In OpenSSL 1.1 and 3.0-3.1
+     * that is `int version` (0x0301-0x0304 for TLS 1.0-1.3); 3.2+ starts the object with a type tag that is
+     * never one of those, so userspace takes only those values. 0 for Go. */
+    __u32 version;
+    __u8 established;
+    __u8 _pad[3];
+};
+/* conn_id -> its handshake. Read by userspace once per connection (its first exchange, or its close when
+ * it never had one); LRU: never deleted. */
+BPF_TABLE("lru_hash", __u64, struct tls_handshake, tls_handshakes, PODSPAN_MAX_CONNS);
+
+/* A handshake call on the connection a syscall inside it used (`call`, conn_id set) returned; `established`:
+ * it succeeded. */
+static __always_inline void tls_handshake_done(const struct tls_call *call, int established, __u32 version)
+{
+    struct tls_handshake *known = tls_handshakes.lookup(&call->conn_id);
+    struct tls_handshake now = {.start_ns = call->start_ns, .end_ns = bpf_ktime_get_ns()};
+    if (known) {
+        if (known->established)
+            return; /* a renegotiation, or a handshake call after the handshake: the first one counts */
+        now.start_ns = known->start_ns;
+    }
+    now.established = established;
+    now.version = version;
+    tls_handshakes.update(&call->conn_id, &now);
+}
 #ifdef PODSPAN_TGID_FILTER
 /* Bit (tid & 63) of word (tid >> 6): the thread is inside a TLS call, so the data path looks the call up
  * only then (one array read otherwise). Thread ids are below the same PID_MAX_LIMIT as tgids. */

@@ -334,3 +334,53 @@ def test_node_static_openssl_is_attached_and_its_memory_bios_reported(
         time.sleep(0.05)
     assert tracker.unsupported(agent.table.tls_processes, server.cgroup_id) == [server.pid]
     assert probes.stats()["tls_unmapped"] > unmapped  # its SSL_read returned the request: counted, not captured
+
+
+HANDSHAKING_CLIENT = """
+import socket, ssl, sys
+port, minimum = int(sys.argv[1]), sys.argv[2]
+context = ssl.create_default_context()  # trusts the system's CAs only: the test's certificate is self-signed
+context.minimum_version = ssl.TLSVersion[minimum]
+with socket.create_connection(("127.0.0.1", port)) as sock:
+    try:
+        context.wrap_socket(sock, server_hostname="127.0.0.1")
+    except ssl.SSLError as exc:
+        print(type(exc).__name__, exc.reason)
+"""
+
+
+@pytest.mark.parametrize(("server", "minimum", "reason"), [
+    ("python", "TLSv1_2", "CERTIFICATE_VERIFY_FAILED"),  # the client rejects the self-signed certificate
+    ("nginx", "TLSv1_3", "TLSV1_ALERT_PROTOCOL_VERSION"),  # nginx 1.22 offers up to TLS 1.2 by default
+])
+def test_failed_handshake_is_an_error_span_on_both_sides(
+    agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
+    tracker: tls.Tracker, certificate: Certificate, tmp_path: pathlib.Path, server: str, minimum: str, reason: str,
+) -> None:
+    if server == "nginx":
+        server_pod, port = _https_nginx(pod_runner, "tls-fail-nginx", certificate, tmp_path)
+    else:
+        server_pod, port = _https_server(pod_runner, "tls-fail-python", certificate, ("backend",))
+    gate, out = tmp_path / "gate", tmp_path / "client.out"
+    client = pod_runner.start("tls-fail-client", conftest.gated(gate, [
+        sys.executable, "-c", HANDSHAKING_CLIENT, str(port), minimum]), log_path=out)
+    for pod in (server_pod, client):
+        traced(pod)  # type: ignore[operator]
+    _follow(tracker, server_pod, client)  # the client's libssl is the server's file: probed before it starts
+    gate.touch()
+    assert client.process is not None and client.process.wait(timeout=30) == 0
+    assert out.read_text().split()[1] == reason
+
+    def handshakes(spans: Spans) -> Spans:
+        return [s for s in spans if s.name == "TLS handshake"
+                and port in (s.attributes.get("server.port"), s.attributes.get("network.local.port"))]
+
+    found = {s.kind: s for s in handshakes(receiver.wait_for(lambda got: len(handshakes(got)) >= 2, timeout=20))}
+    assert set(found) == {SERVER, CLIENT}
+    assert found[CLIENT].resource["process.pid"] == client.pid
+    for span in found.values():
+        assert span.status_code == 2 and span.status_message == "TLS handshake failed"  # STATUS_CODE_ERROR
+        assert span.attributes["tls.established"] is False
+        assert span.attributes["error.type"] == "tls_handshake_failed"
+        assert 0 < span.end_ns - span.start_ns < 10_000_000_000
+    assert found[CLIENT].attributes["server.port"] == port
