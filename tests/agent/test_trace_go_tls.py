@@ -118,18 +118,8 @@ def test_go_https_client_traced_against_python_ssl(
                                               str(certificate[0]), "--tls-key", str(certificate[1])],
                                env={"OTEL_SERVICE_NAME": "go-backend"})
     pods.wait_for_port("127.0.0.1", port)
-    gate = tmp_path / "gate"
     urls = [f"https://127.0.0.1:{port}/users/{n}" for n in (501, 502, 503)]  # one keep-alive connection
-    client = pod_runner.start("go-client", conftest.gated(gate, [str(programs.unstripped), "client",
-                                                                  str(certificate[0]), *urls]))
-    # Another pod runs the same executable: the probes are on the file when the client starts (the gate's
-    # shell execs it), as a uprobe fires in every process that maps the file.
-    same_image, _ = _go_server(pod_runner, programs.unstripped, certificate)
-    for pod in (backend, client, same_image):
-        traced(pod)  # type: ignore[operator]
-    _follow(tracker, backend, client, same_image)
-    assert tracker.libraries(client.pid) == []  # still the shell
-    gate.touch()
+    client = _go_client(pod_runner, tracker, traced, programs, certificate, certificate[0], tmp_path, backend, urls)
     assert client.process is not None and client.process.wait(timeout=30) == 0
 
     paths = [f"/users/{n}" for n in (501, 502, 503)]
@@ -143,6 +133,48 @@ def test_go_https_client_traced_against_python_ssl(
         assert ours[CLIENT].attributes["server.port"] == port
         assert ours[SERVER].trace_id == ours[CLIENT].trace_id
         assert ours[SERVER].parent_span_id == ours[CLIENT].span_id
+
+
+def test_go_client_rejecting_the_certificate_is_an_error_span(
+    agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
+    tracker: tls.Tracker, certificate: Certificate, programs: go_programs.Programs, tmp_path: pathlib.Path,
+) -> None:
+    port = conftest.free_port()
+    backend = pod_runner.start("go-reject-backend", [*conftest.SAMPLE_APP, "backend", "--port", str(port), "--tls-cert",
+                                                     str(certificate[0]), "--tls-key", str(certificate[1])])
+    pods.wait_for_port("127.0.0.1", port)
+    (tmp_path / "other").mkdir()
+    other_ca, _ = servers.self_signed_certificate(tmp_path / "other")  # not the server's certificate
+    client = _go_client(pod_runner, tracker, traced, programs, certificate, other_ca, tmp_path, backend,
+                        [f"https://127.0.0.1:{port}/users/504"])
+    assert client.process is not None and client.process.wait(timeout=30) == 1  # x509: unknown authority
+
+    def handshakes(spans: Spans) -> Spans:
+        return [s for s in spans if s.name == "TLS handshake"
+                and port in (s.attributes.get("server.port"), s.attributes.get("network.local.port"))]
+
+    found = {s.kind: s for s in handshakes(receiver.wait_for(lambda got: len(handshakes(got)) >= 2, timeout=20))}
+    assert set(found) == {SERVER, CLIENT}  # Go's handshakeContext returned an error; OpenSSL's handshake failed
+    assert found[CLIENT].resource["process.pid"] == client.pid
+    for span in found.values():
+        assert span.status_code == 2 and span.attributes["tls.established"] is False  # STATUS_CODE_ERROR
+
+
+def _go_client(pod_runner: pods.PodRunner, tracker: tls.Tracker, traced: object, programs: go_programs.Programs,
+               certificate: Certificate, ca: pathlib.Path, tmp_path: pathlib.Path, backend: pods.Pod,
+               urls: list[str]) -> pods.Pod:
+    """The Go client, traced from its start, GETting `urls` with `ca` as its only root (`backend` traced)."""
+    gate = tmp_path / "gate"
+    client = pod_runner.start("go-client", conftest.gated(gate, [str(programs.unstripped), "client", str(ca), *urls]))
+    # Another pod runs the same executable: the probes are on the file when the client starts (the gate's
+    # shell execs it), as a uprobe fires in every process that maps the file.
+    same_image, _ = _go_server(pod_runner, programs.unstripped, certificate)
+    for pod in (backend, client, same_image):
+        traced(pod)  # type: ignore[operator]
+    _follow(tracker, backend, client, same_image)
+    assert tracker.libraries(client.pid) == []  # still the shell
+    gate.touch()
+    return client
 
 
 def test_stripped_go_binary_is_reported_not_probed(
