@@ -198,5 +198,5 @@ def failed_handshake(handshake: loader.TlsHandshake | None) -> list[base.Record]
     if handshake is None or handshake.established:
         return []
     return [base.Record("tls", "TLS handshake", handshake.start_ns, handshake.end_ns,
-                        {"tls.protocol.name": "tls", "tls.established": False, "error.type": "tls_handshake_failed"},
+                        {"tls.established": False, "error.type": "tls_handshake_failed"},
                         error="TLS handshake failed")]
