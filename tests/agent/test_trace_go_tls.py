@@ -28,7 +28,7 @@ def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
 
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> go_programs.Programs:
-    return go_programs.build(tmp_path_factory.mktemp("gotls-bin"))
+    return go_programs.build_for_test(tmp_path_factory.mktemp("gotls-bin"))
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from tests.support import go_programs
 
 @pytest.fixture(scope="module")
 def programs(tmp_path_factory: pytest.TempPathFactory) -> go_programs.Programs:
-    return go_programs.build(tmp_path_factory.mktemp("gobinary"))
+    return go_programs.build_for_test(tmp_path_factory.mktemp("gobinary"))
 
 
 def test_unstripped_build_gives_each_function_and_its_returns(programs: go_programs.Programs) -> None:
