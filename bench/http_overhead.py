@@ -42,6 +42,8 @@ import time
 import harness
 
 from podspan_demo import pods, servers
+
+sys.path.insert(0, str(harness.ROOT))  # for tests.support: the Go server's source and its build
 from tests.support import go_programs
 
 HOST = harness.HOST

@@ -1,6 +1,6 @@
 """Go executables for the crypto/tls probes: the Go release (from the build info), and where
-`crypto/tls.(*Conn).Read`/`Write`/`handshakeContext` start and return (from the ELF symbol table and the
-functions' machine code). Return probes go on the RET instructions, never uretprobes: those rewrite the
+`crypto/tls.(*Conn).Read`/`Write`/`serverHandshake`/`clientHandshake` start and return (from the ELF symbol
+table and the functions' machine code). Return probes go on the RET instructions, never uretprobes: those rewrite the
 return address on the goroutine's stack, which Go moves when it grows."""
 
 from __future__ import annotations
@@ -13,9 +13,12 @@ import capstone
 
 from podspan_agent import elffile
 
-READ, WRITE, HANDSHAKE = (b"crypto/tls.(*Conn).Read", b"crypto/tls.(*Conn).Write",
-                          b"crypto/tls.(*Conn).handshakeContext")
+READ, WRITE = b"crypto/tls.(*Conn).Read", b"crypto/tls.(*Conn).Write"
+# The handshakes themselves, which run only while there is one (not handshakeContext: Read and Write call it
+# every time, and every probe hit is a trap). A program may link only one of them.
+SERVER_HANDSHAKE, CLIENT_HANDSHAKE = b"crypto/tls.(*Conn).serverHandshake", b"crypto/tls.(*Conn).clientHandshake"
 _REQUIRED = (READ, WRITE)
+_PROBED = (*_REQUIRED, SERVER_HANDSHAKE, CLIENT_HANDSHAKE)
 _BUILDINFO_MAGIC = b"\xff Go buildinf:"
 _VERSION = re.compile(r"go(\d+)\.(\d+)")
 # The register ABI (ABIInternal: arguments in RAX, RBX, ..., the goroutine in R14) is amd64's from Go 1.17.
@@ -52,7 +55,7 @@ def inspect(path: str) -> GoBinary | None:
             version = _version(elffile.read(elf, buildinfo, 0, 4096))
             if version is None:
                 return None
-            symbols = elffile.functions(elf, parsed, elffile.SHT_SYMTAB, (READ, WRITE, HANDSHAKE))
+            symbols = elffile.functions(elf, parsed, elffile.SHT_SYMTAB, _PROBED)
             if not all(name in symbols for name in _REQUIRED):
                 pclntab = parsed.section(b".gopclntab")
                 if pclntab is None or READ + b"\0" not in elffile.read(elf, pclntab):

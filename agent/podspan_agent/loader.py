@@ -196,7 +196,8 @@ _TLS_RETURN = b"tls_return"
 # Go crypto/tls functions: symbol -> (entry program, the program at each of its RET instructions).
 GO_TLS_PROBES = {gobinary.READ: (b"go_tls_read_enter", b"go_tls_read_return"),
                  gobinary.WRITE: (b"go_tls_write_enter", b"go_tls_write_return"),
-                 gobinary.HANDSHAKE: (b"go_tls_handshake_enter", b"go_tls_handshake_return")}
+                 gobinary.SERVER_HANDSHAKE: (b"go_tls_handshake_enter", b"go_tls_handshake_return"),
+                 gobinary.CLIENT_HANDSHAKE: (b"go_tls_handshake_enter", b"go_tls_handshake_return")}
 _TLS_VERSIONS = {0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}  # SSL's `version` -> semconv
 
 

@@ -1,6 +1,6 @@
 /* SPDX-License-Identifier: Apache-2.0
  * TLS plaintext from Go's crypto/tls (Go 1.17+ on amd64, register ABI): uprobes at the entry of
- * (*Conn).Read, (*Conn).Write and (*Conn).handshakeContext remember the call per goroutine; the loader
+ * (*Conn).Read, (*Conn).Write and (*Conn).serverHandshake/clientHandshake remember the call per goroutine; the loader
  * places the return probes on the functions' RET instructions (a uretprobe rewrites the return address on
  * the goroutine's stack, which Go copies elsewhere when it grows). The syscalls a goroutine makes inside
  * a call tie its tls.Conn to a tracked connection (podspan_tls_state.h) as for OpenSSL, and the plaintext
@@ -43,7 +43,7 @@ static __always_inline int go_tls_return(struct pt_regs *ctx, __u8 direction)
     struct tls_call call = *found;
     go_tls_calls.delete(&key);
     if (direction == PODSPAN_DIR_NONE && call.conn_id)
-        tls_handshake_done(&call, ctx->ax == 0, 0); /* handshakeContext returns an error: nil (RAX 0) or not */
+        tls_handshake_done(&call, ctx->ax == 0, 0); /* the handshake returns an error: nil (RAX 0) or not */
     return tls_call_done(ctx, pid_tgid, &call, (__s64)ctx->ax);
 }
 #endif

@@ -41,8 +41,8 @@ struct ssl_conn {
 BPF_TABLE("lru_hash", __u64, struct tls_call, tls_calls, 16384);
 BPF_TABLE("lru_hash", struct ssl_key, struct ssl_conn, ssl_conns, PODSPAN_MAX_CONNS);
 /* A connection's TLS handshake as the handshake calls on it saw it (SSL_do_handshake, which SSL_connect and
- * SSL_accept run, or Go's handshakeContext; a non-blocking one takes several calls): from the first call's
- * entry to the last call's return, and whether one succeeded. */
+ * SSL_accept run, or Go's serverHandshake/clientHandshake; a non-blocking one takes several calls): from the
+ * first call's entry to the last call's return, and whether one succeeded. */
 struct tls_handshake {
     __u64 start_ns;
     __u64 end_ns;

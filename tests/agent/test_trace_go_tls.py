@@ -81,7 +81,7 @@ def test_go_https_server_behind_python_ssl_frontend(
     assert state.library.name.startswith("go1.") and state.library.name.endswith(" (gohttps)")
     assert not state.error and state.describe() == f"{state.library.name}: attached"
     assert set(state.symbols) == {"crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write",
-                                  "crypto/tls.(*Conn).handshakeContext"}
+                                  "crypto/tls.(*Conn).serverHandshake", "crypto/tls.(*Conn).clientHandshake"}
 
     assert conftest.https_get(port, "/users/8131", certificate[0]) == 200
     assert conftest.https_get(port, "/missing-go", certificate[0]) == 502  # the Go server said 404
@@ -154,7 +154,7 @@ def test_go_client_rejecting_the_certificate_is_an_error_span(
                 and port in (s.attributes.get("server.port"), s.attributes.get("network.local.port"))]
 
     found = {s.kind: s for s in handshakes(receiver.wait_for(lambda got: len(handshakes(got)) >= 2, timeout=20))}
-    assert set(found) == {SERVER, CLIENT}  # Go's handshakeContext returned an error; OpenSSL's handshake failed
+    assert set(found) == {SERVER, CLIENT}  # Go's clientHandshake returned an error; OpenSSL's handshake failed
     assert found[CLIENT].resource["process.pid"] == client.pid
     for span in found.values():
         assert span.status_code == 2 and span.attributes["tls.established"] is False  # STATUS_CODE_ERROR

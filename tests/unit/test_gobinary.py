@@ -22,7 +22,8 @@ def test_unstripped_build_gives_each_function_and_its_returns(programs: go_progr
     found = gobinary.inspect(str(programs.unstripped))
     assert found is not None and not found.problem
     assert found.version.startswith("go1.")
-    assert {f.symbol for f in found.functions} == {gobinary.READ, gobinary.WRITE, gobinary.HANDSHAKE}
+    assert {f.symbol for f in found.functions} == {gobinary.READ, gobinary.WRITE, gobinary.SERVER_HANDSHAKE,
+                                                   gobinary.CLIENT_HANDSHAKE}
     with open(programs.unstripped, "rb") as elf:
         parsed = elffile.parse(elf)
         assert parsed is not None
