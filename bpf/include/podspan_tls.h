@@ -32,16 +32,18 @@ static __always_inline int tls_call_enter(struct pt_regs *ctx, __u8 direction, i
 }
 
 /* The connection the call's plaintext belongs to: the one a syscall inside the call used (remembered for
- * the SSL object at the return), else the one the SSL object used before. NULL (counted) when neither is
- * tracked. */
-static __always_inline struct podspan_conn *tls_call_conn(const struct tls_call *call, __u32 tgid, __s32 *fd)
+ * the SSL object at the return), else the one the SSL object used before. NULL when neither is tracked
+ * (counted, if `count_unmapped`). */
+static __always_inline struct podspan_conn *tls_call_conn(const struct tls_call *call, __u32 tgid, __s32 *fd,
+                                                          int count_unmapped)
 {
     struct ssl_key key = {.ssl = call->ssl, .tgid = tgid};
     struct ssl_conn where = {.conn_id = call->conn_id, .fd = call->fd};
     if (!call->conn_id) {
         struct ssl_conn *known = ssl_conns.lookup(&key);
         if (!known) {
-            count(PODSPAN_STAT_TLS_UNMAPPED);
+            if (count_unmapped)
+                count(PODSPAN_STAT_TLS_UNMAPPED);
             return NULL;
         }
         where = *known;
@@ -49,7 +51,8 @@ static __always_inline struct podspan_conn *tls_call_conn(const struct tls_call 
     struct podspan_conn_key conn_key = {.tgid = tgid, .fd = where.fd};
     struct podspan_conn *conn = conns.lookup(&conn_key);
     if (!conn || conn->conn_id != where.conn_id) { /* closed since, or its fd reused */
-        count(PODSPAN_STAT_TLS_UNMAPPED);
+        if (count_unmapped)
+            count(PODSPAN_STAT_TLS_UNMAPPED);
         return NULL;
     }
     *fd = where.fd;
@@ -66,10 +69,10 @@ static __always_inline int tls_call_done(struct pt_regs *ctx, __u64 pid_tgid, co
         struct ssl_conn where = {.conn_id = call->conn_id, .fd = call->fd};
         ssl_conns.update(&key, &where);
     }
-    if (call->direction == PODSPAN_DIR_NONE || bytes <= 0)
+    if (call->direction == PODSPAN_DIR_NONE || bytes <= 0 || call->sent)
         return 0;
     struct io_args io = {.ptr = call->buf, .shape = IO_BUF, .direction = call->direction};
-    struct podspan_conn *conn = tls_call_conn(call, pid_tgid >> 32, &io.fd);
+    struct podspan_conn *conn = tls_call_conn(call, pid_tgid >> 32, &io.fd, 1);
     if (!conn)
         return 0;
     /* A write's bytes count from the call's entry (encrypting and sending them takes the call's time, and

@@ -12,8 +12,10 @@
 #include "podspan_tls.h"
 
 #ifdef PODSPAN_GO_TLS
-/* Entry: receiver (*tls.Conn) in RAX, the slice's pointer in RBX; the goroutine in R14. `direction` NONE:
- * the handshake, which Read and Write run inside themselves: their call is kept then. */
+/* Entry: receiver (*tls.Conn) in RAX, the slice's pointer in RBX and its length in RCX; the goroutine in
+ * R14. `direction` NONE: the handshake, which Read and Write run inside themselves: their call is kept then.
+ * A Write on a connection the tls.Conn used before sends its plaintext here, before the syscalls that carry
+ * it: another goroutine (net/http's background read) may return the reply before this one returns. */
 static __always_inline int go_tls_enter(struct pt_regs *ctx, __u8 direction)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -24,8 +26,16 @@ static __always_inline int go_tls_enter(struct pt_regs *ctx, __u8 direction)
         return 0;
     struct tls_call call = {.ssl = ctx->ax, .buf = ctx->bx, .start_ns = bpf_ktime_get_ns(), .fd = -1,
                             .direction = direction};
+    struct io_args io = {.ptr = call.buf, .shape = IO_BUF, .direction = direction};
+    struct podspan_conn *conn = NULL;
+    __s64 bytes = (__s64)ctx->cx;
+    if (direction == PODSPAN_DIR_EGRESS && bytes > 0)
+        conn = tls_call_conn(&call, pid_tgid >> 32, &io.fd, 0); /* unknown: the return sends it */
+    call.sent = conn != NULL;
     if (go_tls_calls.update(&key, &call) == 0)
         mark_go_tls_process(pid_tgid >> 32);
+    if (conn)
+        return on_io(ctx, pid_tgid, bytes, &io, conn, 1, call.start_ns); /* last: it may tail-call */
     return 0;
 }
 

@@ -19,7 +19,8 @@ struct tls_call {
     __u64 start_ns; /* entry time: when a write's plaintext starts to leave */
     __s32 fd;
     __u8 direction; /* enum podspan_direction of the plaintext */
-    __u8 _pad[3];
+    __u8 sent;      /* the plaintext went out at the entry already (Go's Write on a known connection) */
+    __u8 _pad[2];
 };
 
 /* SSL objects (and Go tls.Conns) are per process: the pointer alone may repeat in another one. */
