@@ -6,6 +6,7 @@ real OTLP receiver."""
 from __future__ import annotations
 
 import collections.abc
+import os
 import pathlib
 import time
 
@@ -14,7 +15,7 @@ import pytest
 from podspan_agent import cgroups, loader, tls, tracer
 from podspan_demo import otlp_receiver, pods, servers
 from tests.agent import conftest
-from tests.support import go_programs
+from tests.support import bpftool, go_programs
 
 SERVER, CLIENT = conftest.SERVER_KIND, conftest.CLIENT_KIND
 Spans = list[otlp_receiver.ReceivedSpan]
@@ -82,6 +83,9 @@ def test_go_https_server_behind_python_ssl_frontend(
     assert not state.error and state.describe() == f"{state.library.name}: attached"
     assert set(state.symbols) == {"crypto/tls.(*Conn).Read", "crypto/tls.(*Conn).Write",
                                   "crypto/tls.(*Conn).serverHandshake", "crypto/tls.(*Conn).clientHandshake"}
+    assert state.library.go is not None  # one uprobe at each function's entry and at each of its RETs, no uretprobes
+    on_go = {path: n for path, n in bpftool.uprobe_files(os.getpid()).items() if path.endswith("/gohttps")}
+    assert list(on_go.values()) == [sum(1 + len(f.returns) for f in state.library.go.functions)]
 
     assert conftest.https_get(port, "/users/8131", certificate[0]) == 200
     assert conftest.https_get(port, "/missing-go", certificate[0]) == 502  # the Go server said 404
@@ -107,6 +111,8 @@ def test_go_https_server_behind_python_ssl_frontend(
     assert len([s for s in spans if s.resource.get("process.pid") == backend.pid]) == 2  # ciphertext made none
     # Go's handshake ran inside a probed call: no TLS event, so the process is not reported as unprobed.
     assert tracker.unsupported(agent.table.tls_processes, backend.cgroup_id) == []
+    _follow(tracker, frontend)  # the Go server is no longer traced: its probes go
+    assert not [path for path in bpftool.uprobe_files(os.getpid()) if path.endswith("/gohttps")]
 
 
 def test_go_https_client_traced_against_python_ssl(

@@ -51,6 +51,18 @@ def test_tracker_names_go_executables(programs: go_programs.Programs) -> None:
     assert tls._examine("", str(programs.unstripped), executable=False) is None  # only a process's executable
 
 
+def test_go_programs_without_crypto_tls_are_not_listed(tmp_path: pathlib.Path) -> None:
+    go = shutil.which("go")
+    if go is None:
+        pytest.skip("no Go toolchain")
+    source = tmp_path / "plain.go"
+    source.write_text('package main\n\nimport "fmt"\n\nfunc main() { fmt.Println("no TLS here") }\n')
+    for flags in ([], ["-ldflags=-s -w"]):
+        out = tmp_path / f"plain{len(flags)}"
+        go_programs.go_build(go, source, out, flags)
+        assert gobinary.inspect(str(out)) is None
+
+
 def test_other_files_are_not_go(tmp_path: pathlib.Path) -> None:
     shell = shutil.which("sh")
     assert shell is not None
