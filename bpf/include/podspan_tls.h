@@ -95,10 +95,9 @@ static __always_inline int tls_call_return(struct pt_regs *ctx)
     __s64 bytes = ret;
     if (call.direction == PODSPAN_DIR_NONE) {
         __u32 version = 0;
-        if (call.conn_id && ret == 1) /* the handshake is done: the version is negotiated */
+        if (ret == 1) /* the handshake is done: the version is negotiated */
             bpf_probe_read_user(&version, sizeof(version), (void *)call.ssl);
-        if (call.conn_id)
-            tls_handshake_done(&call, ret == 1, version);
+        tls_handshake_done(&call, pid_tgid >> 32, ret == 1, version);
     } else if (ret > 0 && call.size_ptr && bpf_probe_read_user(&bytes, sizeof(bytes), (void *)call.size_ptr) != 0) {
         bytes = 0;
     }

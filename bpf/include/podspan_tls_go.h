@@ -52,8 +52,8 @@ static __always_inline int go_tls_return(struct pt_regs *ctx, __u8 direction)
         return 0;
     struct tls_call call = *found;
     go_tls_calls.delete(&key);
-    if (direction == PODSPAN_DIR_NONE && call.conn_id)
-        tls_handshake_done(&call, ctx->ax == 0, 0); /* the handshake returns an error: nil (RAX 0) or not */
+    if (direction == PODSPAN_DIR_NONE)
+        tls_handshake_done(&call, pid_tgid >> 32, ctx->ax == 0, 0); /* it returns an error: nil (RAX 0) or not */
     return tls_call_done(ctx, pid_tgid, &call, (__s64)ctx->ax);
 }
 #endif

@@ -58,11 +58,21 @@ struct tls_handshake {
  * it never had one); LRU: never deleted. */
 BPF_TABLE("lru_hash", __u64, struct tls_handshake, tls_handshakes, PODSPAN_MAX_CONNS);
 
-/* A handshake call on the connection a syscall inside it used (`call`, conn_id set) returned; `established`:
- * it succeeded. */
-static __always_inline void tls_handshake_done(const struct tls_call *call, int established, __u32 version)
+/* A handshake call of process `tgid` returned; `established`: it succeeded. Its connection: the one a
+ * syscall inside it used, else (the peer's last records came with an earlier call's read) the one its SSL
+ * object used before; neither: nothing to record. */
+static __always_inline void tls_handshake_done(const struct tls_call *call, __u32 tgid, int established,
+                                               __u32 version)
 {
-    struct tls_handshake *known = tls_handshakes.lookup(&call->conn_id);
+    __u64 conn_id = call->conn_id;
+    if (!conn_id) {
+        struct ssl_key key = {.ssl = call->ssl, .tgid = tgid};
+        struct ssl_conn *used = ssl_conns.lookup(&key);
+        if (!used)
+            return;
+        conn_id = used->conn_id;
+    }
+    struct tls_handshake *known = tls_handshakes.lookup(&conn_id);
     struct tls_handshake now = {.start_ns = call->start_ns, .end_ns = bpf_ktime_get_ns()};
     if (known) {
         if (known->established)
@@ -71,7 +81,7 @@ static __always_inline void tls_handshake_done(const struct tls_call *call, int 
     }
     now.established = established;
     now.version = version;
-    tls_handshakes.update(&call->conn_id, &now);
+    tls_handshakes.update(&conn_id, &now);
 }
 #ifdef PODSPAN_TGID_FILTER
 /* Bit (tid & 63) of word (tid >> 6): the thread is inside a TLS call, so the data path looks the call up

@@ -338,12 +338,13 @@ def test_node_static_openssl_is_attached_and_its_memory_bios_reported(
 
 HANDSHAKING_CLIENT = """
 import socket, ssl, sys
-port, minimum = int(sys.argv[1]), sys.argv[2]
-context = ssl.create_default_context()  # trusts the system's CAs only: the test's certificate is self-signed
+port, minimum, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+context = ssl.create_default_context(cafile=ca[0] if ca else None)  # else the system's CAs: self-signed fails
 context.minimum_version = ssl.TLSVersion[minimum]
 with socket.create_connection(("127.0.0.1", port)) as sock:
     try:
-        context.wrap_socket(sock, server_hostname="127.0.0.1")
+        context.wrap_socket(sock, server_hostname="127.0.0.1").close()  # no request: no plaintext either way
+        print("established")
     except ssl.SSLError as exc:
         print(type(exc).__name__, exc.reason)
 """
@@ -384,3 +385,25 @@ def test_failed_handshake_is_an_error_span_on_both_sides(
         assert span.attributes["error.type"] == "tls_handshake_failed"
         assert 0 < span.end_ns - span.start_ns < 10_000_000_000
     assert found[CLIENT].attributes["server.port"] == port
+
+
+def test_a_handshake_that_succeeds_makes_no_span_without_requests(
+    agent: tracer.Tracer, pod_runner: pods.PodRunner, traced: object, tracker: tls.Tracker,
+    certificate: Certificate, tmp_path: pathlib.Path,
+) -> None:
+    server_pod, port = _https_server(pod_runner, "tls-idle-python", certificate, ("backend",))
+    gate, out = tmp_path / "gate", tmp_path / "client.out"
+    client = pod_runner.start("tls-idle-client", conftest.gated(gate, [
+        sys.executable, "-c", HANDSHAKING_CLIENT, str(port), "TLSv1_2", str(certificate[0])]), log_path=out)
+    for pod in (server_pod, client):
+        traced(pod)  # type: ignore[operator]
+    _follow(tracker, server_pod, client)
+    records, closed = agent.table.stats.records, agent.table.stats.closed
+    gate.touch()
+    assert client.process is not None and client.process.wait(timeout=30) == 0
+    assert out.read_text().split() == ["established"]
+    deadline = time.monotonic() + 10  # both ends closed: their CLOSE events are the last the agent gets of them
+    while agent.table.stats.closed < closed + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent.table.stats.closed == closed + 2  # both ends of the connection
+    assert agent.table.stats.records == records  # no failed-handshake record (and no request)
