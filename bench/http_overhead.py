@@ -1,4 +1,4 @@
-"""HTTP/1.1 tracing overhead on nginx: untraced vs traced, in one run on one machine.
+"""HTTP/1.1 tracing overhead on nginx (or a Go HTTPS server): untraced vs traced, in one run on one machine.
 
 nginx runs in its own cgroup "pod" (podspan_demo.pods.PodRunner); the agent is the real CLI
 (`python -m podspan_agent.cli trace --cgroup ...`) exporting OTLP/gRPC to a local receiver process
@@ -18,9 +18,12 @@ With --tls nginx serves HTTPS (a self-signed certificate; TLS 1.2, nginx 1.22's 
 requests https://: the agent reads the plaintext with its OpenSSL uprobes. The fixed-rate latency client
 speaks plain HTTP only, so (b) is skipped; the uprobes also fire in wrk (untraced, same libssl), whose
 cost is part of what the throughput ratio shows.
+With --go the server is tests/support/gotls's Go HTTPS server (crypto/tls, TLS 1.3, HTTP/1.1, built with
+Debian's Go into the run's temporary directory) instead of nginx, and the agent reads it through its Go
+crypto/tls uprobes; wrk is untraced OpenSSL (its libssl is not probed: no traced process maps it).
 wrk, nginx, the agent, the receiver and the latency client all share the machine's cores.
 Nothing is asserted; the script prints a table and exits 0.
-Run (root): `.venv/bin/python bench/http_overhead.py [--duration 10] [--rate 2000] [--connections 4] [--tls]`.
+Run (root): `.venv/bin/python bench/http_overhead.py [--duration 10] [--rate 2000] [--connections 4] [--tls|--go]`.
 """
 
 from __future__ import annotations
@@ -39,6 +42,9 @@ import time
 import harness
 
 from podspan_demo import pods, servers
+
+sys.path.insert(0, str(harness.ROOT))  # for tests.support: the Go server's source and its build
+from tests.support import go_programs
 
 HOST = harness.HOST
 
@@ -137,7 +143,9 @@ def main(argv: list[str] | None = None) -> int:
                         help="keep-alive connections of the latency client (the rate is spread round-robin)")
     parser.add_argument("--tls", action="store_true",
                         help="HTTPS: nginx with TLS, wrk on https:// (no fixed-rate latency run)")
+    parser.add_argument("--go", action="store_true", help="HTTPS to a Go crypto/tls server instead of nginx")
     args = parser.parse_args(argv)
+    args.tls = args.tls or args.go
     scheme = "https" if args.tls else "http"
     command = " ".join(shlex.quote(a) for a in [os.path.relpath(harness.PYTHON, harness.ROOT), *sys.argv])
     if os.geteuid() != 0:
@@ -157,11 +165,15 @@ def main(argv: list[str] | None = None) -> int:
     agent_cmd: list[str] = []
     try:
         port = servers.free_port(HOST)
-        conf = servers.nginx_config(root, HOST, port, tls=servers.self_signed_certificate(root) if args.tls else None)
-        pod = runner.start("nginx", ["/usr/sbin/nginx", "-c", str(conf), "-p", str(root)],
-                           log_path=root / "nginx.out")
+        certificate = servers.self_signed_certificate(root) if args.tls else None
+        if args.go and certificate:
+            server = [str(go_programs.build(root).unstripped), "server", str(port), *map(str, certificate)]
+        else:
+            conf = servers.nginx_config(root, HOST, port, tls=certificate)
+            server = ["/usr/sbin/nginx", "-c", str(conf), "-p", str(root)]
+        pod = runner.start("server", server, log_path=root / "server.out")
         pods.wait_for_port(HOST, port)
-        print(f"nginx pid {pod.pid} on {HOST}:{port}, cgroup {pod.cgroup_dir}", flush=True)
+        print(f"{pathlib.Path(server[0]).name} pid {pod.pid} on {HOST}:{port}, cgroup {pod.cgroup_dir}", flush=True)
 
         receiver, receiver_reader, grpc_port = harness.start_receiver()
         print(f"OTLP receiver pid {receiver.pid}, grpc port {grpc_port}", flush=True)

@@ -22,7 +22,8 @@
 /* One header per concern, each including what it needs: podspan_events.h (the contract with
  * userspace), podspan_config.h (options), podspan_maps.h (structs, maps, stats, selection),
  * podspan_output.h (ring buffer), podspan_conns.h, podspan_udp.h, podspan_process.h, podspan_http2.h,
- * podspan_tls_state.h and podspan_capture.h (the data path), and podspan_tls.h (the TLS library probes). bcc rewrites map calls and tracepoint `args` only in the file
+ * podspan_tls_state.h and podspan_capture.h (the data path), and podspan_tls.h and podspan_tls_go.h (the TLS
+ * library probes: OpenSSL, Go crypto/tls). bcc rewrites map calls and tracepoint `args` only in the file
  * it compiles, so the loader inlines these headers into this file first. This file holds every
  * program the loader attaches or tail-calls. */
 #include "podspan_events.h"
@@ -35,6 +36,7 @@
 #include "podspan_http2.h"
 #include "podspan_capture.h"
 #include "podspan_tls.h"
+#include "podspan_tls_go.h"
 
 /* ---- socket / bind: UDP candidates ---- */
 
@@ -151,3 +153,14 @@ int tls_write_ex_enter(struct pt_regs *ctx) { return tls_call_enter(ctx, PODSPAN
 int tls_handshake_enter(struct pt_regs *ctx) { return tls_call_enter(ctx, PODSPAN_DIR_NONE, 0); }
 int tls_return(struct pt_regs *ctx) { return tls_call_return(ctx); }
 int tls_free_enter(struct pt_regs *ctx) { return tls_free(ctx); }
+
+#ifdef PODSPAN_GO_TLS
+/* ---- Go crypto/tls: uprobes the loader attaches per Go executable, the returns at RET instructions ---- */
+
+int go_tls_read_enter(struct pt_regs *ctx) { return go_tls_enter(ctx, PODSPAN_DIR_INGRESS); }
+int go_tls_write_enter(struct pt_regs *ctx) { return go_tls_enter(ctx, PODSPAN_DIR_EGRESS); }
+int go_tls_handshake_enter(struct pt_regs *ctx) { return go_tls_enter(ctx, PODSPAN_DIR_NONE); }
+int go_tls_read_return(struct pt_regs *ctx) { return go_tls_return(ctx, PODSPAN_DIR_INGRESS); }
+int go_tls_write_return(struct pt_regs *ctx) { return go_tls_return(ctx, PODSPAN_DIR_EGRESS); }
+int go_tls_handshake_return(struct pt_regs *ctx) { return go_tls_return(ctx, PODSPAN_DIR_NONE); }
+#endif

@@ -22,6 +22,7 @@ APT_PACKAGES=(
     python3-bpfcc bpfcc-tools libbpfcc bpftool linux-headers-amd64
     iproute2 procps nginx-light wrk
     redis-server postgresql mariadb-server
+    golang-go
 )
 missing=()
 for pkg in "${APT_PACKAGES[@]}"; do

@@ -71,7 +71,8 @@ def _parser() -> argparse.ArgumentParser:
                        help="record the first BYTES of HTTP/1 bodies with a Content-Length, as far as the capture "
                             "size reaches (credential-like JSON and form values redacted); default: none")
     trace.add_argument("--no-tls", action="store_true",
-                       help="do not read TLS plaintext from OpenSSL (uprobes); TLS connections then yield no spans")
+                       help="do not read TLS plaintext from OpenSSL or Go crypto/tls (uprobes); TLS connections "
+                            "then yield no spans")
     trace.add_argument("--no-otlp-metrics", dest="otlp_metrics", action="store_false",
                        help="with an OTLP endpoint, do not also push RED metrics to it (/v1/metrics, every "
                             "$OTEL_METRIC_EXPORT_INTERVAL ms, default 60000)")

@@ -7,12 +7,14 @@ record) and the per-CPU stats. Everything else talks to the kernel through `Prob
 
 from __future__ import annotations
 
+import collections.abc
 import contextlib
 import ctypes
 import dataclasses
 import logging
 import os
 import pathlib
+import platform
 import re
 import select
 import subprocess
@@ -20,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from podspan_agent import _ringbuf, bpf_events, kernel_headers
+from podspan_agent import _ringbuf, bpf_events, gobinary, kernel_headers
 
 log = logging.getLogger(__name__)
 
@@ -199,7 +201,10 @@ _MAX_BATCHES_PER_POLL = 64
 # Per-thread syscall state stashed on enter for the exit handler, and what a fork hands to its child
 # when the child first runs: stale after a detach.
 _INFLIGHT_MAPS = (b"io_inflight", b"accept_inflight", b"connect_inflight", b"socket_inflight", b"forks_inflight",
-                  b"tls_calls")
+                  b"tls_calls", b"go_tls_calls")
+# Of those, the ones compiled in only with some flags: io_inflight without PODSPAN_ARGS_AT_EXIT,
+# go_tls_calls with PODSPAN_GO_TLS.
+_OPTIONAL_MAPS = (b"io_inflight", b"go_tls_calls")
 
 # OpenSSL functions the TLS probes attach to: symbol -> entry program. Each also gets the return probe,
 # except SSL_free, which only forgets its SSL object. SSL_read_ex/SSL_write_ex are new in 1.1.1;
@@ -211,7 +216,23 @@ TLS_CALL_PROBES = {b"SSL_read": b"tls_read_enter", b"SSL_read_ex": b"tls_read_ex
 _TLS_REQUIRED = (b"SSL_read", b"SSL_write")
 _TLS_FREE = (b"SSL_free", b"tls_free_enter")
 _TLS_RETURN = b"tls_return"
+# Go crypto/tls functions: symbol -> (entry program, the program at each of its RET instructions).
+GO_TLS_PROBES = {gobinary.READ: (b"go_tls_read_enter", b"go_tls_read_return"),
+                 gobinary.WRITE: (b"go_tls_write_enter", b"go_tls_write_return"),
+                 gobinary.SERVER_HANDSHAKE: (b"go_tls_handshake_enter", b"go_tls_handshake_return"),
+                 gobinary.CLIENT_HANDSHAKE: (b"go_tls_handshake_enter", b"go_tls_handshake_return")}
 _TLS_VERSIONS = {0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}  # SSL's `version` -> semconv
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TlsHandshake:
+    """A connection's TLS handshake: from the first handshake call's entry to the last one's return (kernel
+    monotonic ns), whether one succeeded, and the version negotiated when known."""
+
+    start_ns: int
+    end_ns: int
+    established: bool
+    version: str | None
 
 
 class Probes:
@@ -248,7 +269,7 @@ class Probes:
         self._dgram_socks = self._bpf[b"dgram_socks"]
         self._stats = self._bpf[b"stats"]
         self._lost_by_cgroup = self._bpf[b"lost_by_cgroup"]
-        self._tls_versions = self._bpf[b"tls_versions"]
+        self._tls_handshakes = self._bpf[b"tls_handshakes"]
         # bcc attached every TRACEPOINT_PROBE while loading; remember them to re-attach after detach().
         self._tracepoints = tuple(self._bpf.tracepoint_fds)
         # attached TLS file -> (the functions probed, bcc's names of its uprobe events)
@@ -288,7 +309,7 @@ class Probes:
             try:
                 self._bpf[name].clear()
             except KeyError:
-                if name != b"io_inflight":  # the one map that exists only without PODSPAN_ARGS_AT_EXIT
+                if name not in _OPTIONAL_MAPS:
                     raise
         for tracepoint in self._tracepoints:
             self._bpf.attach_tracepoint(tp=tracepoint, fn_name=b"tracepoint__" + tracepoint.replace(b":", b"__"))
@@ -305,6 +326,41 @@ class Probes:
         maps it, now or later; the programs return at once for processes not selected. Returns the symbols
         attached; raises ProbeError (nothing left attached) when SSL_read or SSL_write is missing or the
         kernel refuses."""
+        def attach() -> list[str]:
+            attached: list[str] = []
+            for symbol, entry in TLS_CALL_PROBES.items():
+                try:
+                    self._bpf.attach_uprobe(name=path.encode(), sym=symbol, fn_name=entry)
+                except Exception as exc:  # bcc: bare Exception, e.g. "could not determine address of symbol"
+                    if symbol in _TLS_REQUIRED:
+                        raise ProbeError(f"attaching to {symbol.decode()} in {path} failed: {exc}") from exc
+                    continue  # OpenSSL 1.1.0 has no _ex variants; a static copy may not export every one
+                self._bpf.attach_uretprobe(name=path.encode(), sym=symbol, fn_name=_TLS_RETURN)
+                attached.append(symbol.decode())
+            self._bpf.attach_uprobe(name=path.encode(), sym=_TLS_FREE[0], fn_name=_TLS_FREE[1])
+            return attached
+
+        return self._attach_tls_file(path, attach)
+
+    def attach_go_tls(self, path: str, functions: collections.abc.Iterable[gobinary.Function]) -> list[str]:
+        """Attach the Go crypto/tls probes to the executable at `path` (as attach_tls): one at each
+        function's entry and one at each of its RET instructions. Returns the functions attached; raises
+        ProbeError (nothing left attached) when the kernel refuses or lacks what the probes need."""
+        if "PODSPAN_HAVE_TASK_PT_REGS" not in self.features or platform.machine() != "x86_64":
+            raise ProbeError("Go crypto/tls probes need x86-64 and bpf_task_pt_regs (Linux 5.15+ with BTF)")
+
+        def attach() -> list[str]:
+            for function in functions:
+                entry, ret = GO_TLS_PROBES[function.symbol]
+                self._bpf.attach_uprobe(name=path.encode(), sym=function.symbol, fn_name=entry)
+                for offset in function.returns:
+                    self._bpf.attach_uprobe(name=path.encode(), sym=function.symbol, sym_off=offset, fn_name=ret)
+            return [function.symbol.decode() for function in functions]
+
+        return self._attach_tls_file(path, attach)
+
+    def _attach_tls_file(self, path: str, attach: Callable[[], list[str]]) -> list[str]:
+        """Run `attach` (placing uprobes on the file at `path`) once per file, undoing what it placed if it fails."""
         if path in self._tls:
             return self._tls[path][0]
         if not self._tls_capture_loaded:
@@ -316,18 +372,8 @@ class Probes:
                 raise ProbeError(f"loading capture_chunk_tls failed: {exc}") from exc
             self._tls_capture_loaded = True
         before = set(self._bpf.uprobe_fds)
-        attached: list[str] = []
         try:
-            for symbol, entry in TLS_CALL_PROBES.items():
-                try:
-                    self._bpf.attach_uprobe(name=path.encode(), sym=symbol, fn_name=entry)
-                except Exception as exc:  # bcc: bare Exception, e.g. "could not determine address of symbol"
-                    if symbol in _TLS_REQUIRED:
-                        raise ProbeError(f"attaching to {symbol.decode()} in {path} failed: {exc}") from exc
-                    continue  # OpenSSL 1.1.0 has no _ex variants; a static copy may not export every one
-                self._bpf.attach_uretprobe(name=path.encode(), sym=symbol, fn_name=_TLS_RETURN)
-                attached.append(symbol.decode())
-            self._bpf.attach_uprobe(name=path.encode(), sym=_TLS_FREE[0], fn_name=_TLS_FREE[1])
+            attached = attach()
         except Exception as exc:
             self._detach_events(set(self._bpf.uprobe_fds) - before)
             if isinstance(exc, ProbeError):
@@ -340,11 +386,16 @@ class Probes:
     def tls_version(self, conn_id: int) -> str | None:
         """The TLS version connection `conn_id` negotiated ("1.2", "1.3"), when the kernel saw its handshake
         succeed and the SSL object holds it where OpenSSL 1.1 and 3.0-3.1 keep it; else None."""
+        handshake = self.tls_handshake(conn_id)
+        return handshake.version if handshake else None
+
+    def tls_handshake(self, conn_id: int) -> TlsHandshake | None:
+        """Connection `conn_id`'s TLS handshake as the probed handshake calls saw it, or None if none did."""
         try:
-            raw = self._tls_versions[ctypes.c_uint64(conn_id)].value
+            raw = self._tls_handshakes[ctypes.c_uint64(conn_id)]
         except KeyError:
             return None
-        return _TLS_VERSIONS.get(raw)
+        return TlsHandshake(raw.start_ns, raw.end_ns, bool(raw.established), _TLS_VERSIONS.get(raw.version))
 
     def detach_tls(self, path: str) -> None:
         """Remove the probes attach_tls(`path`) placed."""

@@ -1,6 +1,7 @@
-"""TLS library discovery: which OpenSSL each traced process maps (from /proc/<pid>/maps, opened through
-/proc/<pid>/root so a container's own files are found), kept attached by the loader once per file for as
-long as some traced process maps it, and reported per process."""
+"""TLS library discovery: which OpenSSL each traced process maps, or whether its executable is a Go program
+with crypto/tls (from /proc/<pid>/maps, opened through /proc/<pid>/root so a container's own files are
+found), kept attached by the loader once per file for as long as some traced process maps it, and reported
+per process."""
 
 from __future__ import annotations
 
@@ -11,7 +12,8 @@ import re
 import struct
 from collections.abc import Iterable
 
-from podspan_agent import loader
+from podspan_agent import elffile, gobinary, loader
+from podspan_agent.protocols import base
 
 log = logging.getLogger(__name__)
 
@@ -19,7 +21,6 @@ _LIBSSL = re.compile(r"/libssl\.so(?:\.[0-9.]+)?$")
 _LIBCRYPTO_VERSION = re.compile(rb"OpenSSL (\d+\.\d+\.\d+[a-z]?) ")
 # Executables (statically linked OpenSSL) get probes only if they export both.
 _REQUIRED_EXPORTS = (b"SSL_read", b"SSL_write")
-_SHT_DYNSYM, _STT_FUNC, _SHN_UNDEF = 11, 2, 0
 _MAX_EXAMINED = 16384  # files remembered as OpenSSL or not
 
 
@@ -34,7 +35,8 @@ class Library:
     path: str  # as the process sees it
     host_path: str  # the same file from the agent's mount namespace: /proc/<pid>/root/<path> of a process
     # that maps it (the probes stay on the file when that process is gone)
-    name: str  # e.g. "openssl-3.0.19 (libssl.so.3)", "openssl (static, node)"
+    name: str  # e.g. "openssl-3.0.19 (libssl.so.3)", "openssl (static, node)", "go1.19.8 (server)"
+    go: gobinary.GoBinary | None = None  # a Go executable: what its crypto/tls offers the probes
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,41 +79,12 @@ def is_libssl(path: str) -> bool:
 def exports(path: str, names: Iterable[bytes]) -> set[bytes]:
     """Which of `names` the ELF file at `path` defines as functions in its dynamic symbol table (what a
     uprobe by name can find); empty for anything that is not a readable 64-bit little-endian ELF."""
-    wanted = set(names)
     try:
         with open(path, "rb") as elf:
-            ident = elf.read(64)
-            if len(ident) < 64 or ident[:4] != b"\x7fELF" or ident[4] != 2 or ident[5] != 1:
-                return set()
-            shoff, = struct.unpack_from("<Q", ident, 0x28)
-            shentsize, shnum = struct.unpack_from("<HH", ident, 0x3A)
-            if shentsize < 64 or not 0 < shnum < 65536:
-                return set()
-            elf.seek(shoff)
-            table = elf.read(shentsize * shnum)
-            sections = [struct.unpack_from("<IIQQQQIIQQ", table, i * shentsize) for i in range(len(table) // shentsize)]
-            for section in sections:
-                if section[1] != _SHT_DYNSYM or section[6] >= len(sections):
-                    continue
-                strtab = sections[section[6]]
-                elf.seek(strtab[4])
-                strings = elf.read(strtab[5])
-                if not any(b"\0" + name + b"\0" in strings for name in wanted):
-                    return set()  # the common case for an executable: no need to walk its symbols
-                elf.seek(section[4])
-                symbols = elf.read(section[5])
-                found = set()
-                for offset in range(0, len(symbols) - 23, 24):
-                    st_name, st_info, _other, st_shndx = struct.unpack_from("<IBBH", symbols, offset)
-                    if st_info & 0xF != _STT_FUNC or st_shndx == _SHN_UNDEF:
-                        continue
-                    end = strings.find(b"\0", st_name)
-                    if strings[st_name:end] in wanted:
-                        found.add(strings[st_name:end])
-                return found
+            parsed = elffile.parse(elf)
+            return set(elffile.functions(elf, parsed, elffile.SHT_DYNSYM, names)) if parsed else set()
     except (OSError, struct.error):
         return set()
-    return set()
 
 
 def _openssl_version(host_root: str, libssl_path: str) -> str | None:
@@ -135,8 +108,8 @@ class Tracker:
         self._probes = probes
         self._states: dict[tuple[str, int], LibraryState] = {}  # files in use by traced processes
         self._by_pid: dict[int, tuple[tuple[str, int], ...]] = {}
-        # every file looked at: its Library.name if it holds OpenSSL, else None
-        self._examined: dict[tuple[str, int], str | None] = {}
+        # every file looked at: its Library's name and Go binary if it holds TLS to probe, else None
+        self._examined: dict[tuple[str, int], tuple[str, gobinary.GoBinary | None] | None] = {}
 
     def sync(self, pids: Iterable[int]) -> None:
         by_pid: dict[int, tuple[tuple[str, int], ...]] = {}
@@ -149,7 +122,12 @@ class Tracker:
         for key in set(seen) - set(self._states):
             library = seen[key]
             try:
-                symbols = tuple(self._probes.attach_tls(library.host_path))
+                if library.go is None:
+                    symbols = tuple(self._probes.attach_tls(library.host_path))
+                elif library.go.problem:
+                    raise loader.ProbeError(library.go.problem)
+                else:
+                    symbols = tuple(self._probes.attach_go_tls(library.host_path, library.go.functions))
                 self._states[key] = LibraryState(library, symbols)
             except loader.ProbeError as exc:  # kept until no process maps it: not retried on every sync
                 log.warning("TLS library %s: %s", library.name, exc)
@@ -169,7 +147,8 @@ class Tracker:
         handshake the kernel saw outside every probed OpenSSL call. An OpenSSL handshake runs inside
         SSL_do_handshake, SSL_read or SSL_write, so theirs comes from a TLS stack that is not probed (Go
         crypto/tls, BoringSSL in grpcio, rustls, ...) or from OpenSSL over memory BIOs (Node.js), whose
-        plaintext cannot be tied to a socket: those connections yield no spans."""
+        plaintext cannot be tied to a socket: those connections yield no spans. (Go crypto/tls, when probed,
+        runs its handshake inside a probed call too.)"""
         return sorted({tgid for cgroup, tgid in tls_processes
                        if tgid in self._by_pid and (cgroup_id is None or cgroup == cgroup_id)})
 
@@ -190,18 +169,34 @@ class Tracker:
         for path, key in files.items():
             if key not in self._examined:
                 self._examined[key] = _examine(root, path, path == exe)
-            name = self._examined[key]
-            if name is not None:
-                found.append(Library(key, path, root + path, name))
+            examined = self._examined[key]
+            if examined is not None:
+                found.append(Library(key, path, root + path, *examined))
         return found
 
 
-def _examine(root: str, path: str, executable: bool) -> str | None:
-    """What the file at `path` (seen from `root`) is, as a Library.name, if it holds OpenSSL we can probe."""
+def _examine(root: str, path: str, executable: bool) -> tuple[str, gobinary.GoBinary | None] | None:
+    """What the file at `path` (seen from `root`) is, as a Library's name and Go binary, if it holds a TLS
+    stack we know: OpenSSL, or Go's crypto/tls in the executable."""
     name = path.rpartition("/")[2]
     if is_libssl(path):
         version = _openssl_version(root, path)
-        return f"openssl-{version} ({name})" if version else f"openssl ({name})"
-    if executable and exports(root + path, _REQUIRED_EXPORTS) == set(_REQUIRED_EXPORTS):
-        return f"openssl (static, {name})"
-    return None
+        return (f"openssl-{version} ({name})" if version else f"openssl ({name})"), None
+    if not executable:
+        return None
+    if exports(root + path, _REQUIRED_EXPORTS) == set(_REQUIRED_EXPORTS):
+        return f"openssl (static, {name})", None
+    go = gobinary.inspect(root + path)
+    return (f"{go.version} ({name})", go) if go else None
+
+
+def failed_handshake(handshake: loader.TlsHandshake | None) -> list[base.Record]:
+    """What a TLS connection that ended without plaintext yields: one error record (an error span on the
+    connection) when the probed handshake calls on it never succeeded: a rejected certificate, no common
+    version or cipher, or the peer gone mid-handshake. Nothing for a handshake that succeeded or that no
+    probe saw (an unprobed TLS stack: reported per process instead)."""
+    if handshake is None or handshake.established:
+        return []
+    return [base.Record("tls", "TLS handshake", handshake.start_ns, handshake.end_ns,
+                        {"tls.established": False, "error.type": "tls_handshake_failed"},
+                        error="TLS handshake failed")]

@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from podspan_agent import _conntable, _ringbuf, loader
+from podspan_agent import _conntable, _ringbuf, loader, tls
 from podspan_agent.protocols import base, registry
 from podspan_agent.spans import builder, correlation, model
 
@@ -78,6 +78,7 @@ class Tracer:
             self._kernel_run,
             probes.tls_version,
             settings.max_connections,
+            tls_failure=lambda conn_id: tls.failed_handshake(probes.tls_handshake(conn_id)),
         )
         self.correlator = correlation.Correlator(self._release, self.table.busy_threads, settings.hold_ns,
                                                  on_pair=on_pair)

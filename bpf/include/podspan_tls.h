@@ -32,16 +32,18 @@ static __always_inline int tls_call_enter(struct pt_regs *ctx, __u8 direction, i
 }
 
 /* The connection the call's plaintext belongs to: the one a syscall inside the call used (remembered for
- * the SSL object at the return), else the one the SSL object used before. NULL (counted) when neither is
- * tracked. */
-static __always_inline struct podspan_conn *tls_call_conn(const struct tls_call *call, __u32 tgid, __s32 *fd)
+ * the SSL object at the return), else the one the SSL object used before. NULL when neither is tracked
+ * (counted, if `count_unmapped`). */
+static __always_inline struct podspan_conn *tls_call_conn(const struct tls_call *call, __u32 tgid, __s32 *fd,
+                                                          int count_unmapped)
 {
     struct ssl_key key = {.ssl = call->ssl, .tgid = tgid};
     struct ssl_conn where = {.conn_id = call->conn_id, .fd = call->fd};
     if (!call->conn_id) {
         struct ssl_conn *known = ssl_conns.lookup(&key);
         if (!known) {
-            count(PODSPAN_STAT_TLS_UNMAPPED);
+            if (count_unmapped)
+                count(PODSPAN_STAT_TLS_UNMAPPED);
             return NULL;
         }
         where = *known;
@@ -49,15 +51,37 @@ static __always_inline struct podspan_conn *tls_call_conn(const struct tls_call 
     struct podspan_conn_key conn_key = {.tgid = tgid, .fd = where.fd};
     struct podspan_conn *conn = conns.lookup(&conn_key);
     if (!conn || conn->conn_id != where.conn_id) { /* closed since, or its fd reused */
-        count(PODSPAN_STAT_TLS_UNMAPPED);
+        if (count_unmapped)
+            count(PODSPAN_STAT_TLS_UNMAPPED);
         return NULL;
     }
     *fd = where.fd;
     return conn;
 }
 
-/* Return of SSL_read/SSL_write(_ex) or SSL_do_handshake: a syscall inside (successful or not) tied the SSL
- * object to its connection; bytes moved > 0 are plaintext of that connection. */
+/* A TLS call returned having moved `bytes` of plaintext (<= 0: none, or an error): a syscall inside
+ * (successful or not) tied its SSL object to its connection; the plaintext goes out on that connection. */
+static __always_inline int tls_call_done(struct pt_regs *ctx, __u64 pid_tgid, const struct tls_call *call,
+                                         __s64 bytes)
+{
+    if (call->conn_id) {
+        struct ssl_key key = {.ssl = call->ssl, .tgid = pid_tgid >> 32};
+        struct ssl_conn where = {.conn_id = call->conn_id, .fd = call->fd};
+        ssl_conns.update(&key, &where);
+    }
+    if (call->direction == PODSPAN_DIR_NONE || bytes <= 0 || call->sent)
+        return 0;
+    struct io_args io = {.ptr = call->buf, .shape = IO_BUF, .direction = call->direction};
+    struct podspan_conn *conn = tls_call_conn(call, pid_tgid >> 32, &io.fd, 1);
+    if (!conn)
+        return 0;
+    /* A write's bytes count from the call's entry (encrypting and sending them takes the call's time, and
+     * the peer may read them before the return), a read's from its return, as a syscall's do. */
+    __u64 now = call->direction == PODSPAN_DIR_EGRESS ? call->start_ns : bpf_ktime_get_ns();
+    return on_io(ctx, pid_tgid, bytes, &io, conn, 1, now);
+}
+
+/* Return of SSL_read/SSL_write(_ex) or SSL_do_handshake. */
 static __always_inline int tls_call_return(struct pt_regs *ctx)
 {
     __u64 pid_tgid = bpf_get_current_pid_tgid();
@@ -67,33 +91,17 @@ static __always_inline int tls_call_return(struct pt_regs *ctx)
     struct tls_call call = *found;
     tls_calls.delete(&pid_tgid);
     mark_tls_thread((__u32)pid_tgid, 0);
-    if (call.conn_id) {
-        struct ssl_key key = {.ssl = call.ssl, .tgid = pid_tgid >> 32};
-        struct ssl_conn where = {.conn_id = call.conn_id, .fd = call.fd};
-        ssl_conns.update(&key, &where);
-    }
     int ret = (int)PT_REGS_RC(ctx); /* an int: the upper half of the register is not part of it */
+    __s64 bytes = ret;
     if (call.direction == PODSPAN_DIR_NONE) {
         __u32 version = 0;
-        if (ret == 1 && call.conn_id && bpf_probe_read_user(&version, sizeof(version), (void *)call.ssl) == 0)
-            tls_versions.update(&call.conn_id, &version); /* the handshake is done: the version is negotiated */
-        return 0;
+        if (ret == 1) /* the handshake is done: the version is negotiated */
+            bpf_probe_read_user(&version, sizeof(version), (void *)call.ssl);
+        tls_handshake_done(&call, pid_tgid >> 32, ret == 1, version);
+    } else if (ret > 0 && call.size_ptr && bpf_probe_read_user(&bytes, sizeof(bytes), (void *)call.size_ptr) != 0) {
+        bytes = 0;
     }
-    if (ret <= 0)
-        return 0;
-    __u64 bytes = ret;
-    if (call.size_ptr && bpf_probe_read_user(&bytes, sizeof(bytes), (void *)call.size_ptr) != 0)
-        return 0;
-    if (!bytes)
-        return 0;
-    struct io_args io = {.ptr = call.buf, .shape = IO_BUF, .direction = call.direction};
-    struct podspan_conn *conn = tls_call_conn(&call, pid_tgid >> 32, &io.fd);
-    if (!conn)
-        return 0;
-    /* A write's bytes count from the call's entry (encrypting and sending them takes the call's time, and
-     * the peer may read them before the return), a read's from its return, as a syscall's do. */
-    __u64 now = call.direction == PODSPAN_DIR_EGRESS ? call.start_ns : bpf_ktime_get_ns();
-    return on_io(ctx, pid_tgid, bytes, &io, conn, 1, now);
+    return tls_call_done(ctx, pid_tgid, &call, bytes);
 }
 
 /* SSL_free(ssl): the pointer may come back for another connection. */

@@ -262,8 +262,9 @@ class Capture(Model):
                                    "and UUIDs in paths are replaced by {id}.")
     tls: bool = pydantic.Field(
         default=True, description="Read TLS plaintext from the OpenSSL the pods' processes use (uprobes on "
-                                  "libssl or an executable that links it statically), so HTTPS and TLS database "
-                                  "traffic yield spans; off, TLS connections yield none.")
+                                  "libssl or an executable that links it statically) and from Go's crypto/tls "
+                                  "(uprobes on a Go executable with symbols), so HTTPS and TLS database traffic "
+                                  "yield spans and failed handshakes error spans; off, TLS connections yield none.")
 
 
 class Filters(Model):
@@ -515,12 +516,13 @@ class TargetStatus(Model):
     tls: list[Annotated[str, pydantic.StringConstraints(max_length=512)]] = pydantic.Field(
         default_factory=list, max_length=32,
         description="TLS libraries the container's processes use and whether the TLS probes are attached, e.g. "
-                    "'openssl-3.0.19 (libssl.so.3): attached'. Empty when no profile of the container reads TLS "
-                    "(capture.tls) or its processes use none.")
+                    "'openssl-3.0.19 (libssl.so.3): attached', 'go1.19.8 (server): not attached (stripped: no "
+                    "symbols to probe)'. Empty when no profile of the container reads TLS (capture.tls) or its "
+                    "processes use none.")
     tls_unprobed: list[ShortText] = pydantic.Field(
         default_factory=list, max_length=32,
         description="Processes, e.g. 'pid 42 (node)', whose TLS handshakes ran outside the probed OpenSSL calls: "
-                    "a TLS stack that is not probed (Go crypto/tls, BoringSSL, rustls) or OpenSSL over memory "
+                    "a TLS stack that is not probed (stripped Go, BoringSSL, rustls) or OpenSSL over memory "
                     "BIOs (Node.js). Their TLS connections yield no spans.")
 
 

@@ -4,8 +4,10 @@ costs seconds), one tracer thread exports to a real OTLP receiver, pods are real
 from __future__ import annotations
 
 import collections.abc
+import http.client
 import os
 import pathlib
+import ssl
 import sys
 import threading
 
@@ -124,6 +126,18 @@ def frontend_backend_trace(
     assert entry.start_ns <= call.start_ns <= backend_span.start_ns
     assert backend_span.end_ns <= call.end_ns <= entry.end_ns
     return entry, call, backend_span
+
+
+def https_get(port: int, path: str, ca: pathlib.Path) -> int:
+    """GET `path` from an HTTPS server on loopback `port` whose certificate `ca` signed; the status."""
+    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ssl.create_default_context(cafile=ca))
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        response.read()
+        return response.status
+    finally:
+        conn.close()
 
 
 free_port = servers.free_port

@@ -4,7 +4,6 @@ cgroups, the TLS probes attached by the agent's own discovery, spans at a real O
 from __future__ import annotations
 
 import collections.abc
-import http.client
 import os
 import pathlib
 import shutil
@@ -48,17 +47,6 @@ def _with_path(path: str, count: int) -> collections.abc.Callable[[Spans], bool]
     return lambda spans: sum(1 for s in spans if s.attributes.get("url.path") == path) >= count
 
 
-def _https_get(port: int, path: str, ca: pathlib.Path) -> int:
-    conn = http.client.HTTPSConnection("127.0.0.1", port, timeout=10, context=ssl.create_default_context(cafile=ca))
-    try:
-        conn.request("GET", path)
-        response = conn.getresponse()
-        response.read()
-        return response.status
-    finally:
-        conn.close()
-
-
 def _https_server(pod_runner: pods.PodRunner, name: str, certificate: Certificate,
                   extra: tuple[str, ...] = ()) -> tuple[pods.Pod, int]:
     port = conftest.free_port()
@@ -92,7 +80,7 @@ def test_https_frontend_backend_trace(
     assert {state.library.name for state in libraries} == {f"openssl-{ssl.OPENSSL_VERSION.split()[1]} (libssl.so.3)"}
     assert set(libraries[0].symbols) == {"SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex", "SSL_do_handshake"}
 
-    assert _https_get(port, "/users/4242", certificate[0]) == 200
+    assert conftest.https_get(port, "/users/4242", certificate[0]) == 200
     spans = receiver.wait_for(_with_path("/users/4242", 3), timeout=20)
     ours = [s for s in spans if s.attributes.get("url.path") == "/users/4242"]
     entry, call, _ = conftest.frontend_backend_trace(ours, "tls-frontend", "tls-backend")  # across both TLS hops
@@ -163,7 +151,7 @@ def test_without_tls_probes_ciphertext_yields_nothing(
     undetected, undecrypted = agent.table.stats.undetected, agent.table.stats.tls_undecrypted
     ciphertext = probes.stats()["tls_ciphertext"]
     for _ in range(3):
-        assert _https_get(port, "/api/items/9", certificate[0]) == 200
+        assert conftest.https_get(port, "/api/items/9", certificate[0]) == 200
     # The connections are closed: their CLOSE events follow the TLS ones, so once the counters moved the
     # agent has seen everything the kernel sent about them.
     deadline = time.monotonic() + 10
@@ -340,9 +328,82 @@ def test_node_static_openssl_is_attached_and_its_memory_bios_reported(
     [state] = _follow(tracker, server)
     assert state.library.name == "openssl (static, node)" and not state.error
     unmapped = probes.stats()["tls_unmapped"]
-    assert _https_get(port, "/node", certificate[0]) == 200
+    assert conftest.https_get(port, "/node", certificate[0]) == 200
     deadline = time.monotonic() + 10
     while not tracker.unsupported(agent.table.tls_processes, server.cgroup_id) and time.monotonic() < deadline:
         time.sleep(0.05)
     assert tracker.unsupported(agent.table.tls_processes, server.cgroup_id) == [server.pid]
     assert probes.stats()["tls_unmapped"] > unmapped  # its SSL_read returned the request: counted, not captured
+
+
+HANDSHAKING_CLIENT = """
+import socket, ssl, sys
+port, minimum, ca = int(sys.argv[1]), sys.argv[2], sys.argv[3:]
+context = ssl.create_default_context(cafile=ca[0] if ca else None)  # else the system's CAs: self-signed fails
+context.minimum_version = ssl.TLSVersion[minimum]
+with socket.create_connection(("127.0.0.1", port)) as sock:
+    try:
+        context.wrap_socket(sock, server_hostname="127.0.0.1").close()  # no request: no plaintext either way
+        print("established")
+    except ssl.SSLError as exc:
+        print(type(exc).__name__, exc.reason)
+"""
+
+
+@pytest.mark.parametrize(("server", "minimum", "reason"), [
+    ("python", "TLSv1_2", "CERTIFICATE_VERIFY_FAILED"),  # the client rejects the self-signed certificate
+    ("nginx", "TLSv1_3", "TLSV1_ALERT_PROTOCOL_VERSION"),  # nginx 1.22 offers up to TLS 1.2 by default
+])
+def test_failed_handshake_is_an_error_span_on_both_sides(
+    agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
+    tracker: tls.Tracker, certificate: Certificate, tmp_path: pathlib.Path, server: str, minimum: str, reason: str,
+) -> None:
+    if server == "nginx":
+        server_pod, port = _https_nginx(pod_runner, "tls-fail-nginx", certificate, tmp_path)
+    else:
+        server_pod, port = _https_server(pod_runner, "tls-fail-python", certificate, ("backend",))
+    gate, out = tmp_path / "gate", tmp_path / "client.out"
+    client = pod_runner.start("tls-fail-client", conftest.gated(gate, [
+        sys.executable, "-c", HANDSHAKING_CLIENT, str(port), minimum]), log_path=out)
+    for pod in (server_pod, client):
+        traced(pod)  # type: ignore[operator]
+    _follow(tracker, server_pod, client)  # the client's libssl is the server's file: probed before it starts
+    gate.touch()
+    assert client.process is not None and client.process.wait(timeout=30) == 0
+    assert out.read_text().split()[1] == reason
+
+    def handshakes(spans: Spans) -> Spans:
+        return [s for s in spans if s.name == "TLS handshake"
+                and port in (s.attributes.get("server.port"), s.attributes.get("network.local.port"))]
+
+    found = {s.kind: s for s in handshakes(receiver.wait_for(lambda got: len(handshakes(got)) >= 2, timeout=20))}
+    assert set(found) == {SERVER, CLIENT}
+    assert found[CLIENT].resource["process.pid"] == client.pid
+    for span in found.values():
+        assert span.status_code == 2 and span.status_message == "TLS handshake failed"  # STATUS_CODE_ERROR
+        assert span.attributes["tls.established"] is False
+        assert span.attributes["error.type"] == "tls_handshake_failed"
+        assert 0 < span.end_ns - span.start_ns < 10_000_000_000
+    assert found[CLIENT].attributes["server.port"] == port
+
+
+def test_a_handshake_that_succeeds_makes_no_span_without_requests(
+    agent: tracer.Tracer, pod_runner: pods.PodRunner, traced: object, tracker: tls.Tracker,
+    certificate: Certificate, tmp_path: pathlib.Path,
+) -> None:
+    server_pod, port = _https_server(pod_runner, "tls-idle-python", certificate, ("backend",))
+    gate, out = tmp_path / "gate", tmp_path / "client.out"
+    client = pod_runner.start("tls-idle-client", conftest.gated(gate, [
+        sys.executable, "-c", HANDSHAKING_CLIENT, str(port), "TLSv1_2", str(certificate[0])]), log_path=out)
+    for pod in (server_pod, client):
+        traced(pod)  # type: ignore[operator]
+    _follow(tracker, server_pod, client)
+    records, closed = agent.table.stats.records, agent.table.stats.closed
+    gate.touch()
+    assert client.process is not None and client.process.wait(timeout=30) == 0
+    assert out.read_text().split() == ["established"]
+    deadline = time.monotonic() + 10  # both ends closed: their CLOSE events are the last the agent gets of them
+    while agent.table.stats.closed < closed + 2 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert agent.table.stats.closed == closed + 2  # both ends of the connection
+    assert agent.table.stats.records == records  # no failed-handshake record (and no request)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import socket
 import struct
 
-from podspan_agent import _conntable, _ringbuf, bpf_events, connections
+from podspan_agent import _conntable, _ringbuf, bpf_events, connections, loader, tls
 from podspan_agent.protocols import base, registry
 from tests.support import bpf_records
 
@@ -25,8 +25,9 @@ class Recorder:
         self.forgotten: list[tuple[int, int, int]] = []
         self.tls_lookups: list[int] = []
         self.live: dict[int, _ringbuf.Run] = {}  # conn_id -> the kernel's entry, as the tracer passes it
+        self.failed_handshakes: dict[int, loader.TlsHandshake] = {}  # conn_id -> what the kernel recorded
         self.table = _conntable.Table(registry.detector(None, base.CaptureSettings()), self._forget,
-                                      self._kernel_run, self._tls_version)
+                                      self._kernel_run, self._tls_version, tls_failure=self._tls_failure)
 
     def _kernel_run(self, _tgid: int, _fd: int, conn_id: int) -> _ringbuf.Run | None:
         return self.live.get(conn_id)
@@ -34,6 +35,10 @@ class Recorder:
     def _tls_version(self, conn_id: int) -> str | None:
         self.tls_lookups.append(conn_id)
         return "1.3"
+
+    def _tls_failure(self, conn_id: int) -> list[base.Record]:
+        self.tls_lookups.append(conn_id)
+        return tls.failed_handshake(self.failed_handshakes.get(conn_id))
 
     @property
     def exchanges(self) -> list[connections.Exchange]:
@@ -150,6 +155,25 @@ def test_a_tls_connection_without_plaintext_is_counted_for_its_process() -> None
     assert (seen.table.stats.tls_handshakes, seen.table.stats.tls_undecrypted) == (1, 1)
     assert dict(seen.table.tls_processes) == {(77, 10): 1}
     assert seen.forgotten == []  # ciphertext never went to protocol detection
+
+
+def test_a_failed_handshake_is_one_error_exchange_at_close() -> None:
+    seen = Recorder()
+    seen.failed_handshakes = {1: loader.TlsHandshake(100, 250, established=False, version=None),
+                              2: loader.TlsHandshake(100, 250, established=True, version="1.3")}
+    for conn_id in (1, 2, 3):  # failed; succeeded, then closed unused; no handshake probe saw (3)
+        seen.open(conn_id, fd=conn_id)
+        close = _header(bpf_events.EventKind.CLOSE, conn_id, 10, conn_id, 300)
+        close.flags = bpf_events.ConnFlag.TLS  # from the syscalls inside the handshake calls: no TLS event
+        seen.table.feed([bpf_records.header_event(close)])
+    [failed] = seen.exchanges
+    assert failed.connection.conn_id == 1 and failed.record.name == "TLS handshake"
+    assert (failed.record.start_ns, failed.record.end_ns, failed.record.error) == (100, 250, "TLS handshake failed")
+    assert failed.record.attributes == {"tls.established": False, "error.type": "tls_handshake_failed"}
+    assert seen.tls_lookups == [1, 2, 3]
+    seen.open(4, fd=4)  # a plain connection is never asked about
+    seen.table.feed([bpf_records.header_event(_header(bpf_events.EventKind.CLOSE, 4, 10, 4, 300))])
+    assert seen.tls_lookups == [1, 2, 3]
 
 
 def test_plaintext_after_the_handshake_is_an_exchange_of_a_tls_connection() -> None:
