@@ -218,6 +218,6 @@ class SkipSeries(NamedTuple):
 class SkipTotals(NamedTuple):
     """`SkipCounts` summed over CPUs."""
 
-    count: int
+    exchanges: int
     sum_ns: int
     buckets: tuple[int, ...]

@@ -32,6 +32,8 @@ _TLS = int(bpf_events.ConnFlag.TLS)
 _MAX_TLS_PROCESSES = 4096
 _CLIENT, _SERVER = int(bpf_events.Role.CLIENT), int(bpf_events.Role.SERVER)
 _INGRESS, _EGRESS = int(bpf_events.Direction.INGRESS), int(bpf_events.Direction.EGRESS)
+# Protocols whose parsers keep no state from one exchange to the next: the kernel may skip whole exchanges of theirs.
+_SAMPLED = {"http": bpf_events.SampleProtocol.HTTP1, "redis": bpf_events.SampleProtocol.REDIS}
 
 
 @dataclasses.dataclass(slots=True)
@@ -148,6 +150,8 @@ class ConnectionTable:
         self._listen_cache: dict[tuple[int, int], sockaddr.Endpoint | None] = {}
         self._closed_drops: collections.Counter[int] = collections.Counter()  # cgroup id -> parser drops
         self.stats = TableStats()
+        # (tgid, fd, conn_id, protocol): let the kernel skip exchanges of a connection just detected (overhead budget)
+        self.sample: Callable[[int, int, int, bpf_events.SampleProtocol], None] | None = None
         # (cgroup id, tgid) -> TLS handshakes seen outside the probed OpenSSL calls: what the TLS library
         # report needs to name processes whose TLS stack is not probed.
         self.tls_processes: collections.OrderedDict[tuple[int, int], int] = collections.OrderedDict()
@@ -361,6 +365,9 @@ class ConnectionTable:
         found = self._detect(data, conn.datagram)
         if found is not None:
             conn.protocol, conn.parser = found
+            sampled = _SAMPLED.get(conn.protocol)
+            if sampled is not None and self.sample is not None and not conn.datagram:
+                self.sample(conn.tgid, conn.fd, conn.conn_id, sampled)
             return True
         conn.detect_attempts += 1
         if conn.detect_attempts >= _DETECT_ATTEMPTS:

@@ -92,6 +92,10 @@ class Tracer:
         self.event_errors = 0  # records whose handling raised (a bug): skipped, the next ones go on
         probes.open_events(self._on_events)
 
+    def set_sampling(self, enabled: bool) -> None:
+        """Whether connections detected from now on may have exchanges skipped by the kernel (overhead budget)."""
+        self.table.sample = self.probes.sample_connection if enabled else None
+
     def set_capture(self, capture: base.CaptureSettings) -> None:
         """Capture settings for connections opened from now on."""
         self.table.set_detector(registry.detector(self._protocols, capture))
