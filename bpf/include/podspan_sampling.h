@@ -57,10 +57,11 @@ static __always_inline void count_skipped(const struct podspan_conn *conn, __u32
     }
     __u64 duration = skip->end_ns - skip->start_ns;
     __u32 bucket = skip_bucket(duration, skip->protocol);
-    counts->count += 1;
-    counts->sum_ns += duration;
+    /* The bucket first: userspace takes the buckets as the count and reads while this runs. */
     if (bucket < PODSPAN_SKIP_BUCKETS)
         counts->buckets[bucket] += 1;
+    counts->sum_ns += duration;
+    counts->count += 1;
 }
 
 /* The first `len` bytes a chunk moved (flat buffer, first iovec, or first iovec of a msghdr). 0 on success. */

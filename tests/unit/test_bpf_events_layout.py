@@ -83,7 +83,8 @@ def _compile(tmp_path: pathlib.Path, cflags: list[str]) -> subprocess.CompletedP
     lines.append('P("sizeof podspan_data_event.data", sizeof(((struct podspan_data_event *)0)->data));')
     lines += [f'P("{name}", {name});' for name in CONSTANTS]
     for bounds in BOUNDS:
-        lines.append(f'{{ unsigned long long b[] = {{0 {bounds}(BOUND)}}; for (unsigned i = 1; i < sizeof b / sizeof *b; i++) '
+        lines.append(f'{{ unsigned long long b[] = {{0 {bounds}(BOUND)}}; '
+                     f'for (unsigned i = 1; i < sizeof b / sizeof *b; i++) '
                      f'{{ char k[64]; snprintf(k, sizeof k, "{bounds}[%u]", i - 1); P(k, b[i]); }} }}')
     source = tmp_path / "layout.c"
     source.write_text(

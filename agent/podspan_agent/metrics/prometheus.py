@@ -35,6 +35,7 @@ class Health:
     connections: int = 0
     tracepoints_attached: int = 0
     exchanges_skipped: int = 0
+    exchanges_uncounted: int = 0
     capture_fraction: float = 1.0
     cost_percent: float = 0.0
 
@@ -54,6 +55,8 @@ class Health:
             connections=tracer_stats.get("connections", 0),
             tracepoints_attached=tracepoints,
             exchanges_skipped=tracer_stats.get("kernel_skipped", 0),
+            exchanges_uncounted=(tracer_stats.get("kernel_skipped_uncounted", 0)
+                                 + tracer_stats.get("skips_forgotten", 0)),
             capture_fraction=capture_fraction,
             cost_percent=cost_percent,
         )
@@ -72,6 +75,8 @@ _HEALTH_METRICS = {
     "connections": ("gauge", "Connections the agent tracks."),
     "tracepoints_attached": ("gauge", "Kernel tracepoints the capture programs are attached to."),
     "exchanges_skipped": ("counter", "Exchanges the kernel counted without capturing them (overhead budget)."),
+    "exchanges_uncounted": ("counter", "Skipped exchanges missing from the RED metrics (the kernel's series table was "
+                            "full, or their connection was dropped from the table mid-exchange)."),
     "capture_fraction": ("gauge", "Fraction of HTTP/1 and Redis exchanges captured in full (below 1: over budget)."),
     "cost_percent": ("gauge", "The agent's cost over the last second with a budget set (percent of one CPU)."),
 }

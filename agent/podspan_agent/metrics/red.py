@@ -260,8 +260,9 @@ class RedMetrics:
                        totals: bpf_events.SkipTotals) -> None:
         """Exchanges the kernel counted without capturing them: `totals.buckets` are over `instrument`'s bounds."""
         with self._lock:
-            self.skipped += totals.exchanges
-            histogram = self._histogram(instrument, profile, workload, labels, totals.exchanges)
+            observed = sum(totals.buckets)
+            self.skipped += observed
+            histogram = self._histogram(instrument, profile, workload, labels, observed)
             for index in range(len(histogram.counts)):
                 histogram.counts[index] += totals.buckets[index]
             histogram.sum += totals.sum_ns / _NS_PER_UNIT[instrument.unit]
@@ -332,11 +333,14 @@ class SkippedFolder:
                                               tuple(n - s for n, s in zip(total.buckets, seen.buckets, strict=True)))
             # else: new, or a reloaded program counting from zero again
             point = skipped_series(series)
-            if point is None or total.exchanges == 0:
+            # The buckets are the count: a read may catch the kernel between its increments, and the next read's
+            # difference brings what this one missed.
+            exchanges = sum(total.buckets)
+            if point is None or (exchanges == 0 and total.sum_ns == 0):
                 continue
             for profile, workload in owners(series):
                 self._metrics.record_skipped(*point, workload, profile, total)
-                added[profile] += total.exchanges
+                added[profile] += exchanges
         return added
 
 
