@@ -186,7 +186,7 @@ class SkipKey(ctypes.Structure):
         ("method", ctypes.c_uint8),
         ("version", ctypes.c_uint8),
         ("error", ctypes.c_uint8),
-        ("_pad", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 5),
     )
 
 
@@ -216,7 +216,7 @@ class SkipSeries(NamedTuple):
 
 
 class SkipTotals(NamedTuple):
-    """`SkipCounts` summed over CPUs."""
+    """`SkipCounts` as a value."""
 
     exchanges: int
     sum_ns: int

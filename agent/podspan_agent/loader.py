@@ -393,16 +393,11 @@ class Probes:
             self._skip_thresholds[key] = ctypes.c_uint32(threshold)
 
     def skipped_exchanges(self) -> dict[bpf_events.SkipSeries, bpf_events.SkipTotals]:
-        """Exchanges the kernel skipped so far, per series (cumulative; summed over CPUs)."""
+        """Exchanges the kernel skipped so far, per series (cumulative)."""
         totals = {}
-        for key, per_cpu in self._skipped.items():
-            buckets = [0] * bpf_events.SKIP_BUCKETS
-            for counts in per_cpu:
-                for i in range(bpf_events.SKIP_BUCKETS):
-                    buckets[i] += counts.buckets[i]
+        for key, counts in self._skipped.items():
             series = bpf_events.SkipSeries.of(bpf_events.SkipKey.from_buffer_copy(key))
-            totals[series] = bpf_events.SkipTotals(sum(c.count for c in per_cpu), sum(c.sum_ns for c in per_cpu),
-                                                   tuple(buckets))
+            totals[series] = bpf_events.SkipTotals(counts.count, counts.sum_ns, tuple(counts.buckets))
         return totals
 
     def bpf_run_time_ns(self) -> int:
@@ -461,6 +456,7 @@ class Probes:
         for stat in bpf_events.Stat:
             per_cpu = self._stats[ctypes.c_int(stat.value)]
             totals[stat.name.lower()] = int(sum(per_cpu))
+        totals["skips_forgotten"] = self.skips_forgotten
         return totals
 
     def close(self) -> None:

@@ -232,7 +232,7 @@ class Router:
         self._skipped_by_profile.update(self._skipped.fold(totals, owners))
 
     def counters(self, lost_by_cgroup: dict[int, int], drops_by_cgroup: dict[int, int],
-                 governor: budget.Governor) -> list[models.ProfileCounters]:
+                 governor: budget.Governor | None = None) -> list[models.ProfileCounters]:
         """Per profile: its exporter's counters, the kernel events lost and the exchanges the parsers dropped or
         the kernel skipped for its own pods' cgroups, and where a budgeted profile's budget stands."""
         self._attribute(lost_by_cgroup, self._lost_seen, self._lost_by_profile)
@@ -245,7 +245,7 @@ class Router:
                 events_lost=self._lost_by_profile[key], parser_drops=self._drops_by_profile[key],
                 spans_sampled_out=self._sampled_out(key), exchanges_skipped=self._skipped_by_profile[key],
                 export_error=stats.failing[:_ERROR_CHARS] if stats.failing else None,
-                **(_budget_counters(governor) if self._profiles[key].overhead_budget else {}),
+                **(_budget_counters(governor) if governor and self._profiles[key].overhead_budget else {}),
             ))
         return counters
 

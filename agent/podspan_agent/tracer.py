@@ -188,5 +188,4 @@ class Tracer:
         result["event_errors"] = self.event_errors
         result["connections"] = len(self.table)
         result["parser_drops"] = sum(self.table.parser_drops_by_cgroup().values())
-        result["skips_forgotten"] = self.probes.skips_forgotten
         return result

@@ -201,10 +201,10 @@ struct podspan_skip_key {
     __u8 method;    /* enum podspan_method (HTTP) */
     __u8 version;   /* enum podspan_version (HTTP) */
     __u8 error;     /* Redis: an error reply; any protocol: closed before a response */
-    __u8 _pad;
+    __u8 _pad[5];   /* explicit: hash keys compare every byte, implicit padding may hold stack garbage */
 };
 
-/* skipped_exchanges value (per CPU): exchanges, their summed duration (request start to response end) and
+/* skipped_exchanges value: exchanges, their summed duration (request start to response end) and
  * their histogram over the protocol's bounds. */
 struct podspan_skip_counts {
     __u64 count;

@@ -17,7 +17,8 @@
 BPF_HASH(skip_thresholds, __u64, __u32, 4096);
 /* LRU: userspace marks connections and never unmarks them; the conn_id tells a reused slot. */
 BPF_TABLE("lru_hash", struct podspan_conn_key, struct podspan_sampled_conn, sampled_conns, PODSPAN_MAX_CONNS);
-BPF_PERCPU_HASH(skipped_exchanges, struct podspan_skip_key, struct podspan_skip_counts, PODSPAN_MAX_SKIP_SERIES);
+/* Shared, with atomic adds (as lost_by_cgroup): userspace reads it once a second. */
+BPF_HASH(skipped_exchanges, struct podspan_skip_key, struct podspan_skip_counts, PODSPAN_MAX_SKIP_SERIES);
 
 #define PODSPAN_WORD(a, b, c, d) ((__u32)(a) | (__u32)(b) << 8 | (__u32)(c) << 16 | (__u32)(d) << 24)
 #define PODSPAN_ABOVE(bound) +(duration > (bound))
@@ -39,11 +40,16 @@ static __always_inline __u32 skip_bucket(__u64 duration, __u8 protocol)
 static __always_inline void count_skipped(const struct podspan_conn *conn, __u32 tgid)
 {
     const struct podspan_skip *skip = &conn->skip;
-    struct podspan_skip_key key = {.cgroup_id = bpf_get_current_cgroup_id(), .tgid = tgid, .status = skip->status,
-                                   .role = conn->role, .protocol = skip->protocol, .method = skip->method,
-                                   .version = skip->version, .error = skip->error};
-    if (skip->direction == request_direction(conn))
-        key.error = 1; /* no response before the close */
+    struct podspan_skip_key key;
+    __builtin_memset(&key, 0, sizeof(key)); /* every byte is part of the hash key */
+    key.cgroup_id = bpf_get_current_cgroup_id();
+    key.tgid = tgid;
+    key.status = skip->status;
+    key.role = conn->role;
+    key.protocol = skip->protocol;
+    key.method = skip->method;
+    key.version = skip->version;
+    key.error = skip->error || skip->direction == request_direction(conn); /* or no response before the close */
     count(PODSPAN_STAT_SKIPPED);
     struct podspan_skip_counts *counts = skipped_exchanges.lookup(&key);
     if (!counts) {
@@ -59,9 +65,9 @@ static __always_inline void count_skipped(const struct podspan_conn *conn, __u32
     __u32 bucket = skip_bucket(duration, skip->protocol);
     /* The bucket first: userspace takes the buckets as the count and reads while this runs. */
     if (bucket < PODSPAN_SKIP_BUCKETS)
-        counts->buckets[bucket] += 1;
-    counts->sum_ns += duration;
-    counts->count += 1;
+        __sync_fetch_and_add(&counts->buckets[bucket], 1);
+    __sync_fetch_and_add(&counts->sum_ns, duration);
+    __sync_fetch_and_add(&counts->count, 1);
 }
 
 /* The first `len` bytes a chunk moved (flat buffer, first iovec, or first iovec of a msghdr). 0 on success. */

@@ -56,7 +56,7 @@ class Health:
             tracepoints_attached=tracepoints,
             exchanges_skipped=tracer_stats.get("kernel_skipped", 0),
             exchanges_uncounted=(tracer_stats.get("kernel_skipped_uncounted", 0)
-                                 + tracer_stats.get("skips_forgotten", 0)),
+                                 + tracer_stats.get("kernel_skips_forgotten", 0)),
             capture_fraction=capture_fraction,
             cost_percent=cost_percent,
         )
