@@ -106,14 +106,14 @@ class CostMeter:
 class ControlSettings:
     min_fraction: float = 0.01  # never below: a trickle of spans keeps showing what the traffic is
     margin: float = 0.9  # lowering aims this far below the budget
-    max_cut: float = 0.5  # lowering at most halves the fraction per step (one noisy second cannot zero it)
+    max_cut: float = 0.1  # lowering at most divides the fraction by 10 per step (one noisy second cannot zero it)
     raise_below: float = 0.8  # raising only while the cost is below this share of the budget (hysteresis)
     raise_step: float = 0.05  # raising adds at most this much per step
 
 
 class Controller:
     """The captured fraction, in [min_fraction, 1]: while over budget it is cut in proportion to the excess (at most
-    halved per step); while well under it grows additively, never past the fraction the last cost predicts would
+    tenfold per step); while well under it grows additively, never past the fraction the last cost predicts would
     still fit; in between it holds. Costs are assumed to grow with the fraction."""
 
     def __init__(self, budget_percent: float, settings: ControlSettings | None = None) -> None:
