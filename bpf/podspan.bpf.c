@@ -11,7 +11,7 @@
  * Compile-time options (-D): PODSPAN_CAPTURE_SIZE, PODSPAN_CHUNK_CAPTURE_SIZE,
  * PODSPAN_MAX_CONNS, PODSPAN_RINGBUF_PAGES, PODSPAN_WAKEUP_EVERY, PODSPAN_SELF_TGID,
  * PODSPAN_MAX_IOV, PODSPAN_GATHER_ENOUGH, PODSPAN_MAX_MMSG, PODSPAN_MAX_PIECES,
- * PODSPAN_MAX_CONTINUATIONS, and the kernel features the loader detects: PODSPAN_HAVE_MMSG
+ * PODSPAN_MAX_CONTINUATIONS, PODSPAN_MAX_SKIP_SERIES, and the kernel features the loader detects: PODSPAN_HAVE_MMSG
  * (sendmmsg/recvmmsg tracepoints), PODSPAN_HAVE_EXIT (sched_process_exit),
  * PODSPAN_HAVE_EXIT_GROUP_DEAD (its group_dead field), PODSPAN_HAVE_FORK (sched_process_fork,
  * sched_process_exec, sys_exit_clone), PODSPAN_HAVE_CLONE3 and PODSPAN_HAVE_SYS_FORK (the
@@ -21,14 +21,16 @@
 #include <linux/socket.h>
 /* One header per concern, each including what it needs: podspan_events.h (the contract with
  * userspace), podspan_config.h (options), podspan_maps.h (structs, maps, stats, selection),
- * podspan_output.h (ring buffer), podspan_conns.h, podspan_udp.h, podspan_process.h, podspan_http2.h,
- * podspan_tls_state.h and podspan_capture.h (the data path), and podspan_tls.h and podspan_tls_go.h (the TLS
- * library probes: OpenSSL, Go crypto/tls). bcc rewrites map calls and tracepoint `args` only in the file
+ * podspan_output.h (ring buffer), podspan_sampling.h (exchanges skipped at request start), podspan_conns.h,
+ * podspan_udp.h, podspan_process.h, podspan_http2.h, podspan_tls_state.h and podspan_capture.h (the data path),
+ * and podspan_tls.h and podspan_tls_go.h (the TLS library probes: OpenSSL, Go crypto/tls). bcc rewrites map calls
+ * and tracepoint `args` only in the file
  * it compiles, so the loader inlines these headers into this file first. This file holds every
  * program the loader attaches or tail-calls. */
 #include "podspan_events.h"
 #include "podspan_config.h"
 #include "podspan_maps.h"
+#include "podspan_sampling.h"
 #include "podspan_output.h"
 #include "podspan_conns.h"
 #include "podspan_udp.h"

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ctypes
 import enum
+from typing import NamedTuple
 
 
 class EventKind(enum.IntEnum):
@@ -41,6 +42,8 @@ class Stat(enum.IntEnum):
     CONTINUATIONS = 6
     TLS_CIPHERTEXT = 7
     TLS_UNMAPPED = 8
+    SKIPPED = 9
+    SKIPPED_UNCOUNTED = 10
 
 
 class ConnFlag(enum.IntFlag):
@@ -50,7 +53,38 @@ class ConnFlag(enum.IntFlag):
     TLS = 8
 
 
+class SampleProtocol(enum.IntEnum):
+    NONE = 0
+    HTTP1 = 1
+    REDIS = 2
+
+
+class Method(enum.IntEnum):
+    OTHER = 0
+    GET = 1
+    HEAD = 2
+    POST = 3
+    PUT = 4
+    DELETE = 5
+    CONNECT = 6
+    OPTIONS = 7
+    TRACE = 8
+    PATCH = 9
+
+
+class Version(enum.IntEnum):
+    UNKNOWN = 0
+    V10 = 1
+    V11 = 2
+
+
 STAT_COUNT = len(Stat)
+SKIP_BUCKETS = 15
+# Bucket bounds of skipped exchanges' durations in the kernel (ns), per protocol.
+HTTP_BOUNDS_NS = (5_000_000, 10_000_000, 25_000_000, 50_000_000, 75_000_000, 100_000_000, 250_000_000, 500_000_000,
+                  750_000_000, 1_000_000_000, 2_500_000_000, 5_000_000_000, 7_500_000_000, 10_000_000_000)
+DB_BOUNDS_NS = (1_000_000, 5_000_000, 10_000_000, 50_000_000, 100_000_000, 500_000_000, 1_000_000_000,
+                5_000_000_000, 10_000_000_000)
 SOCKADDR_SIZE = 28
 DEFAULT_CAPTURE_SIZE = 512
 DEFAULT_CHUNK_CAPTURE_SIZE = 8192
@@ -65,6 +99,20 @@ class Run(ctypes.Structure):
         ("chunks", ctypes.c_uint32),
         ("direction", ctypes.c_uint8),
         ("_pad", ctypes.c_uint8 * 3),
+    )
+
+
+class Skip(ctypes.Structure):
+    _fields_ = (
+        ("start_ns", ctypes.c_uint64),
+        ("end_ns", ctypes.c_uint64),
+        ("status", ctypes.c_uint16),
+        ("direction", ctypes.c_uint8),
+        ("protocol", ctypes.c_uint8),
+        ("method", ctypes.c_uint8),
+        ("version", ctypes.c_uint8),
+        ("error", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8),
     )
 
 
@@ -120,4 +168,56 @@ class Conn(ctypes.Structure):
         ("captured", ctypes.c_uint16),
         ("continuations", ctypes.c_uint8),
         ("_pad", ctypes.c_uint8 * 3),
+        ("skip", Skip),
     )
+
+
+class SampledConn(ctypes.Structure):
+    _fields_ = (("conn_id", ctypes.c_uint64), ("protocol", ctypes.c_uint8), ("_pad", ctypes.c_uint8 * 7))
+
+
+class SkipKey(ctypes.Structure):
+    _fields_ = (
+        ("cgroup_id", ctypes.c_uint64),
+        ("tgid", ctypes.c_uint32),
+        ("status", ctypes.c_uint16),
+        ("role", ctypes.c_uint8),
+        ("protocol", ctypes.c_uint8),
+        ("method", ctypes.c_uint8),
+        ("version", ctypes.c_uint8),
+        ("error", ctypes.c_uint8),
+        ("_pad", ctypes.c_uint8 * 5),
+    )
+
+
+class SkipCounts(ctypes.Structure):
+    _fields_ = (
+        ("count", ctypes.c_uint64),
+        ("sum_ns", ctypes.c_uint64),
+        ("buckets", ctypes.c_uint64 * SKIP_BUCKETS),
+    )
+
+
+class SkipSeries(NamedTuple):
+    """A `SkipKey` as a value (ctypes structures hash by identity)."""
+
+    cgroup_id: int
+    tgid: int
+    status: int
+    role: int
+    protocol: int
+    method: int
+    version: int
+    error: int
+
+    @classmethod
+    def of(cls, key: SkipKey) -> SkipSeries:
+        return cls(key.cgroup_id, key.tgid, key.status, key.role, key.protocol, key.method, key.version, key.error)
+
+
+class SkipTotals(NamedTuple):
+    """`SkipCounts` as a value."""
+
+    exchanges: int
+    sum_ns: int
+    buckets: tuple[int, ...]

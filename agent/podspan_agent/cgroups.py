@@ -39,6 +39,18 @@ def cgroup_id(path: pathlib.Path) -> int:
     return os.stat(path).st_ino
 
 
+def of_process(pid: int, mount: pathlib.Path | None = None) -> pathlib.Path | None:
+    """The cgroup v2 directory process `pid` is in (None if it is gone or not in the v2 hierarchy)."""
+    try:
+        with open(f"/proc/{pid}/cgroup") as lines:
+            for line in lines:
+                if line.startswith("0::"):
+                    return (mount or cgroup2_mount()) / line[3:].strip().lstrip("/")
+    except OSError:
+        return None
+    return None
+
+
 def processes(path: pathlib.Path) -> list[int]:
     """The processes (tgids) in cgroup `path` itself, not its descendants: what the cgroup filter traces.
     Empty when the cgroup is gone."""

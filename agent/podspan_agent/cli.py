@@ -13,7 +13,7 @@ import threading
 import time
 from collections.abc import Sequence
 
-from podspan_agent import cgroups, kernel_headers, loader, process_info, tls, tracer
+from podspan_agent import budget, cgroups, kernel_headers, loader, process_info, tls, tracer
 from podspan_agent.export import otlp, otlp_metrics, otlp_settings, sinks
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base, registry
@@ -81,6 +81,10 @@ def _parser() -> argparse.ArgumentParser:
                             "(0: any free port, logged); default: no metrics")
     trace.add_argument("--metrics-address", default="127.0.0.1", metavar="ADDRESS",
                        help="address the metrics endpoint listens on (default 127.0.0.1)")
+    trace.add_argument("--cpu-budget", type=float, metavar="PERCENT",
+                       help="keep the agent's cost (its CPU time plus its BPF programs' run time) within PERCENT of "
+                            "one CPU by fully capturing fewer HTTP/1 and Redis exchanges (the rest are counted in the "
+                            "RED metrics only); default: capture everything")
     trace.set_defaults(func=_trace)
 
     run = commands.add_parser("run", help="Kubernetes mode: follow this node's NodeTraceConfig")
@@ -134,6 +138,8 @@ def _trace(args: argparse.Namespace) -> int:
     protocols = _protocols(args.protocols)
     if args.capture_bodies < 0:
         raise UsageError(f"--capture-bodies must be 0 or more bytes, got {args.capture_bodies}")
+    if args.cpu_budget is not None and not args.cpu_budget > 0:
+        raise UsageError(f"--cpu-budget must be a positive percentage, got {args.cpu_budget}")
     selected, pids = _selection(args.cgroup, args.pid)
     _check_privileges()
     try:
@@ -169,6 +175,8 @@ def _trace(args: argparse.Namespace) -> int:
                                      body_limit=args.capture_bodies), protocols=protocols
     )
     measured = endpoint is not None or outputs.otlp_metrics is not None
+    governor = budget.Governor(probes)
+    skipped = red.SkippedFolder(red_metrics)
     span_sinks = [red.Recorder(red_metrics), *outputs.sinks] if measured else outputs.sinks
     the_tracer = tracer.Tracer(probes, settings, span_sinks, resources,
                                on_pair=red_metrics.record_pair if measured else None)
@@ -178,6 +186,10 @@ def _trace(args: argparse.Namespace) -> int:
             probes.trace_cgroup(cid)
         for pid in pids:
             probes.trace_pid(pid)
+        if args.cpu_budget is not None:
+            budgeted = set(selected) | {cgroups.cgroup_id(d) for d in map(cgroups.of_process, pids) if d and d.is_dir()}
+            governor.configure(args.cpu_budget, budgeted)
+            the_tracer.set_sampling(True)
         what = [str(p) for p in selected.values()] + [f"pid {p}" for p in pids]
         served = f"; metrics at {endpoint.url}" if endpoint else ""
         print(f"podspan: tracing {', '.join(what)}; {outputs.describe()}{served} ({headers.describe()}; "
@@ -194,15 +206,28 @@ def _trace(args: argparse.Namespace) -> int:
             if time.monotonic() - last_summary[0] >= 1.0:
                 # Once a second, one snapshot for both: it reads the kernel's counters and every connection.
                 last_summary[0] = time.monotonic()
+                governor.tick(time.monotonic_ns())
+                skipped.fold(probes.skipped_exchanges(),
+                             lambda s: [("", red.workload_of(resources.of(s.tgid, s.cgroup_id)))])
                 stats = the_tracer.stats()
                 if endpoint is not None:
-                    collector.publish(prometheus.Health.of(stats, outputs.export_stats(), probes.tracepoints_attached))
+                    collector.publish(prometheus.Health.of(stats, outputs.export_stats(), probes.tracepoints_attached,
+                                                           *governor.health()))
                 outputs.summary(stats)
 
         the_tracer.run(stop, on_tick)
     finally:
         stop.set()
         final_stats = the_tracer.stats()
+        if args.cpu_budget is not None:
+            skipped.fold(probes.skipped_exchanges(),  # the last ones, counted when their connections closed
+                         lambda s: [("", red.workload_of(resources.of(s.tgid, s.cgroup_id)))])
+            cost = governor.cost
+            print(f"podspan: budget {args.cpu_budget:g}% of a CPU ({governor.scope}): agent at "
+                  f"{cost.percent if cost else 0.0:.2f}%, capturing {governor.fraction or 1.0:.4f} of HTTP/1 and "
+                  f"Redis exchanges; {final_stats.get('kernel_skipped', 0)} skipped (counted in RED metrics only)",
+                  file=sys.stderr, flush=True)
+        governor.close()
         outputs.shutdown()
         probes.close()
         if endpoint is not None:

@@ -1,6 +1,6 @@
 """Compile, load and attach the BPF capture program with bcc; the only module that imports bcc.
 
-Owns the kernel objects: the cgroup/pid allow maps, the connection table, the
+Owns the kernel objects: the cgroup/pid allow maps, the connection table, the sampling maps, the
 ring buffer (consumed by the native `_ringbuf.RingBuffer`, not bcc's callback per
 record) and the per-CPU stats. Everything else talks to the kernel through `Probes`.
 """
@@ -221,6 +221,7 @@ GO_TLS_PROBES = {gobinary.READ: (b"go_tls_read_enter", b"go_tls_read_return"),
                  gobinary.WRITE: (b"go_tls_write_enter", b"go_tls_write_return"),
                  gobinary.SERVER_HANDSHAKE: (b"go_tls_handshake_enter", b"go_tls_handshake_return"),
                  gobinary.CLIENT_HANDSHAKE: (b"go_tls_handshake_enter", b"go_tls_handshake_return")}
+_RUN_TIME = re.compile(rb"^run_time_ns:\s*(\d+)", re.M)  # in a program fd's fdinfo
 _TLS_VERSIONS = {0x0301: "1.0", 0x0302: "1.1", 0x0303: "1.2", 0x0304: "1.3"}  # SSL's `version` -> semconv
 
 
@@ -270,6 +271,10 @@ class Probes:
         self._stats = self._bpf[b"stats"]
         self._lost_by_cgroup = self._bpf[b"lost_by_cgroup"]
         self._tls_handshakes = self._bpf[b"tls_handshakes"]
+        self._skip_thresholds = self._bpf[b"skip_thresholds"]
+        self._sampled_conns = self._bpf[b"sampled_conns"]
+        self._skipped = self._bpf[b"skipped_exchanges"]
+        self.skips_forgotten = 0  # skipped exchanges in progress on connections userspace removed: not counted
         # bcc attached every TRACEPOINT_PROBE while loading; remember them to re-attach after detach().
         self._tracepoints = tuple(self._bpf.tracepoint_fds)
         # attached TLS file -> (the functions probed, bcc's names of its uprobe events)
@@ -305,7 +310,7 @@ class Probes:
         if self.attached:
             return
         # dgram_socks too: a socket() missed while detached may have reused a UDP socket's fd.
-        for name in (b"conns", b"dgram_socks", *_INFLIGHT_MAPS):
+        for name in (b"conns", b"dgram_socks", b"sampled_conns", *_INFLIGHT_MAPS):
             try:
                 self._bpf[name].clear()
             except KeyError:
@@ -439,9 +444,47 @@ class Probes:
         live = self.connection(tgid, fd)
         if live is None or live.conn_id != conn_id:
             return
+        if live.skip.direction:
+            self.skips_forgotten += 1
         key = bpf_events.ConnKey(tgid, fd)
         self._conns.pop(key, None)
         self._dgram_socks.pop(key, None)
+
+    def sample_connection(self, tgid: int, fd: int, conn_id: int, protocol: bpf_events.SampleProtocol) -> None:
+        """Let the kernel skip exchanges of connection `conn_id` (its `protocol`'s parser keeps no state from one
+        exchange to the next) when its cgroup's capture fraction is below 1."""
+        self._sampled_conns[bpf_events.ConnKey(tgid, fd)] = bpf_events.SampledConn(conn_id, protocol)
+
+    # ---- overhead budget ----
+    def set_capture_fraction(self, cgroup_id: int, fraction: float) -> None:
+        """Capture about `fraction` (0 to 1) of the exchanges that start in cgroup `cgroup_id` on sampled
+        connections; the rest are counted in skipped_exchanges only."""
+        key = ctypes.c_uint64(cgroup_id)
+        threshold = min(round((1.0 - fraction) * 2**32), 2**32 - 1)
+        if threshold <= 0:
+            self._skip_thresholds.pop(key, None)
+        else:
+            self._skip_thresholds[key] = ctypes.c_uint32(threshold)
+
+    def skipped_exchanges(self) -> dict[bpf_events.SkipSeries, bpf_events.SkipTotals]:
+        """Exchanges the kernel skipped so far, per series (cumulative)."""
+        totals = {}
+        for key, counts in self._skipped.items():
+            series = bpf_events.SkipSeries.of(bpf_events.SkipKey.from_buffer_copy(key))
+            totals[series] = bpf_events.SkipTotals(counts.count, counts.sum_ns, tuple(counts.buckets))
+        return totals
+
+    def bpf_run_time_ns(self) -> int:
+        """In-kernel run time of every program loaded here, from their fdinfo (0 while kernel.bpf_stats_enabled
+        is off: the kernel counts only then)."""
+        total = 0
+        for function in list(self._bpf.funcs.values()):
+            with contextlib.suppress(OSError):
+                with open(f"/proc/self/fdinfo/{function.fd}", "rb") as info:
+                    found = _RUN_TIME.search(info.read())
+                if found:
+                    total += int(found.group(1))
+        return total
 
     def connection_count(self, tgid: int) -> int:
         """How many connections of process `tgid` the kernel tracks (walks the whole table: for tests
@@ -487,6 +530,7 @@ class Probes:
         for stat in bpf_events.Stat:
             per_cpu = self._stats[ctypes.c_int(stat.value)]
             totals[stat.name.lower()] = int(sum(per_cpu))
+        totals["skips_forgotten"] = self.skips_forgotten
         return totals
 
     def close(self) -> None:

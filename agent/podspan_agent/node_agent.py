@@ -18,7 +18,19 @@ import threading
 import time
 from typing import Any
 
-from podspan_agent import cgroups, kernel_headers, kube, loader, process_info, profile_view, sampling, tls, tracer
+from podspan_agent import (
+    bpf_events,
+    budget,
+    cgroups,
+    kernel_headers,
+    kube,
+    loader,
+    process_info,
+    profile_view,
+    sampling,
+    tls,
+    tracer,
+)
 from podspan_agent.export import otlp, otlp_metrics, otlp_settings
 from podspan_agent.metrics import prometheus, red
 from podspan_agent.protocols import base
@@ -29,7 +41,7 @@ log = logging.getLogger(__name__)
 
 _RECONCILE_EVERY_S = 2.0  # also picks up containers that start (or restart) later
 _STATUS_EVERY_S = 10.0
-_HEALTH_EVERY_S = 1.0  # how fresh the Prometheus endpoint's agent health is
+_HEALTH_EVERY_S = 1.0  # how fresh the Prometheus endpoint's agent health is; also the overhead budget's cadence
 _RUNTIMES = ("containerd", "cri-o", "docker")
 _ERROR_CHARS = 300  # an exporter error in status: enough to diagnose, small enough for an object
 _PROBE_ERROR_CHARS = 2000  # compiler output is long; its first lines say what failed
@@ -135,6 +147,8 @@ class Router:
         self._drops_by_profile: collections.Counter[str] = collections.Counter()
         # Spans sampling did not keep: ratio/parentBased drops, and what retired smart samplers dropped.
         self._sampled_out_before: collections.Counter[str] = collections.Counter()
+        self._skipped = red.SkippedFolder(metrics)
+        self._skipped_by_profile: collections.Counter[str] = collections.Counter()
         self.unrouted = 0
 
     def configure(self, profiles: list[models.ResolvedProfile], plans: list[TargetPlan]) -> None:
@@ -206,9 +220,21 @@ class Router:
         for key in sorted(keys):
             self._metrics.record_pair(client, server, profile=key)
 
-    def counters(self, lost_by_cgroup: dict[int, int], drops_by_cgroup: dict[int, int]) -> list[models.ProfileCounters]:
-        """Per profile: its exporter's counters, and the kernel events lost and the exchanges the parsers
-        dropped for its own pods' cgroups."""
+    def fold_skipped(self, totals: dict[bpf_events.SkipSeries, bpf_events.SkipTotals],
+                     resources_by_cgroup: dict[int, dict[str, base.AttributeValue]]) -> None:
+        """The kernel's counts of skipped exchanges into the RED metrics of every profile that traces their cgroup
+        and protocol (the workload as its spans name it)."""
+        def owners(series: bpf_events.SkipSeries) -> list[tuple[str, red.Labels]]:
+            protocol = "redis" if series.protocol == bpf_events.SampleProtocol.REDIS else "http"
+            workload = red.workload_of(resources_by_cgroup.get(series.cgroup_id, {}))
+            return [(key, workload) for key in self._by_cgroup.get(series.cgroup_id, ())
+                    if key in self._profiles and protocol in self._profiles[key].protocols]
+        self._skipped_by_profile.update(self._skipped.fold(totals, owners))
+
+    def counters(self, lost_by_cgroup: dict[int, int], drops_by_cgroup: dict[int, int],
+                 governor: budget.Governor | None = None) -> list[models.ProfileCounters]:
+        """Per profile: its exporter's counters, the kernel events lost and the exchanges the parsers dropped or
+        the kernel skipped for its own pods' cgroups, and where a budgeted profile's budget stands."""
         self._attribute(lost_by_cgroup, self._lost_seen, self._lost_by_profile)
         self._attribute(drops_by_cgroup, self._drops_seen, self._drops_by_profile)
         counters = []
@@ -217,8 +243,9 @@ class Router:
             counters.append(models.ProfileCounters(
                 profile=key, spans_exported=stats.spans_exported, spans_dropped=stats.spans_dropped,
                 events_lost=self._lost_by_profile[key], parser_drops=self._drops_by_profile[key],
-                spans_sampled_out=self._sampled_out(key),
+                spans_sampled_out=self._sampled_out(key), exchanges_skipped=self._skipped_by_profile[key],
                 export_error=stats.failing[:_ERROR_CHARS] if stats.failing else None,
+                **(_budget_counters(governor) if governor and self._profiles[key].overhead_budget else {}),
             ))
         return counters
 
@@ -264,6 +291,12 @@ class Router:
             metric_exporter.shutdown(timeout=2.0)
 
 
+def _budget_counters(governor: budget.Governor) -> dict[str, Any]:
+    cost = governor.cost
+    return {"capture_fraction": round(governor.fraction or 1.0, 4), "cost_scope": governor.scope,
+            "agent_cpu_percent": round(cost.percent, 2) if cost is not None else None}
+
+
 class NodeAgent:
     def __init__(self, node: str, custom: kube.CustomObjects, probes: loader.Probes,
                  headers: kernel_headers.HeaderSource, export_queue: int,
@@ -281,6 +314,7 @@ class NodeAgent:
         self.tracer = tracer.Tracer(probes, tracer.TracerSettings(capture=self._capture), [self.router],
                                     self.resources, on_pair=self.router.record_pair)
         self._tls = tls.Tracker(probes)
+        self._governor = budget.Governor(probes)
         self._tls_targets: list[TargetPlan] = []  # attached targets some profile of which reads TLS
         self._applied_version = -1
         self._generation: int | None = None
@@ -299,6 +333,7 @@ class NodeAgent:
         finally:
             self._watcher.stopping.set()
             self._status_writer.stop()
+            self._governor.close()
             self._tls.close()
             self.router.shutdown()
 
@@ -308,11 +343,18 @@ class NodeAgent:
         if version != self._applied_version or now >= self._next_reconcile:
             self._apply(obj)
             self._applied_version, self._next_reconcile = version, now + _RECONCILE_EVERY_S
-        if self._collector is not None and now >= self._next_health:
+        if now >= self._next_health:
             # Once a second, not every tick: the snapshot reads the kernel's counters and every connection.
             self._next_health = now + _HEALTH_EVERY_S
-            self._collector.publish(prometheus.Health.of(self.tracer.stats(), self.router.export_stats(),
-                                                         self._probes.tracepoints_attached))
+            throttled = self._governor.throttled
+            self._governor.tick(time.monotonic_ns())
+            if throttled != self._governor.throttled:  # over budget or back within it: tell the operator now
+                self._status_dirty = True
+            self.router.fold_skipped(self._probes.skipped_exchanges(), self._resources_by_cgroup)
+            if self._collector is not None:
+                self._collector.publish(prometheus.Health.of(self.tracer.stats(), self.router.export_stats(),
+                                                             self._probes.tracepoints_attached,
+                                                             *self._governor.health()))
         self.router.tick(time.monotonic_ns())
         failing = self.router.failing()
         if failing != self._failing:  # export broke or recovered: tell the operator now
@@ -341,6 +383,12 @@ class NodeAgent:
             self._status_dirty = True
         self._resources_by_cgroup = wanted
         self.router.configure(spec.profiles, plans)
+        # The node's agent has one cost: the strictest budget of its profiles, over the cgroups only budgeted
+        # profiles trace (a profile without a budget keeps every exchange of its pods).
+        budgets = {p.key: p.overhead_budget.cpu_percent for p in spec.profiles if p.overhead_budget}
+        budgeted = {p.cgroup_id for p in plans if p.cgroup_id is not None and all(k in budgets for k in p.profiles)}
+        self._governor.configure(min(budgets.values(), default=None), budgeted)
+        self.tracer.set_sampling(bool(budgets))
         # Parsers keep headers and bodies only when some profile asks for them (bodies up to the largest
         # limit asked); each profile's view trims the rest.
         bodies = [p.capture.body.max_bytes for p in spec.profiles if p.capture.body.enabled]
@@ -368,7 +416,7 @@ class NodeAgent:
             agent_version=AGENT_VERSION,
             header_source=self._headers.describe(),
             targets=[self._with_tls(p) for p in self._plans],
-            profiles=self.router.counters(lost, self.tracer.table.parser_drops_by_cgroup()),
+            profiles=self.router.counters(lost, self.tracer.table.parser_drops_by_cgroup(), self._governor),
             probes_attached=self._probes.attached,
         )
         self._status_writer.submit(status)

@@ -57,12 +57,16 @@ class ResourceResolver:
         self._host = socket.gethostname()
 
     def __call__(self, conn: connections.ConnectionInfo) -> Attributes:
-        key = (conn.tgid, conn.cgroup_id)
+        return self.of(conn.tgid, conn.cgroup_id)
+
+    def of(self, tgid: int, cgroup_id: int) -> Attributes:
+        """The attributes of process `tgid` in cgroup `cgroup_id`."""
+        key = (tgid, cgroup_id)
         found = self._cache.get(key)
         if found is None:
             if len(self._cache) >= _MAX_CACHED:
                 self._cache.clear()
-            found = self._cache[key] = self._resolve(conn.tgid, conn.cgroup_id)
+            found = self._cache[key] = self._resolve(tgid, cgroup_id)
         return found
 
     def forget_cgroup(self, cgroup: int) -> None:

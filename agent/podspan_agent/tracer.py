@@ -18,7 +18,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Final, Protocol
 
-from podspan_agent import _conntable, _ringbuf, loader, tls
+from podspan_agent import _conntable, _ringbuf, bpf_events, loader, tls
 from podspan_agent.protocols import base, registry
 from podspan_agent.spans import builder, correlation, model
 
@@ -26,6 +26,8 @@ _POLL_MS = 50
 _HOUSEKEEPING_NS = 100_000_000
 _IDLE_RUN_NS = 200_000_000  # a response run quiet this long is taken as complete
 _GC_THRESHOLDS = (50_000, 20, 100)
+# Protocols whose parsers keep no state from one exchange to the next: the kernel may skip whole exchanges of theirs.
+_SAMPLED: Final = {"http": bpf_events.SampleProtocol.HTTP1, "redis": bpf_events.SampleProtocol.REDIS}
 # The table's counters the tracer reports under their own names; the others are prefixed conn_.
 _EVENT_STATS: Final = frozenset({"events", "malformed_events", "event_errors"})
 
@@ -84,6 +86,15 @@ class Tracer:
                                                  on_pair=on_pair)
         self.spans_released = 0
         probes.open_events(self._on_events)
+
+    def set_sampling(self, enabled: bool) -> None:
+        """Whether connections detected from now on may have exchanges skipped by the kernel (overhead budget)."""
+        self.table.on_detected = self._sample_connection if enabled else None
+
+    def _sample_connection(self, tgid: int, fd: int, conn_id: int, protocol: str) -> None:
+        sampled = _SAMPLED.get(protocol)
+        if sampled is not None:
+            self.probes.sample_connection(tgid, fd, conn_id, sampled)
 
     def set_capture(self, capture: base.CaptureSettings) -> None:
         """Capture settings for connections opened from now on."""

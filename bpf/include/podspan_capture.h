@@ -340,6 +340,8 @@ static __always_inline int capture_inline(void *ctx, struct podspan_conn *conn, 
 static __always_inline int on_io(void *ctx, __u64 pid_tgid, long ret, const struct io_args *io,
                                  struct podspan_conn *conn, int from_uprobe, __u64 now)
 {
+    if (conn && io->shape != IO_MMSG && sample_chunk(conn, io, pid_tgid, ret, now))
+        return 0; /* an exchange the draw skipped */
     struct chunk_job job = {.io = *io, .pid_tgid = pid_tgid, .result = ret, .now = now};
     if (conn && io->shape != IO_MMSG) {
         /* Most chunks continue a run and need no capture. */

@@ -61,7 +61,9 @@ enum podspan_stat {
     PODSPAN_STAT_TLS_CIPHERTEXT = 7, /* syscall chunks on TLS connections, not captured (their plaintext may be) */
     PODSPAN_STAT_TLS_UNMAPPED = 8, /* TLS library calls that moved plaintext on no connection we know (e.g. a memory
                                       BIO, or an SSL object never seen doing I/O on a tracked socket): not captured */
-    PODSPAN_STAT_MAX = 9,
+    PODSPAN_STAT_SKIPPED = 9,      /* exchanges the capture-fraction draw left uncaptured (counted in skipped_exchanges) */
+    PODSPAN_STAT_SKIPPED_UNCOUNTED = 10, /* of those, exchanges skipped_exchanges had no room for */
+    PODSPAN_STAT_MAX = 11,
 };
 
 /* Per-connection capture mode, in the conns value and in every event header. */
@@ -74,6 +76,44 @@ enum podspan_conn_flag {
                                      call): syscall bytes are not captured, the TLS probes' plaintext is */
 };
 
+/* Protocols of connections userspace marked as safe to skip exchanges on (its parser keeps no state from one
+ * exchange to the next), in `sampled_conns`, the skipped exchange and its counters. */
+enum podspan_sample_protocol {
+    PODSPAN_SAMPLE_NONE = 0,
+    PODSPAN_SAMPLE_HTTP1 = 1,
+    PODSPAN_SAMPLE_REDIS = 2,
+};
+
+/* The request method of a skipped HTTP/1 exchange, from its first 4 bytes (OTHER: none of these). */
+enum podspan_method {
+    PODSPAN_METHOD_OTHER = 0,
+    PODSPAN_METHOD_GET = 1,
+    PODSPAN_METHOD_HEAD = 2,
+    PODSPAN_METHOD_POST = 3,
+    PODSPAN_METHOD_PUT = 4,
+    PODSPAN_METHOD_DELETE = 5,
+    PODSPAN_METHOD_CONNECT = 6,
+    PODSPAN_METHOD_OPTIONS = 7,
+    PODSPAN_METHOD_TRACE = 8,
+    PODSPAN_METHOD_PATCH = 9,
+};
+
+/* The HTTP version of a skipped exchange's status line. */
+enum podspan_version {
+    PODSPAN_VERSION_UNKNOWN = 0,
+    PODSPAN_VERSION_10 = 1,
+    PODSPAN_VERSION_11 = 2,
+};
+
+/* Histogram bucket bounds of skipped exchanges' durations, in ns: those metrics/red.py uses for the protocol's
+ * instrument (HTTP: DURATION_BUCKETS_S; Redis: DB_BUCKETS_S). X(bound) per bound, ascending. */
+#define PODSPAN_HTTP_BOUNDS_NS(X) X(5000000ULL) X(10000000ULL) X(25000000ULL) X(50000000ULL) X(75000000ULL) \
+    X(100000000ULL) X(250000000ULL) X(500000000ULL) X(750000000ULL) X(1000000000ULL) X(2500000000ULL)          \
+    X(5000000000ULL) X(7500000000ULL) X(10000000000ULL)
+#define PODSPAN_DB_BOUNDS_NS(X) X(1000000ULL) X(5000000ULL) X(10000000ULL) X(50000000ULL) X(100000000ULL) \
+    X(500000000ULL) X(1000000000ULL) X(5000000000ULL) X(10000000000ULL)
+#define PODSPAN_SKIP_BUCKETS 15 /* the most bounds of either list, plus one above them all */
+
 /* A run: bytes moved in one direction between two direction changes. */
 struct podspan_run {
     __u64 start_ns; /* exit time of the run's first chunk (CLOCK_MONOTONIC) */
@@ -82,6 +122,19 @@ struct podspan_run {
     __u32 chunks;
     __u8 direction; /* enum podspan_direction; NONE when there was no run yet */
     __u8 _pad[3];
+};
+
+/* An exchange the draw left uncaptured, while it lasts: its request run, then its response run. */
+struct podspan_skip {
+    __u64 start_ns;  /* the request run's first chunk */
+    __u64 end_ns;    /* the exchange's last chunk so far */
+    __u16 status;    /* see struct podspan_skip_key */
+    __u8 direction;  /* of the skipped run in progress; NONE: no exchange is skipped */
+    __u8 protocol;   /* enum podspan_sample_protocol */
+    __u8 method;
+    __u8 version;
+    __u8 error;
+    __u8 _pad;
 };
 
 struct podspan_event_header {
@@ -128,6 +181,35 @@ struct podspan_conn {
     __u16 captured;     /* bytes of the run in progress sent to userspace, from its start without a gap */
     __u8 continuations; /* CONTINUATION events sent for the run in progress */
     __u8 _pad[3];
+    struct podspan_skip skip; /* the exchange in progress when the draw skipped it; `run` stays the last captured */
+};
+
+/* sampled_conns value: userspace marked this connection (still `conn_id` in the slot) safe to skip exchanges on. */
+struct podspan_sampled_conn {
+    __u64 conn_id;
+    __u8 protocol; /* enum podspan_sample_protocol */
+    __u8 _pad[7];
+};
+
+/* skipped_exchanges key: one series of skipped exchanges of a process. */
+struct podspan_skip_key {
+    __u64 cgroup_id;
+    __u32 tgid;
+    __u16 status;   /* HTTP: the status code (0: unread); Redis: 0 */
+    __u8 role;      /* enum podspan_role */
+    __u8 protocol;  /* enum podspan_sample_protocol */
+    __u8 method;    /* enum podspan_method (HTTP) */
+    __u8 version;   /* enum podspan_version (HTTP) */
+    __u8 error;     /* Redis: an error reply; any protocol: closed before a response */
+    __u8 _pad[5];   /* explicit: hash keys compare every byte, implicit padding may hold stack garbage */
+};
+
+/* skipped_exchanges value: exchanges, their summed duration (request start to response end) and
+ * their histogram over the protocol's bounds. */
+struct podspan_skip_counts {
+    __u64 count;
+    __u64 sum_ns;
+    __u64 buckets[PODSPAN_SKIP_BUCKETS];
 };
 
 #endif /* PODSPAN_EVENTS_H */

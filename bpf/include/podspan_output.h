@@ -1,10 +1,12 @@
 /* SPDX-License-Identifier: Apache-2.0
- * Writing events to the ring buffer: batched wake-ups, the common header, the CLOSE event.
+ * Writing events to the ring buffer: batched wake-ups, the common header, the CLOSE event (which also ends a
+ * skipped exchange).
  */
 #ifndef PODSPAN_OUTPUT_H
 #define PODSPAN_OUTPUT_H
 
 #include "podspan_maps.h"
+#include "podspan_sampling.h"
 
 static __always_inline __u64 wakeup_flags(void)
 {
@@ -61,6 +63,8 @@ static __always_inline void fill_header(struct podspan_event_header *hdr, __u8 k
 
 static __always_inline void close_event(__u64 pid_tgid, __s32 fd, const struct podspan_conn *conn)
 {
+    if (conn->skip.direction != PODSPAN_DIR_NONE)
+        count_skipped(conn, pid_tgid >> 32);
     struct podspan_event_header ev = {};
     fill_header(&ev, PODSPAN_EV_CLOSE, pid_tgid, fd, conn, bpf_ktime_get_ns());
     emit(&ev, sizeof(ev));

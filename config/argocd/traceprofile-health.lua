@@ -25,8 +25,8 @@ if ready == nil then
   hs.message = "Waiting for the Ready condition"
   return hs
 end
--- Problems a sync or the cluster must fix. EventsLost and TLSNotReadable are not among them: the profile
--- traces, some spans are missing, and the message says so.
+-- Problems a sync or the cluster must fix. EventsLost, OverBudget and TLSNotReadable are not among them: the
+-- profile traces, some spans are missing (OverBudget: by design, RED metrics still count all), and the message says so.
 local failing = {InvalidSpec = true, NodesNotReporting = true, ProbeErrors = true, ExportFailing = true}
 if degraded ~= nil and degraded.status == "True" and failing[degraded.reason] then
   hs.status = "Degraded"

@@ -277,6 +277,15 @@ class Filters(Model):
                                                description="Local or peer ports to ignore.")
 
 
+class OverheadBudget(Model):
+    """How much CPU the node's agent may spend on tracing. Over it, the kernel fully captures a smaller fraction of
+    HTTP/1 and Redis exchanges (drawn at request start); the rest are only counted, so RED metrics stay exact."""
+
+    cpu_percent: float = pydantic.Field(
+        ge=0.01, description="Percent of one CPU of the node (100 = one core): the agent's process CPU time plus the "
+        "in-kernel run time of its BPF programs. With several budgeted profiles on a node the smallest applies.")
+
+
 def _list_set(description: str) -> dict[str, Any]:
     return {"description": description, "json_schema_extra": {"x-kubernetes-list-type": "set"}}
 
@@ -294,6 +303,9 @@ class TraceSettings(Model):
     resource_attributes: dict[Annotated[str, pydantic.StringConstraints(max_length=256)], ShortText] = \
         pydantic.Field(default_factory=dict, max_length=64,
                        description="Extra OpenTelemetry resource attributes on every span of this profile.")
+    overhead_budget: OverheadBudget | None = pydantic.Field(
+        default=None, description="Keep the agent's cost within this budget by capturing fewer exchanges in full; "
+        "omitted: capture every exchange.")
 
 
 class TraceProfileSpec(TraceSettings):
@@ -356,6 +368,12 @@ class ProfileStatus(Model):
     spans_sampled_out: Count = pydantic.Field(
         default=0, description="Spans sampling did not keep, summed over nodes: with spansExported, the share of "
         "traffic exported.")
+    exchanges_skipped: Count = pydantic.Field(
+        default=0, description="Exchanges the kernel counted without capturing them (overheadBudget), summed over "
+        "nodes: they are in the RED metrics, not in spans.")
+    capture_fraction: float | None = pydantic.Field(
+        default=None, ge=0.0, le=1.0, description="With overheadBudget: the smallest fraction of exchanges a node "
+        "captures in full (1: all of them).")
     conditions: list[Condition] = pydantic.Field(
         default_factory=list, description="Ready and Degraded.",
         json_schema_extra={"x-kubernetes-list-type": "map", "x-kubernetes-list-map-keys": ["type"]})
@@ -538,6 +556,18 @@ class ProfileCounters(Model):
         "overflow, unparsable or cut bytes, framing lost).")
     spans_sampled_out: Count = pydantic.Field(
         default=0, description="Spans the profile's sampling did not keep (counted in its RED metrics all the same).")
+    exchanges_skipped: Count = pydantic.Field(
+        default=0, description="Exchanges of this profile's pods the kernel counted in the RED metrics without "
+        "capturing them (overheadBudget).")
+    capture_fraction: float | None = pydantic.Field(
+        default=None, ge=0.0, le=1.0, description="With overheadBudget: the fraction of HTTP/1 and Redis exchanges "
+        "captured in full now; below 1 while the agent is over budget.")
+    agent_cpu_percent: float | None = pydantic.Field(
+        default=None, ge=0.0, description="With overheadBudget: the agent's cost over the last second, in percent of "
+        "one CPU.")
+    cost_scope: str | None = pydantic.Field(
+        default=None, description="With overheadBudget: what agentCpuPercent covers (userspace CPU and BPF run time, "
+        "or userspace only and why).")
     export_error: str | None = pydantic.Field(
         default=None, description="The last OTLP export error while exports fail; absent once one succeeds.")
 

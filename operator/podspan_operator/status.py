@@ -25,6 +25,7 @@ PROBE_ERRORS = "ProbeErrors"
 EVENTS_LOST = "EventsLost"
 EXPORT_FAILING = "ExportFailing"
 TLS_NOT_READABLE = "TLSNotReadable"
+OVER_BUDGET = "OverBudget"
 INVALID_SPEC = "InvalidSpec"
 
 _MESSAGE_CHARS = 300  # of an agent's error quoted in a condition message
@@ -56,6 +57,9 @@ class _Tally:
     lost: int = 0
     parser_drops: int = 0
     sampled_out: int = 0
+    skipped: int = 0
+    # node -> (captured fraction, the agent's cost in percent of a CPU) of budgeted profiles on reporting nodes
+    budgets: dict[str, tuple[float, float | None]] = dataclasses.field(default_factory=dict)
 
     @property
     def nodes(self) -> int:
@@ -86,6 +90,7 @@ def _tally(key: str, configs: Iterable[render.NodeConfig], now: datetime.datetim
             tally.lost += counters.events_lost
             tally.parser_drops += counters.parser_drops
             tally.sampled_out += counters.spans_sampled_out
+            tally.skipped += counters.exchanges_skipped
         heartbeat = status.heartbeat_time if status else None
         if heartbeat is None and config.created and (now - config.created).total_seconds() <= heartbeat_timeout:
             tally.applying.append(config.name)  # a new node config: its agent has not had time to report
@@ -100,6 +105,8 @@ def _tally(key: str, configs: Iterable[render.NodeConfig], now: datetime.datetim
             (tally.failed if status.probe_errors else tally.applying).append(config.name)
             continue
         tally.ready.append(config.name)
+        if counters.capture_fraction is not None:
+            tally.budgets[config.name] = (counters.capture_fraction, counters.agent_cpu_percent)
         attached = {(t.pod_uid, t.container) for t in status.targets
                     if t.state == models.TargetState.ATTACHED}
         tally.traced += len({uid for uid, _ in attached & wanted})
@@ -147,6 +154,13 @@ def _ready_and_degraded(profile: render.Profile, matched: int, t: _Tally,
                                           f"({t.dropped} spans dropped so far); {_first_error(t.export_errors)}")
     elif t.lost:
         degraded = (True, EVENTS_LOST, f"{t.lost} kernel events lost since the agents started")
+    elif throttled := {node: b for node, b in t.budgets.items() if b[0] < 1.0}:
+        node = min(throttled, key=lambda n: throttled[n][0])
+        fraction, cost = throttled[node]
+        degraded = (True, OVER_BUDGET,
+                    f"{len(throttled)} nodes capture part of the exchanges to stay within overheadBudget (RED metrics "
+                    f"still count all); lowest: {node} captures {fraction:.0%}"
+                    + (f", agent at {cost:g}% CPU" if cost is not None else ""))
     elif t.tls_unprobed:
         first = sorted(t.tls_unprobed)[0]
         degraded = (True, TLS_NOT_READABLE,
@@ -193,5 +207,6 @@ def aggregate(
         nodes=models.NodeCounts(ready=len(tally.ready),
                                 total=tally.nodes),
         spans_exported=tally.exported, spans_dropped=tally.dropped, events_lost=tally.lost,
-        parser_drops=tally.parser_drops, spans_sampled_out=tally.sampled_out, conditions=conditions)
+        parser_drops=tally.parser_drops, spans_sampled_out=tally.sampled_out, exchanges_skipped=tally.skipped,
+        capture_fraction=min((b[0] for b in tally.budgets.values()), default=None), conditions=conditions)
     return status, transitions

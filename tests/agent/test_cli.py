@@ -34,6 +34,7 @@ def _run(args: list[str], **kwargs: object) -> subprocess.CompletedProcess[str]:
         (["trace"], "nothing to trace"),
         (["trace", "--pid", "1", "--protocols", "http,gopher"], "unknown protocol(s) gopher"),
         (["trace", "--pid", "1", "--capture-size", "100"], "power of two"),
+        (["trace", "--pid", "1", "--cpu-budget", "0"], "--cpu-budget must be a positive percentage"),
     ],
 )
 def test_bad_input_is_one_line_and_exit_2(args: list[str], message: str) -> None:

@@ -53,6 +53,7 @@ CASES: dict[tuple[str, str], tuple[render.Profile, int, tuple[render.NodeConfig,
     ("ProbeErrors", "ProbeErrors"): (tp("p"), 1, (config("a", 1, reported=False, probe_errors=True),), "Degraded"),
     ("Tracing", "ExportFailing"): (tp("p"), 1, (config("a", 1, export_error="refused"),), "Degraded"),
     ("Tracing", "EventsLost"): (tp("p"), 1, (config("a", 1, lost=3),), "Healthy"),
+    ("Tracing", "OverBudget"): (tp("p"), 1, (config("a", 1, capture_fraction=0.3),), "Healthy"),
     ("Tracing", "TLSNotReadable"): (tp("p"), 1, (config("a", 1, tls_unprobed=("pid 42 (node)",)),), "Healthy"),
     ("InvalidSpec", "InvalidSpec"): (tp("p", protocols=["smtp"]), 3, (), "Degraded"),
 }

@@ -15,8 +15,8 @@ KEY = "TraceProfile/shop/p"
 
 def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exported: int = 0,
            lost: int = 0, drops: int = 0, sampled_out: int = 0, attached: bool = True, probe_errors: bool = False,
-           export_error: str | None = None, tls_unprobed: tuple[str, ...] = (),
-           now: datetime.datetime = NOW) -> render.NodeConfig:
+           export_error: str | None = None, tls_unprobed: tuple[str, ...] = (), skipped: int = 0,
+           capture_fraction: float | None = None, now: datetime.datetime = NOW) -> render.NodeConfig:
     spec = models.NodeTraceConfigSpec(targets=[
         models.PodTarget(uid=f"{name}-{i}", namespace="shop", name=f"{name}-{i}", qos_class="BestEffort",
                          service_name="web", containers=[models.ContainerTarget(name="app", profiles=[KEY])])
@@ -27,7 +27,9 @@ def config(name: str, pods: int, *, reported: bool = True, age: float = 1.0, exp
                                      state="attached" if attached else "waiting", tls_unprobed=list(tls_unprobed))
                  for i in range(pods)],
         profiles=[models.ProfileCounters(profile=KEY, spans_exported=exported, events_lost=lost, parser_drops=drops,
-                                         spans_sampled_out=sampled_out,
+                                         spans_sampled_out=sampled_out, exchanges_skipped=skipped,
+                                         capture_fraction=capture_fraction,
+                                         agent_cpu_percent=None if capture_fraction is None else 7.5,
                                          spans_dropped=40 if export_error else 0, export_error=export_error)]
         if reported
         else [],
@@ -61,6 +63,11 @@ def test_reasons() -> None:
     assert reasons(1, config("a", 1, age=600))["Ready"] == ("False", "NodesNotReporting")
     assert reasons(1, config("a", 1, probe_errors=True))["Degraded"] == ("True", "ProbeErrors")
     assert reasons(1, config("a", 1, lost=3))["Degraded"] == ("True", "EventsLost")
+    assert reasons(1, config("a", 1, capture_fraction=1.0)) == {"Ready": ("True", "Tracing"),
+                                                                "Degraded": ("False", "AsExpected")}
+    assert reasons(2, config("a", 1, capture_fraction=1.0), config("b", 1, capture_fraction=0.2)) == {
+        "Ready": ("True", "Tracing"), "Degraded": ("True", "OverBudget")}
+    assert reasons(1, config("a", 1, lost=3, capture_fraction=0.2))["Degraded"] == ("True", "EventsLost")
     assert reasons(1, config("a", 1, tls_unprobed=("pid 42 (node)",))) == {
         "Ready": ("True", "Tracing"), "Degraded": ("True", "TLSNotReadable")}
     failing = reasons(2, config("a", 1, lost=3), config("b", 1, export_error="refused"))
@@ -68,6 +75,17 @@ def test_reasons() -> None:
     invalid = tp("p", protocols=["smtp"])
     assert conditions(status.aggregate(invalid, 3, [], NOW, 60)[0]) == {
         "Ready": ("False", "InvalidSpec"), "Degraded": ("True", "InvalidSpec")}
+
+
+def test_budget_shows_the_lowest_fraction_and_skipped_exchanges_summed() -> None:
+    s, _ = status.aggregate(tp("p"), 3, [config("a", 1, skipped=40, capture_fraction=0.5),
+                                         config("b", 1, skipped=2, capture_fraction=0.25), config("c", 1)], NOW, 60)
+    assert (s.capture_fraction, s.exchanges_skipped) == (0.25, 42)
+    degraded = next(c for c in s.conditions if c.type == "Degraded")
+    assert degraded.reason == "OverBudget" and "2 nodes" in degraded.message
+    assert "b captures 25%, agent at 7.5% CPU" in degraded.message
+    without, _ = status.aggregate(tp("p"), 1, [config("a", 1)], NOW, 60)
+    assert without.capture_fraction is None and "captureFraction" not in without.to_k8s()
 
 
 def test_transition_time_kept_until_status_or_reason_changes() -> None:

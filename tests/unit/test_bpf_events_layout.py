@@ -25,6 +25,10 @@ MIRRORS: dict[str, type[ctypes.Structure]] = {
     "podspan_data_event": bpf_events.DataEventFixed,  # the fixed part; `data` follows at DATA_OFFSET
     "podspan_conn_key": bpf_events.ConnKey,
     "podspan_conn": bpf_events.Conn,
+    "podspan_skip": bpf_events.Skip,
+    "podspan_sampled_conn": bpf_events.SampledConn,
+    "podspan_skip_key": bpf_events.SkipKey,
+    "podspan_skip_counts": bpf_events.SkipCounts,
 }
 # C enum prefix -> Python enum: every member of one must be a member of the other.
 ENUM_PREFIXES: dict[str, type[enum.IntEnum] | type[enum.IntFlag]] = {
@@ -33,6 +37,8 @@ ENUM_PREFIXES: dict[str, type[enum.IntEnum] | type[enum.IntFlag]] = {
     "PODSPAN_ROLE_": bpf_events.Role,
     "PODSPAN_STAT_": bpf_events.Stat,
     "PODSPAN_CONN_": bpf_events.ConnFlag,
+    "PODSPAN_SAMPLE_": bpf_events.SampleProtocol,
+    "PODSPAN_METHOD_": bpf_events.Method,
 }
 CONSTANTS = {
     **{f"{prefix}{member.name}": int(member) for prefix, kind in ENUM_PREFIXES.items() for member in kind},
@@ -41,7 +47,13 @@ CONSTANTS = {
     "PODSPAN_CAPTURE_SIZE": bpf_events.DEFAULT_CAPTURE_SIZE,
     "PODSPAN_CHUNK_CAPTURE_SIZE": bpf_events.DEFAULT_CHUNK_CAPTURE_SIZE,
     "PODSPAN_MAX_CHUNK_CAPTURE_SIZE": bpf_events.MAX_CHUNK_CAPTURE_SIZE,
+    "PODSPAN_SKIP_BUCKETS": bpf_events.SKIP_BUCKETS,
+    "PODSPAN_VERSION_UNKNOWN": bpf_events.Version.UNKNOWN,
+    "PODSPAN_VERSION_10": bpf_events.Version.V10,
+    "PODSPAN_VERSION_11": bpf_events.Version.V11,
 }
+# Histogram bounds of skipped exchanges (X-macro lists of ns) -> the mirror's, which are red.py's buckets.
+BOUNDS = {"PODSPAN_HTTP_BOUNDS_NS": bpf_events.HTTP_BOUNDS_NS, "PODSPAN_DB_BOUNDS_NS": bpf_events.DB_BOUNDS_NS}
 # -D values the loader may pass; they change capture sizes, never a layout the agent reads.
 VARIANT = {"PODSPAN_CAPTURE_SIZE": 64, "PODSPAN_CHUNK_CAPTURE_SIZE": 1024}
 
@@ -70,11 +82,16 @@ def _compile(tmp_path: pathlib.Path, cflags: list[str]) -> subprocess.CompletedP
     lines.append('P("podspan_data_event.data", offsetof(struct podspan_data_event, data));')
     lines.append('P("sizeof podspan_data_event.data", sizeof(((struct podspan_data_event *)0)->data));')
     lines += [f'P("{name}", {name});' for name in CONSTANTS]
+    for bounds in BOUNDS:
+        lines.append(f'{{ unsigned long long b[] = {{0 {bounds}(BOUND)}}; '
+                     f'for (unsigned i = 1; i < sizeof b / sizeof *b; i++) '
+                     f'{{ char k[64]; snprintf(k, sizeof k, "{bounds}[%u]", i - 1); P(k, b[i]); }} }}')
     source = tmp_path / "layout.c"
     source.write_text(
         "#include <stdio.h>\n#include <stddef.h>\n#include <linux/types.h>\n"
         '#include "podspan_events.h"\n'
         "static int first = 1;\n"
+        "#define BOUND(b) , b\n"
         '#define P(k, v) printf("%s\\"%s\\": %lu", first ? "" : ", ", k, (unsigned long)(v)), first = 0\n'
         'int main(void) { printf("{"); ' + " ".join(lines) + ' printf("}\\n"); return 0; }\n'
     )
@@ -136,3 +153,15 @@ def test_header_rejects_chunk_sizes_the_loader_rejects(tmp_path: pathlib.Path, c
     assert compiled.returncode != 0 and "PODSPAN_CHUNK_CAPTURE_SIZE must be" in compiled.stderr
     with pytest.raises(ValueError, match="chunk capture size"):
         loader.ProbeOptions(capture_size=capture, chunk_capture_size=chunk).cflags()
+
+
+@pytest.mark.parametrize("name", sorted(BOUNDS))
+def test_skip_bucket_bounds_match_header_and_red_metrics(c_layout: dict[str, int], name: str) -> None:
+    from podspan_agent.metrics import red
+
+    bounds = BOUNDS[name]
+    assert tuple(c_layout[f"{name}[{i}]"] for i in range(len(bounds))) == bounds
+    assert f"{name}[{len(bounds)}]" not in c_layout
+    assert len(bounds) < bpf_events.SKIP_BUCKETS
+    seconds = red.DURATION_BUCKETS_S if name == "PODSPAN_HTTP_BOUNDS_NS" else red.DB_BUCKETS_S
+    assert bounds == tuple(round(s * 1e9) for s in seconds)

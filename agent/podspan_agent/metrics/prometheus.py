@@ -34,9 +34,14 @@ class Health:
     export_queue: int = 0
     connections: int = 0
     tracepoints_attached: int = 0
+    exchanges_skipped: int = 0
+    exchanges_uncounted: int = 0
+    capture_fraction: float = 1.0
+    cost_percent: float = 0.0
 
     @classmethod
-    def of(cls, tracer_stats: dict[str, int], exports: Iterable[otlp.ExportStats], tracepoints: int) -> Health:
+    def of(cls, tracer_stats: dict[str, int], exports: Iterable[otlp.ExportStats], tracepoints: int,
+           capture_fraction: float = 1.0, cost_percent: float = 0.0) -> Health:
         exports = list(exports)
         return cls(
             events=tracer_stats.get("events", 0),
@@ -49,6 +54,11 @@ class Health:
             export_queue=sum(stats.queued + stats.in_flight for stats in exports),
             connections=tracer_stats.get("connections", 0),
             tracepoints_attached=tracepoints,
+            exchanges_skipped=tracer_stats.get("kernel_skipped", 0),
+            exchanges_uncounted=(tracer_stats.get("kernel_skipped_uncounted", 0)
+                                 + tracer_stats.get("kernel_skips_forgotten", 0)),
+            capture_fraction=capture_fraction,
+            cost_percent=cost_percent,
         )
 
 
@@ -64,6 +74,11 @@ _HEALTH_METRICS = {
     "export_queue": ("gauge", "Spans queued or in flight to the OTLP endpoints."),
     "connections": ("gauge", "Connections the agent tracks."),
     "tracepoints_attached": ("gauge", "Kernel tracepoints the capture programs are attached to."),
+    "exchanges_skipped": ("counter", "Exchanges the kernel counted without capturing them (overhead budget)."),
+    "exchanges_uncounted": ("counter", "Skipped exchanges missing from the RED metrics (the kernel's series table was "
+                            "full, or their connection was dropped from the table mid-exchange)."),
+    "capture_fraction": ("gauge", "Fraction of HTTP/1 and Redis exchanges captured in full (below 1: over budget)."),
+    "cost_percent": ("gauge", "The agent's cost over the last second with a budget set (percent of one CPU)."),
 }
 
 

@@ -14,7 +14,9 @@ import bisect
 import collections
 import dataclasses
 import threading
+from collections.abc import Callable, Iterable
 
+from podspan_agent import bpf_events
 from podspan_agent.protocols import base
 from podspan_agent.spans import model
 
@@ -99,11 +101,44 @@ def workload_of(resource: dict[str, base.AttributeValue]) -> Labels:
 
 
 def series_labels(instrument: Instrument, span: model.SpanRecord) -> Labels:
-    attributes = span.attributes
+    return _labels(instrument, span.attributes, span.error is not None)
+
+
+def _labels(instrument: Instrument, attributes: dict[str, base.AttributeValue], failed: bool) -> Labels:
     labels = [(key, attributes[key]) for key in instrument.attributes if key in attributes]
-    if span.error is not None and "error.type" not in attributes:
+    if failed and "error.type" not in attributes:
         labels.append(("error.type", "_OTHER"))  # failed without a more specific type
     return tuple(labels)
+
+
+_HTTP_VERSIONS = {bpf_events.Version.V10: "1.0", bpf_events.Version.V11: "1.1"}
+
+
+def skipped_series(series: bpf_events.SkipSeries) -> tuple[Instrument, Labels] | None:
+    """The histogram and series of exchanges the kernel skipped: what the kernel read of them (HTTP method, status
+    code and version; a Redis error reply), as the span builder would name it. No route, path or Redis command:
+    the kernel does not read that far. None for a protocol without an instrument."""
+    kind = _CLIENT if series.role == bpf_events.Role.CLIENT else _SERVER
+    attributes: dict[str, base.AttributeValue] = {}
+    if series.protocol == bpf_events.SampleProtocol.HTTP1:
+        instrument = INSTRUMENTS[("http", kind)]
+        method = bpf_events.Method(series.method)
+        attributes["http.request.method"] = "_OTHER" if method is bpf_events.Method.OTHER else method.name
+        if series.version in _HTTP_VERSIONS:
+            attributes["network.protocol.version"] = _HTTP_VERSIONS[bpf_events.Version(series.version)]
+        failed = bool(series.error)
+        if series.status:
+            attributes["http.response.status_code"] = series.status
+            # As spans.builder decides: 5xx fails either side, 4xx only a client.
+            if series.status >= 500 or (kind is _CLIENT and series.status >= 400):
+                attributes["error.type"], failed = str(series.status), True
+    elif series.protocol == bpf_events.SampleProtocol.REDIS:
+        instrument = INSTRUMENTS[("redis", kind)]
+        attributes["db.system.name"] = "redis"
+        failed = bool(series.error)
+    else:
+        return None
+    return instrument, _labels(instrument, attributes, failed)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -204,6 +239,7 @@ class RedMetrics:
         self.edges_folded = 0  # pairs not counted because the graph reached max_edges
         self.spans = 0
         self.unmeasured = 0
+        self.skipped = 0  # exchanges the kernel skipped, counted from its totals
 
     def record(self, span: model.SpanRecord, sampled: bool, profile: str = "") -> None:
         """Count one span for `profile` (a span two profiles trace counts once in each); `sampled`: it was
@@ -215,18 +251,35 @@ class RedMetrics:
                 self.unmeasured += 1
                 return
             value = span.duration_ns / _NS_PER_UNIT[instrument.unit]
-            series = self._series[(instrument, profile, workload_of(span.resource))]
             labels = series_labels(instrument, span)
-            histogram = series.by_labels.get(labels)
-            if histogram is None:
-                if len(series.by_labels) >= self._series_limit:
-                    series.folded += 1
-                    labels = OVERFLOW
-                    histogram = series.by_labels.get(labels)
-                if histogram is None:
-                    histogram = series.by_labels[labels] = Histogram(instrument.buckets)
+            histogram = self._histogram(instrument, profile, workload_of(span.resource), labels)
             exemplar = Exemplar(value, span.end_ns, span.trace_id, span.span_id) if sampled else None
             histogram.observe(value, exemplar)
+
+    def record_skipped(self, instrument: Instrument, labels: Labels, workload: Labels, profile: str,
+                       totals: bpf_events.SkipTotals) -> None:
+        """Exchanges the kernel counted without capturing them: `totals.buckets` are over `instrument`'s bounds."""
+        with self._lock:
+            observed = sum(totals.buckets)
+            self.skipped += observed
+            histogram = self._histogram(instrument, profile, workload, labels, observed)
+            for index in range(len(histogram.counts)):
+                histogram.counts[index] += totals.buckets[index]
+            histogram.sum += totals.sum_ns / _NS_PER_UNIT[instrument.unit]
+
+    def _histogram(self, instrument: Instrument, profile: str, workload: Labels, labels: Labels,
+                   observations: int = 1) -> Histogram:
+        """The series' histogram, made on first use; past the series limit the overflow series' (with the lock)."""
+        series = self._series[(instrument, profile, workload)]
+        histogram = series.by_labels.get(labels)
+        if histogram is None:
+            if len(series.by_labels) >= self._series_limit:
+                series.folded += observations
+                labels = OVERFLOW
+                histogram = series.by_labels.get(labels)
+            if histogram is None:
+                histogram = series.by_labels[labels] = Histogram(instrument.buckets)
+        return histogram
 
     def record_pair(self, client: model.SpanRecord, server: model.SpanRecord, profile: str = "") -> None:
         """A client span and the server span it caused, both seen by this agent: one service-graph request."""
@@ -258,6 +311,37 @@ class RedMetrics:
                       for (instrument, owner, workload), series in self._series.items()
                       if series.folded and (profile is None or owner == profile)}
             return Snapshot(points, edges, folded, self.spans, self.unmeasured)
+
+
+class SkippedFolder:
+    """Folds the kernel's cumulative counts of skipped exchanges into the histograms, each count once."""
+
+    def __init__(self, metrics: RedMetrics) -> None:
+        self._metrics = metrics
+        self._seen: dict[bpf_events.SkipSeries, bpf_events.SkipTotals] = {}
+
+    def fold(self, totals: dict[bpf_events.SkipSeries, bpf_events.SkipTotals],
+             owners: Callable[[bpf_events.SkipSeries], Iterable[tuple[str, Labels]]]) -> collections.Counter[str]:
+        """Record what is new in `totals` for every (profile, workload) `owners` names for its series; returns the
+        new exchanges per profile."""
+        added: collections.Counter[str] = collections.Counter()
+        for series, total in totals.items():
+            seen = self._seen.get(series)
+            self._seen[series] = total
+            if seen is not None and seen.exchanges <= total.exchanges:
+                total = bpf_events.SkipTotals(total.exchanges - seen.exchanges, total.sum_ns - seen.sum_ns,
+                                              tuple(n - s for n, s in zip(total.buckets, seen.buckets, strict=True)))
+            # else: new, or a reloaded program counting from zero again
+            point = skipped_series(series)
+            # The buckets are the count: a read may catch the kernel between its increments, and the next read's
+            # difference brings what this one missed.
+            exchanges = sum(total.buckets)
+            if point is None or (exchanges == 0 and total.sum_ns == 0):
+                continue
+            for profile, workload in owners(series):
+                self._metrics.record_skipped(*point, workload, profile, total)
+                added[profile] += exchanges
+        return added
 
 
 class Recorder:
