@@ -142,3 +142,28 @@ def https_get(port: int, path: str, ca: pathlib.Path) -> int:
 
 free_port = servers.free_port
 nginx_binary = servers.nginx_binary
+
+
+Certificate = tuple[pathlib.Path, pathlib.Path]  # (certificate, key) files
+
+
+@pytest.fixture(scope="session")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
+    """A self-signed certificate for 127.0.0.1, shared by the TLS tests."""
+    return servers.self_signed_certificate(tmp_path_factory.mktemp("tls-cert"))
+
+
+def https_app(pod_runner: pods.PodRunner, name: str, certificate: Certificate, extra: tuple[str, ...] = ()
+              ) -> tuple[pods.Pod, int]:
+    """The sample app (`extra`: its role and options) serving HTTPS with `certificate` on a free loopback port,
+    in pod `name` (also its service name), once it listens."""
+    port = free_port()
+    pod = pod_runner.start(name, [*SAMPLE_APP, *extra, "--port", str(port), "--tls-cert", str(certificate[0]),
+                                  "--tls-key", str(certificate[1])], env={"OTEL_SERVICE_NAME": name})
+    pods.wait_for_port("127.0.0.1", port)
+    return pod, port
+
+
+def with_path(path: str, count: int) -> collections.abc.Callable[[list[otlp_receiver.ReceivedSpan]], bool]:
+    """A receiver predicate: at least `count` spans of `url.path` `path` arrived."""
+    return lambda spans: sum(1 for s in spans if s.attributes.get("url.path") == path) >= count

@@ -74,13 +74,13 @@ def test_hostile_traffic_costs_the_victim_nothing_but_its_own_spans(
 
     # Every healthy request became its whole trace: frontend server and client spans, backend server span.
     for i in range(10):
-        spans = receiver.wait_for(test_trace_http._with_path(f"/users/{7000 + i}", 3), timeout=30)
+        spans = receiver.wait_for(conftest.with_path(f"/users/{7000 + i}", 3), timeout=30)
         ours = [s for s in spans if s.attributes.get("url.path") == f"/users/{7000 + i}"]
         assert {s.attributes.get("http.response.status_code") for s in ours} == {200}
         assert len({s.trace_id for s in ours}) == 1
     # The victim is still served, and its real requests are still traced.
     assert test_trace_http._get(victim_port, "/api/after-the-storm") == 200
-    receiver.wait_for(test_trace_http._with_path("/api/after-the-storm", 1), timeout=30)
+    receiver.wait_for(conftest.with_path("/api/after-the-storm", 1), timeout=30)
 
     deadline = time.monotonic() + 30
     while len(agent.table) > 50 and time.monotonic() < deadline:  # closed connections leave the table

@@ -19,12 +19,8 @@ from tests.support import bpftool, go_programs
 
 SERVER, CLIENT = conftest.SERVER_KIND, conftest.CLIENT_KIND
 Spans = list[otlp_receiver.ReceivedSpan]
-Certificate = tuple[pathlib.Path, pathlib.Path]
+Certificate = conftest.Certificate
 
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
-    return servers.self_signed_certificate(tmp_path_factory.mktemp("gotls-cert"))
 
 
 @pytest.fixture(scope="module")
@@ -54,9 +50,6 @@ def _go_server(pod_runner: pods.PodRunner, binary: pathlib.Path, certificate: Ce
     return pod, port
 
 
-def _with_path(path: str, count: int) -> collections.abc.Callable[[Spans], bool]:
-    return lambda spans: sum(1 for s in spans if s.attributes.get("url.path") == path) >= count
-
 
 def _check_http(span: otlp_receiver.ReceivedSpan, path: str, status: int) -> None:
     assert span.attributes["http.request.method"] == "GET"
@@ -70,12 +63,8 @@ def test_go_https_server_behind_python_ssl_frontend(
     tracker: tls.Tracker, certificate: Certificate, programs: go_programs.Programs,
 ) -> None:
     backend, backend_port = _go_server(pod_runner, programs.unstripped, certificate)
-    port = conftest.free_port()
-    frontend = pod_runner.start("go-frontend", [
-        *conftest.SAMPLE_APP, "frontend", "--port", str(port), "--tls-cert", str(certificate[0]), "--tls-key",
-        str(certificate[1]), "--backend", f"https://127.0.0.1:{backend_port}", "--backend-ca", str(certificate[0])],
-        env={"OTEL_SERVICE_NAME": "go-frontend"})
-    pods.wait_for_port("127.0.0.1", port)
+    frontend, port = conftest.https_app(pod_runner, "go-frontend", certificate, (
+        "frontend", "--backend", f"https://127.0.0.1:{backend_port}", "--backend-ca", str(certificate[0])))
     for pod in (frontend, backend):
         traced(pod)  # type: ignore[operator]
     [state] = _follow(tracker, frontend, backend)[backend.pid]
@@ -93,7 +82,7 @@ def test_go_https_server_behind_python_ssl_frontend(
         return {s.kind: s for s in spans
                 if s.attributes.get("url.path") == "/nope" and s.attributes.get("server.port") == backend_port}
 
-    spans = receiver.wait_for(lambda got: _with_path("/users/8131", 3)(got) and len(missing_spans(got)) == 2,
+    spans = receiver.wait_for(lambda got: conftest.with_path("/users/8131", 3)(got) and len(missing_spans(got)) == 2,
                               timeout=20)
     ours = [s for s in spans if s.attributes.get("url.path") == "/users/8131"]
     _entry, call, served = conftest.frontend_backend_trace(ours, "go-frontend", "gohttps")  # across the TLS hops
@@ -119,17 +108,13 @@ def test_go_https_client_traced_against_python_ssl(
     agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
     tracker: tls.Tracker, certificate: Certificate, programs: go_programs.Programs, tmp_path: pathlib.Path,
 ) -> None:
-    port = conftest.free_port()
-    backend = pod_runner.start("go-backend", [*conftest.SAMPLE_APP, "backend", "--port", str(port), "--tls-cert",
-                                              str(certificate[0]), "--tls-key", str(certificate[1])],
-                               env={"OTEL_SERVICE_NAME": "go-backend"})
-    pods.wait_for_port("127.0.0.1", port)
+    backend, port = conftest.https_app(pod_runner, "go-backend", certificate, ("backend",))
     urls = [f"https://127.0.0.1:{port}/users/{n}" for n in (501, 502, 503)]  # one keep-alive connection
     client = _go_client(pod_runner, tracker, traced, programs, certificate, certificate[0], tmp_path, backend, urls)
     assert client.process is not None and client.process.wait(timeout=30) == 0
 
     paths = [f"/users/{n}" for n in (501, 502, 503)]
-    spans = receiver.wait_for(lambda got: all(_with_path(path, 2)(got) for path in paths), timeout=20)
+    spans = receiver.wait_for(lambda got: all(conftest.with_path(path, 2)(got) for path in paths), timeout=20)
     for path in paths:
         ours = {s.kind: s for s in spans if s.attributes.get("url.path") == path}
         assert set(ours) == {CLIENT, SERVER}
@@ -145,10 +130,7 @@ def test_go_client_rejecting_the_certificate_is_an_error_span(
     agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
     tracker: tls.Tracker, certificate: Certificate, programs: go_programs.Programs, tmp_path: pathlib.Path,
 ) -> None:
-    port = conftest.free_port()
-    backend = pod_runner.start("go-reject-backend", [*conftest.SAMPLE_APP, "backend", "--port", str(port), "--tls-cert",
-                                                     str(certificate[0]), "--tls-key", str(certificate[1])])
-    pods.wait_for_port("127.0.0.1", port)
+    backend, port = conftest.https_app(pod_runner, "go-reject-backend", certificate, ("backend",))
     (tmp_path / "other").mkdir()
     other_ca, _ = servers.self_signed_certificate(tmp_path / "other")  # not the server's certificate
     client = _go_client(pod_runner, tracker, traced, programs, certificate, other_ca, tmp_path, backend,

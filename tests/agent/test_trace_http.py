@@ -3,7 +3,6 @@ OTLP receiver."""
 
 from __future__ import annotations
 
-import collections.abc
 import http.client
 import os
 import pathlib
@@ -17,10 +16,6 @@ SERVER, CLIENT = 2, 3  # OTLP SpanKind values
 STATUS_ERROR = 2
 
 Spans = list[otlp_receiver.ReceivedSpan]
-
-
-def _with_path(path: str, count: int) -> collections.abc.Callable[[Spans], bool]:
-    return lambda spans: sum(1 for s in spans if s.attributes.get("url.path") == path) >= count
 
 
 def _get(port: int, path: str, headers: dict[str, str] | None = None) -> int:
@@ -57,7 +52,7 @@ def test_frontend_backend_trace(
     traced(backend)  # type: ignore[operator]
     assert _get(port, "/users/42") == 200
 
-    spans = receiver.wait_for(_with_path("/users/42", 3), timeout=20)
+    spans = receiver.wait_for(conftest.with_path("/users/42", 3), timeout=20)
     ours = [s for s in spans if s.attributes.get("url.path") == "/users/42"]
     entry, call, backend_span = conftest.frontend_backend_trace(ours, "frontend", "backend")
     for span in ours:
@@ -91,7 +86,7 @@ def test_incoming_context_is_adopted(
     for path, (headers, _, _) in cases.items():
         assert _get(port, path, headers) == 200
     for path, (_, trace_id, parent_id) in cases.items():
-        spans = receiver.wait_for(_with_path(path, 3), timeout=20)
+        spans = receiver.wait_for(conftest.with_path(path, 3), timeout=20)
         ours = [s for s in spans if s.attributes.get("url.path") == path]
         entry = next(s for s in ours if s.kind == SERVER and s.resource.get("service.name") == "frontend")
         assert entry.trace_id == trace_id, path
@@ -126,7 +121,7 @@ def test_nginx_keepalive_and_statuses(
     conn.close()
     assert statuses == [200, 200, 404]
 
-    spans = receiver.wait_for(_with_path("/nope-404", 1), timeout=20)
+    spans = receiver.wait_for(conftest.with_path("/nope-404", 1), timeout=20)
     by_path = {s.attributes.get("url.path"): s for s in spans if s.attributes.get("server.port") == port}
     assert by_path["/index.html"].attributes["http.response.status_code"] == 200
     assert by_path["/api/items/123"].attributes["http.route"] == "/api/items/{id}"
@@ -150,7 +145,7 @@ def test_unselected_server_yields_no_spans(
     assert _get(quiet_port, "/users/777") == 200
     assert _get(loud_port, "/users/778") == 200
     # Spans flow in order; once the later request's span is in, the earlier one would be too.
-    spans = receiver.wait_for(_with_path("/users/778", 1), timeout=20)
+    spans = receiver.wait_for(conftest.with_path("/users/778", 1), timeout=20)
     assert not [s for s in spans if s.attributes.get("url.path") == "/users/777"]
     assert quiet.pid not in {s.resource.get("process.pid") for s in spans}
 
@@ -171,6 +166,6 @@ def test_detached_probes_see_nothing_and_reattach(
         probes.attach()
     assert probes.attached and bpftool.attached_programs(os.getpid())
     assert _get(port, "/users/62") == 200
-    spans = receiver.wait_for(_with_path("/users/62", 1), timeout=20)
+    spans = receiver.wait_for(conftest.with_path("/users/62", 1), timeout=20)
     assert not any(s.attributes.get("url.path") == "/users/61" for s in spans)
 

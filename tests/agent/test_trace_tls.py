@@ -21,12 +21,8 @@ from tests.support import bpftool, db_servers
 
 SERVER, CLIENT = conftest.SERVER_KIND, conftest.CLIENT_KIND
 Spans = list[otlp_receiver.ReceivedSpan]
-Certificate = tuple[pathlib.Path, pathlib.Path]
+Certificate = conftest.Certificate
 
-
-@pytest.fixture(scope="module")
-def certificate(tmp_path_factory: pytest.TempPathFactory) -> Certificate:
-    return servers.self_signed_certificate(tmp_path_factory.mktemp("tls"))
 
 
 @pytest.fixture
@@ -43,19 +39,6 @@ def _follow(tracker: tls.Tracker, *traced_pods: pods.Pod) -> list[tls.LibrarySta
     return [state for pid in pids for state in tracker.libraries(pid)]
 
 
-def _with_path(path: str, count: int) -> collections.abc.Callable[[Spans], bool]:
-    return lambda spans: sum(1 for s in spans if s.attributes.get("url.path") == path) >= count
-
-
-def _https_server(pod_runner: pods.PodRunner, name: str, certificate: Certificate,
-                  extra: tuple[str, ...] = ()) -> tuple[pods.Pod, int]:
-    port = conftest.free_port()
-    pod = pod_runner.start(name, [*conftest.SAMPLE_APP, *extra, "--port", str(port), "--tls-cert",
-                                  str(certificate[0]), "--tls-key", str(certificate[1])],
-                           env={"OTEL_SERVICE_NAME": name})
-    pods.wait_for_port("127.0.0.1", port)
-    return pod, port
-
 
 def _https_nginx(pod_runner: pods.PodRunner, name: str, certificate: Certificate, root: pathlib.Path,
                  http2: bool = False) -> tuple[pods.Pod, int]:
@@ -70,8 +53,8 @@ def test_https_frontend_backend_trace(
     agent: tracer.Tracer, receiver: otlp_receiver.OtlpReceiver, pod_runner: pods.PodRunner, traced: object,
     tracker: tls.Tracker, certificate: Certificate,
 ) -> None:
-    backend, backend_port = _https_server(pod_runner, "tls-backend", certificate, ("backend",))
-    frontend, port = _https_server(pod_runner, "tls-frontend", certificate, (
+    backend, backend_port = conftest.https_app(pod_runner, "tls-backend", certificate, ("backend",))
+    frontend, port = conftest.https_app(pod_runner, "tls-frontend", certificate, (
         "frontend", "--backend", f"https://127.0.0.1:{backend_port}", "--backend-ca", str(certificate[0])))
     traced(frontend)  # type: ignore[operator]
     traced(backend)  # type: ignore[operator]
@@ -81,7 +64,7 @@ def test_https_frontend_backend_trace(
     assert set(libraries[0].symbols) == {"SSL_read", "SSL_read_ex", "SSL_write", "SSL_write_ex", "SSL_do_handshake"}
 
     assert conftest.https_get(port, "/users/4242", certificate[0]) == 200
-    spans = receiver.wait_for(_with_path("/users/4242", 3), timeout=20)
+    spans = receiver.wait_for(conftest.with_path("/users/4242", 3), timeout=20)
     ours = [s for s in spans if s.attributes.get("url.path") == "/users/4242"]
     entry, call, _ = conftest.frontend_backend_trace(ours, "tls-frontend", "tls-backend")  # across both TLS hops
     for span in ours:
@@ -101,7 +84,7 @@ def test_curl_against_nginx_and_python_https(
     tracker: tls.Tracker, certificate: Certificate, tmp_path: pathlib.Path,
 ) -> None:
     nginx, nginx_port = _https_nginx(pod_runner, "tls-nginx", certificate, tmp_path)
-    python_server, python_port = _https_server(pod_runner, "tls-python", certificate, ("backend",))
+    python_server, python_port = conftest.https_app(pod_runner, "tls-python", certificate, ("backend",))
     gate = tmp_path / "gate"
     urls = [f"https://127.0.0.1:{nginx_port}/api/items/7", f"https://127.0.0.1:{nginx_port}/nope-tls-404",
             f"https://127.0.0.1:{python_port}/users/77"]
@@ -116,8 +99,8 @@ def test_curl_against_nginx_and_python_https(
     gate.touch()
     assert curl.process is not None and curl.process.wait(timeout=30) == 0
 
-    spans = receiver.wait_for(lambda found: _with_path("/users/77", 2)(found) and _with_path("/nope-tls-404", 2)(found),
-                              timeout=20)
+    spans = receiver.wait_for(lambda found: (conftest.with_path("/users/77", 2)(found)
+                                             and conftest.with_path("/nope-tls-404", 2)(found)), timeout=20)
     nginx_spans = {(s.attributes["url.path"], s.kind): s for s in spans
                    if s.attributes.get("server.port") == nginx_port}
     assert set(nginx_spans) == {(path, kind) for path in ("/api/items/7", "/nope-tls-404") for kind in (SERVER, CLIENT)}
@@ -185,7 +168,7 @@ def test_http2_over_tls_from_curl_to_nginx(
                            "-o", "/dev/null", "-w", "%{http_version}", f"https://127.0.0.1:{port}/api/items/55"],
                           capture_output=True, text=True, timeout=30)
     assert done.returncode == 0 and done.stdout == "2", done.stderr
-    spans = receiver.wait_for(_with_path("/api/items/55", 1), timeout=20)
+    spans = receiver.wait_for(conftest.with_path("/api/items/55", 1), timeout=20)
     span = next(s for s in spans if s.attributes.get("url.path") == "/api/items/55")
     assert span.kind == SERVER
     assert span.attributes["network.protocol.version"] == "2"
@@ -287,8 +270,8 @@ def test_grpcio_boringssl_is_reported_not_guessed(
 def test_one_attachment_per_file_while_a_traced_process_maps_it(
     pod_runner: pods.PodRunner, traced: object, tracker: tls.Tracker, certificate: Certificate,
 ) -> None:
-    first, _ = _https_server(pod_runner, "tls-first", certificate, ("backend",))
-    second, _ = _https_server(pod_runner, "tls-second", certificate, ("backend",))
+    first, _ = conftest.https_app(pod_runner, "tls-first", certificate, ("backend",))
+    second, _ = conftest.https_app(pod_runner, "tls-second", certificate, ("backend",))
     probes_per_file = 2 * len(loader.TLS_CALL_PROBES) + 1  # entry and return of each, and SSL_free
     assert not bpftool.uprobe_files(os.getpid())  # every other test's tracker detached at its end
     states = _follow(tracker, first, second)
@@ -361,7 +344,7 @@ def test_failed_handshake_is_an_error_span_on_both_sides(
     if server == "nginx":
         server_pod, port = _https_nginx(pod_runner, "tls-fail-nginx", certificate, tmp_path)
     else:
-        server_pod, port = _https_server(pod_runner, "tls-fail-python", certificate, ("backend",))
+        server_pod, port = conftest.https_app(pod_runner, "tls-fail-python", certificate, ("backend",))
     gate, out = tmp_path / "gate", tmp_path / "client.out"
     client = pod_runner.start("tls-fail-client", conftest.gated(gate, [
         sys.executable, "-c", HANDSHAKING_CLIENT, str(port), minimum]), log_path=out)
@@ -391,7 +374,7 @@ def test_a_handshake_that_succeeds_makes_no_span_without_requests(
     agent: tracer.Tracer, pod_runner: pods.PodRunner, traced: object, tracker: tls.Tracker,
     certificate: Certificate, tmp_path: pathlib.Path,
 ) -> None:
-    server_pod, port = _https_server(pod_runner, "tls-idle-python", certificate, ("backend",))
+    server_pod, port = conftest.https_app(pod_runner, "tls-idle-python", certificate, ("backend",))
     gate, out = tmp_path / "gate", tmp_path / "client.out"
     client = pod_runner.start("tls-idle-client", conftest.gated(gate, [
         sys.executable, "-c", HANDSHAKING_CLIENT, str(port), "TLSv1_2", str(certificate[0])]), log_path=out)
