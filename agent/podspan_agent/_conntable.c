@@ -35,6 +35,7 @@
 #include <string.h>
 
 #include "_http1_api.h"
+#include "_module_slots.h"
 #include "podspan_events.h"
 
 #define DETECT_ATTEMPTS 3      /* runs a connection may go unmatched by every parser */
@@ -1249,17 +1250,6 @@ static Py_ssize_t table_len(Table *t) { return t->count; }
 
 /* ---- lifetime */
 
-static int import_attr(PyObject **slot, const char *module_name, const char *name) {
-    if (*slot != NULL)
-        return 0;
-    PyObject *module = PyImport_ImportModule(module_name);
-    if (module == NULL)
-        return -1;
-    *slot = PyObject_GetAttrString(module, name);
-    Py_DECREF(module);
-    return *slot == NULL ? -1 : 0;
-}
-
 /* What the table takes from Python modules that import this one (connections), so at the first Table(). */
 static int import_lazily(void) {
     if (logger != NULL)
@@ -1429,12 +1419,6 @@ static struct PyModuleDef module_def = {
     PyModuleDef_HEAD_INIT, "podspan_agent._conntable",
     "The connection table: ring-buffer records into exchanges for the span layer.", -1, NULL, NULL, NULL, NULL, NULL,
 };
-
-static int intern(PyObject **slot, const char *text) {
-    if (*slot == NULL)
-        *slot = PyUnicode_InternFromString(text);
-    return *slot == NULL ? -1 : 0;
-}
 
 static int init_state(void) {
     crc_init();

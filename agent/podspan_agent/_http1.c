@@ -33,6 +33,7 @@
 #include <structmember.h>
 
 #include "_http1_api.h"
+#include "_module_slots.h"
 
 #define MAX_PENDING 64
 #define QUEUE_SLOTS (MAX_PENDING + 1) /* requests, and at most one gap past a full queue */
@@ -1362,20 +1363,6 @@ static struct PyModuleDef module_def = {
     -1, methods, NULL, NULL, NULL, NULL,
 };
 
-static int intern(PyObject **slot, const char *text) {
-    *slot = PyUnicode_InternFromString(text);
-    return *slot == NULL ? -1 : 0;
-}
-
-static int import_attr(PyObject **slot, const char *module_name, const char *name) {
-    PyObject *module = PyImport_ImportModule(module_name);
-    if (module == NULL)
-        return -1;
-    *slot = PyObject_GetAttrString(module, name);
-    Py_DECREF(module);
-    return *slot == NULL ? -1 : 0;
-}
-
 static PyObject *names_tuple(const char *const *names, size_t n) {
     PyObject *tuple = PyTuple_New((Py_ssize_t)n);
     for (size_t i = 0; tuple != NULL && i < n; i++) {
@@ -1452,7 +1439,7 @@ static int init_state(void) {
         intern(&v_comma, ",") < 0)
         return -1;
     v_protocol = Py_NewRef(v_http);
-    PyObject *more;
+    PyObject *more = NULL;
     if (import_attr(&more, "podspan_agent.protocols.routes", "MORE") < 0)
         return -1;
     v_more_suffix = PyUnicode_Concat(v_slash, more);
