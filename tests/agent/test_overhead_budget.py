@@ -54,12 +54,14 @@ def _load(port: int, seconds: float, connections: int = 2) -> int:
     return sum(answered)
 
 
-Outcome = tuple[int, list[dict[str, Any]], dict[str, Any], list[otlp_receiver.ReceivedSpan], float, float]
+Outcome = tuple[int, list[dict[str, Any]], dict[str, Any], list[otlp_receiver.ReceivedSpan], float, float,
+                list[float]]
 
 
 def _run(api: emu.EmulatorThread, pod_runner: pods.PodRunner, tmp_path: pathlib.Path, cpu_percent: float) -> Outcome:
     """Load nginx under a profile with `cpu_percent`: (requests, node statuses seen during the load, final counters,
-    server spans exported, the RED request count, the kernel's count of skipped exchanges)."""
+    server spans exported, the RED request count, the kernel's count of skipped exchanges, the agent's measured cost
+    scraped from its endpoint during the load)."""
     kc = emu.KubeClient(api.url)
     port, metrics_port = conftest.free_port(), conftest.free_port()
     conf = servers.nginx_config(tmp_path, "127.0.0.1", port)
@@ -90,6 +92,7 @@ def _run(api: emu.EmulatorThread, pod_runner: pods.PodRunner, tmp_path: pathlib.
                                   "attached target")
             sent = 0
             seen: list[dict[str, Any]] = []
+            costs: list[float] = []  # the agent's cost over the last second, while the load runs
             done = threading.Event()
 
             def watch() -> None:
@@ -97,6 +100,7 @@ def _run(api: emu.EmulatorThread, pod_runner: pods.PodRunner, tmp_path: pathlib.
                     found = kc.get(test_node_agent.NTC, test_node_agent.NODE) or {}
                     if found.get("status"):
                         seen.append(found)
+                    costs.append(test_metrics.total(test_metrics.scrape(metrics_port), "podspan_agent_cost_percent"))
 
             watcher = threading.Thread(target=watch)
             watcher.start()
@@ -131,7 +135,7 @@ def _run(api: emu.EmulatorThread, pod_runner: pods.PodRunner, tmp_path: pathlib.
             agent.send_signal(signal.SIGTERM)
             _, stderr = agent.communicate(timeout=60)
         assert agent.returncode == 0, stderr
-    return sent, seen, counters, spans, red_count, skipped
+    return sent, seen, counters, spans, red_count, skipped, costs
 
 
 def _degraded(node_config: dict[str, Any]) -> models.Condition:
@@ -144,7 +148,7 @@ def _degraded(node_config: dict[str, Any]) -> models.Condition:
 
 def test_tiny_budget_captures_fewer_exchanges_and_counts_every_request(
         api: emu.EmulatorThread, pod_runner: pods.PodRunner, tmp_path: pathlib.Path) -> None:
-    sent, seen, counters, spans, red_count, skipped = _run(api, pod_runner, tmp_path, cpu_percent=0.5)
+    sent, seen, counters, spans, red_count, skipped, _ = _run(api, pod_runner, tmp_path, cpu_percent=0.5)
     fractions = [p.get("captureFraction") for s in seen for p in s["status"].get("profiles", [])]
     throttled = [s for s in seen for p in s["status"].get("profiles", []) if p.get("captureFraction", 1.0) < 1.0]
     assert throttled, fractions
@@ -158,8 +162,9 @@ def test_tiny_budget_captures_fewer_exchanges_and_counts_every_request(
 
 def test_generous_budget_captures_everything(api: emu.EmulatorThread, pod_runner: pods.PodRunner,
                                              tmp_path: pathlib.Path) -> None:
-    sent, seen, counters, spans, red_count, skipped = _run(api, pod_runner, tmp_path, cpu_percent=400)
+    sent, seen, counters, spans, red_count, skipped, costs = _run(api, pod_runner, tmp_path, cpu_percent=400)
     assert {p.get("captureFraction") for s in seen for p in s["status"].get("profiles", [])} == {1.0}
     assert (len(spans), counters["exchangesSkipped"], skipped, red_count) == (sent, 0, 0, sent)
-    assert counters["agentCpuPercent"] > 0
+    # Measured while loaded: the final status comes after the load, when the last second may have cost nothing.
+    assert max(costs) > 0 and counters["agentCpuPercent"] is not None
     assert _degraded(seen[-1]).reason == "AsExpected"
